@@ -1,0 +1,80 @@
+"""What every section builder shares: the loaded model and its layers, the images, class names, options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from reportgen.config import ReportOptions
+from reportgen.graph import LayerNode, layer_output_shapes, walk_layers
+from reportgen.loading.images import LoadedImages
+from reportgen.loading.labels import ClassNames
+from reportgen.loading.models import LoadedModel
+from reportgen.loading.preprocess import Preprocessor
+from reportgen.progress import SILENT, Progress
+from reportgen.report import SlugRegistry, slugify
+
+
+@dataclass
+class Analysis:
+    """Inputs of every section; built once per report. Derived, expensive things are cached properties."""
+
+    loaded: LoadedModel
+    images: LoadedImages
+    preprocessor: Preprocessor
+    class_names: ClassNames
+    options: ReportOptions
+    progress: Progress = SILENT
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @cached_property
+    def layers(self) -> list[LayerNode]:
+        return walk_layers(self.model)
+
+    @cached_property
+    def layer_shapes(self) -> dict[str, Any]:
+        height, width = self.images.pixels.shape[1:3]
+        return layer_output_shapes(self.model, (height, width, self.loaded.input_shape[2]))
+
+    @cached_property
+    def layer_slugs(self) -> dict[str, str]:
+        """A unique anchor-safe slug per layer path, the same in every section."""
+        registry = SlugRegistry()
+        return {node.path: registry.take(node.path, "layer") for node in self.layers}
+
+    @cached_property
+    def image_ids(self) -> list[str]:
+        registry = SlugRegistry()
+        return [registry.take(source.name, "image") for source in self.images.sources]
+
+    @cached_property
+    def inputs(self) -> np.ndarray:
+        """The images as the model takes them (preprocessed), float32 (N, H, W, C)."""
+        return self.preprocessor.apply(self.images.pixels)
+
+    @cached_property
+    def display_images(self) -> np.ndarray:
+        """The images as RGB uint8 for overlays and thumbnails (gray repeated to 3 channels)."""
+        pixels = np.clip(self.images.pixels, 0, 255).round().astype(np.uint8)
+        return np.repeat(pixels, 3, axis=3) if pixels.shape[3] == 1 else pixels
+
+    @cached_property
+    def fresh_model(self) -> Any:
+        """The same architecture freshly initialised (seeded), for 'what training changed' comparisons."""
+        from reportgen.techniques.weights import fresh_copy
+
+        return fresh_copy(self.model, self.options.seed)
+
+    @cached_property
+    def fresh_layers(self) -> list[LayerNode]:
+        return walk_layers(self.fresh_model)
+
+    def layer_anchor(self, path: str) -> str:
+        return f"layer-{self.layer_slugs.get(path) or slugify(path)}"

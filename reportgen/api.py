@@ -1,0 +1,174 @@
+"""`generate_report`: the one entry point the CLI, the Keras callback and the tests call."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reportgen.analysis import Analysis
+from reportgen.config import ReportOptions
+from reportgen.errors import InputError
+from reportgen.loading.applications import FAMILY_PREPROCESS
+from reportgen.loading.images import discover_images, load_images
+from reportgen.loading.labels import resolve_class_names
+from reportgen.loading.models import LoadedModel, load_model
+from reportgen.loading.preprocess import Preprocessor
+from reportgen.progress import Progress
+from reportgen.render import check_output_dir, write_report
+from reportgen.report import ImageEntry, Report, Section
+from reportgen.sections import BUILDERS, available_sections
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went, and what it holds."""
+
+    out_dir: Path
+    sections: tuple[Section, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def index_html(self) -> Path:
+        return self.out_dir / "index.html"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out_dir / "report.json"
+
+
+def versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import tensorflow
+
+    from reportgen import __version__
+
+    return {"reportgen": __version__, "tensorflow": tensorflow.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def creation_time() -> str:
+    """Now in UTC, or SOURCE_DATE_EPOCH when set (reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
+    known = available_sections()
+    if not requested:
+        return known
+    unknown = [s for s in requested if s not in known]
+    if unknown:
+        raise InputError(f"--sections: unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(s for s in known if s in requested)
+
+
+def choose_preprocessing(mode: str, loaded: LoadedModel) -> Preprocessor:
+    """`auto`: a keras.applications model gets its own preprocessing; a model that starts by rescaling takes
+    raw pixels; anything else pixels/255."""
+    if mode == "auto":
+        if loaded.family is not None:
+            mode = FAMILY_PREPROCESS.get(loaded.family, "scale")
+        elif _starts_with_rescaling(loaded.model):
+            mode = "none"
+        else:
+            mode = "scale"
+    return Preprocessor(mode, channels=loaded.input_shape[2])
+
+
+def _starts_with_rescaling(model: Any) -> bool:
+    import keras
+
+    from reportgen.graph import walk_layers
+
+    nodes = walk_layers(model)
+    return bool(nodes) and isinstance(nodes[0].layer, keras.layers.Rescaling)
+
+
+def output_classes(model: Any) -> int:
+    """Number of classes the model predicts; a single (sigmoid) unit means two classes."""
+    units = int(model.outputs[0].shape[-1] or 1)
+    return 2 if units == 1 else units
+
+
+def generate_report(
+    model: str | Path | Any,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    options: ReportOptions | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ReportResult:
+    """Run every selected technique on `model` (file, keras.applications name or keras.Model) and `images`
+    (files or folders) and write the report folder `out_dir`."""
+    options = options or ReportOptions()
+    progress = progress or Progress(enabled=False)
+    out = Path(out_dir)
+    check_output_dir(out, force)  # fail before minutes of work, not after
+    wanted = resolve_sections(options.sections)
+
+    progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
+    loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
+                        unsafe=options.unsafe)
+    sources = discover_images(images)
+    progress("load", f"{len(sources)} images")
+    loaded_images = load_images(sources, loaded.input_shape, options.image_size)
+    preprocessor = choose_preprocessing(options.preprocess, loaded)
+    names, name_warnings = resolve_class_names(
+        output_classes(loaded.model), options.class_names, loaded_images.labels, builtin=class_names
+    )
+    analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
+                        options=options, progress=progress,
+                        warnings=[*loaded_images.warnings, *name_warnings])
+
+    sections: list[Section] = []
+    seconds: dict[str, float] = {}
+    for kind in wanted:
+        started = time.perf_counter()
+        progress(kind, "start")
+        sections.extend(BUILDERS[kind](analysis))
+        seconds[kind] = round(time.perf_counter() - started, 3)
+
+    report = Report(
+        title=options.title or f"{loaded.name}: what the network learned",
+        created=creation_time(),
+        model={
+            "name": loaded.name,
+            "version": options.model_version,
+            "source": loaded.source,
+            "format": loaded.file_format,
+            "sha256": loaded.sha256,
+            "family": loaded.family,
+            "input_shape": list(loaded.input_shape),
+            "output": loaded.output_name,
+            "classes": len(names.names),
+            "class_names_from": names.source,
+            "preprocess": preprocessor.mode,
+            "params": int(loaded.model.count_params()),
+        },
+        options={**options.to_manifest(), "sections": list(wanted)},
+        images=tuple(
+            ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
+                       original_size=size)
+            for image_id, source, size in zip(analysis.image_ids, loaded_images.sources,
+                                              loaded_images.original_sizes, strict=True)
+        ),
+        class_names=names.names,
+        sections=tuple(sections),
+        warnings=tuple(dict.fromkeys(analysis.warnings)),
+        seconds=seconds,
+        versions=versions(),
+    )
+    progress("render", str(out))
+    write_report(report, out, force=force, save_arrays=options.save_arrays)
+    progress("done", f"{out / 'index.html'}")
+    return ReportResult(out, report.sections, report.warnings)

@@ -1,0 +1,253 @@
+"""The command line: thin click commands over `reportgen.api`.
+
+Bad input exits with code 2 and a one-line message; an internal error exits with 1 (`--debug` shows the
+traceback). TensorFlow is imported only when a command needs it, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from reportgen import __version__
+from reportgen.config import (
+    CAM_METHODS,
+    DIRECTIONS,
+    PATTERN_METHODS,
+    PREPROCESS_MODES,
+    ReportOptions,
+    parse_image_size,
+    read_config_file,
+    split_list,
+)
+from reportgen.errors import InputError, ReportgenError
+
+SECTION_NAMES = ("summary", "weights", "feature_maps", "filter_patterns", "predictions", "cam", "class")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA, oneDNN, absl) kept off the terminal.
+
+    Some of those lines are written before TF_CPP_MIN_LOG_LEVEL is read, so stderr's file descriptor is
+    pointed at /dev/null for the import; Python exceptions still surface normally afterwards.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _run(ctx: click.Context, action: Callable[[], Any]) -> Any:
+    """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback."""
+    debug = bool(ctx.find_root().params.get("debug"))
+    try:
+        if not debug:
+            _import_tensorflow_quietly()
+        return action()
+    except ReportgenError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; nothing was written.", err=True)
+        ctx.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Internal error: {type(exc).__name__}: {exc}. Run with --debug for the traceback and "
+                   "report it.", err=True)
+        ctx.exit(1)
+
+
+def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by `generate` and `demo` (each one is also a TOML key in --config)."""
+    options = [
+        click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+                     help="Folder to write the report to (replaced atomically)."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="TOML file of options; keys are the flags' names (e.g. seed = 3). Flags win."),
+        click.option("--class-names", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Text file with one class name per line, in output order."),
+        click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default="auto", show_default=True,
+                     help="auto: a keras.applications model gets its own preprocess_input, a model that starts "
+                          "with Rescaling gets raw pixels, anything else pixels/255."),
+        click.option("--image-size", metavar="WxH", help="Input size for models without a fixed one."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
+        click.option("--title", help="Report title."),
+        click.option("--model-version", help="Model version shown in the report and report.json."),
+        click.option("--sections", metavar="LIST", help=f"Comma-separated sections (default all): "
+                                                        f"{', '.join(SECTION_NAMES)}."),
+        click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the raw arrays."),
+        click.option("--weights", help="keras.applications names only: imagenet (cached file), none, or FILE."),
+        click.option("--output", "output_name", help="Output layer to explain when the model has several."),
+        click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file)."),
+        click.option("--layers", metavar="LIST", help="Feature-map layers: names, nested paths or globs."),
+        click.option("--batch-size", type=int, help="Images per forward pass (default: fit ~1 GiB)."),
+        click.option("--filters", type=int, default=16, show_default=True, help="Filters per layer to visualise."),
+        click.option("--filter-indices", metavar="LIST", help="Exact filter indices, e.g. 0,3,7."),
+        click.option("--directions", metavar="LIST", default="ascent,descent", show_default=True,
+                     help=f"Pattern directions: {', '.join(DIRECTIONS)}."),
+        click.option("--steps", type=int, default=40, show_default=True, help="Optimisation steps per pattern."),
+        click.option("--pattern-size", type=int, help="Pattern size in px (default: model input or 128)."),
+        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="fourier",
+                     show_default=True, help="Filter-pattern parameterisation."),
+        click.option("--top-k", type=int, default=3, show_default=True, help="Predictions shown per image."),
+        click.option("--cam-methods", metavar="LIST", default="gradcam,gradcam++,layercam", show_default=True,
+                     help=f"Class activation methods: {', '.join(CAM_METHODS)}."),
+        click.option("--cam-layer", help="Layer for class activation maps (default: the last conv layer)."),
+        click.option("--classes", metavar="LIST", help="Extra classes (names or indices) to explain per image."),
+        click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report."),
+        click.option("--quiet", is_flag=True, help="No progress on stderr."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+_LIST_FIELDS = {"sections", "layers", "directions", "cam_methods", "classes"}
+
+
+def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOptions, bool, bool]:
+    """Merge --config (TOML) under the flags, then build ReportOptions. Returns (options, force, quiet)."""
+    values = dict(params)
+    config_file = values.pop("config_file", None)
+    if config_file is not None:
+        for name, value in read_config_file(config_file).items():
+            key = "output_name" if name == "output" else name
+            # A flag given on the command line wins over the file.
+            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
+                values[key] = value
+    force, quiet = bool(values.pop("force")), bool(values.pop("quiet"))
+    values.pop("output_dir", None)
+    values["output"] = values.pop("output_name")
+    fields = {f.name for f in dataclasses.fields(ReportOptions)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in fields or value is None:
+            continue
+        if name in _LIST_FIELDS:
+            value = split_list(value)
+        elif name == "filter_indices":
+            try:
+                value = tuple(int(v) for v in split_list(value))
+            except ValueError:
+                raise InputError(f"--filter-indices: expected integers such as 0,3,7, got {value!r}") from None
+        elif name == "image_size":
+            value = parse_image_size(str(value))
+        elif name == "class_names":
+            value = Path(value)
+        kwargs[name] = value
+    return ReportOptions(**kwargs), force, quiet
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="reportgen")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def main(debug: bool) -> None:
+    """Show what a convolutional network learned: one static report from a Keras model and a folder of images."""
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@report_options
+@click.pass_context
+def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir: Path, **params: Any) -> None:
+    """Write a report for MODEL (.keras, .h5 or a keras.applications name) on IMAGES (files or folders;
+    subfolders named after classes label their images)."""
+
+    def action() -> None:
+        from reportgen.api import generate_report
+        from reportgen.progress import Progress
+
+        options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
+        result = generate_report(model, images, output_dir, options, force=force, progress=Progress(not quiet))
+        _print_result(result, quiet)
+
+    _run(ctx, action)
+
+
+@main.command()
+@report_options
+@click.pass_context
+def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
+    """Write the report of the bundled example: a small CNN trained on synthetic shapes (offline)."""
+
+    def action() -> None:
+        from reportgen.api import generate_report
+        from reportgen.example import example_images_dir, example_metadata, example_model_path
+        from reportgen.progress import Progress
+
+        options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
+        metadata = example_metadata()
+        if options.title is None:
+            options = dataclasses.replace(options, title="Example: a small CNN trained on synthetic shapes")
+        result = generate_report(example_model_path(), [example_images_dir()], output_dir, options,
+                                 class_names=metadata["class_names"], force=force, progress=Progress(not quiet))
+        _print_result(result, quiet)
+
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--image-size", metavar="WxH", help="Input size for models without a fixed one (default 224x224).")
+@click.option("--weights", help="keras.applications names only: imagenet, none, or FILE.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file).")
+@click.pass_context
+def layers(ctx: click.Context, model: str, image_size: str | None, weights: str | None, unsafe: bool) -> None:
+    """List every layer of MODEL, nested ones by path, with the sections that show it."""
+
+    def action() -> None:
+        from reportgen.graph import layer_output_shapes, walk_layers
+        from reportgen.loading.images import target_size
+        from reportgen.loading.models import load_model
+        from reportgen.sections.summary import format_shape
+        from reportgen.techniques.summary import summarize_model
+
+        size = parse_image_size(image_size) if image_size else None
+        loaded = load_model(model, weights=weights, image_size=size, unsafe=unsafe)
+        (height, width), _ = target_size(loaded.input_shape, size)
+        nodes = walk_layers(loaded.model)
+        shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
+        summary = summarize_model(loaded.model, nodes, shapes)
+        rows = [("layer", "type", "output shape", "params", "sections")]
+        rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")
+                 for r in summary.layers]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        click.echo(f"\n{summary.name}: {summary.total_params:,} parameters, {len(summary.layers)} layers")
+
+    _run(ctx, action)
+
+
+def _print_result(result: Any, quiet: bool) -> None:
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if not quiet:
+        click.echo(f"Report written to {result.index_html}", err=True)
+    click.echo(str(result.index_html))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

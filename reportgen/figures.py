@@ -1,0 +1,170 @@
+"""Arrays -> figure pixels: tile grids and colormaps with numpy and OpenCV; matplotlib only for real plots.
+
+Everything returns (H, W, 3) uint8 RGB arrays; encoding to PNG happens in `render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+MAX_FIGURE_WIDTH = 1600
+BACKGROUND = 255
+
+
+def _diverging_lut() -> np.ndarray:
+    """Blue - white - red, 256 entries: negative weights blue, zero white, positive red."""
+    t = np.linspace(-1.0, 1.0, 256)[:, None]
+    blue, white, red = np.array([33, 102, 172.0]), np.array([247, 247, 247.0]), np.array([178, 24, 43.0])
+    lut = np.where(t < 0, white + (blue - white) * -t, white + (red - white) * t)
+    return lut.round().astype(np.uint8)
+
+
+DIVERGING = _diverging_lut()
+_OPENCV_MAPS = {"viridis": cv2.COLORMAP_VIRIDIS, "inferno": cv2.COLORMAP_INFERNO, "jet": cv2.COLORMAP_JET,
+                "turbo": cv2.COLORMAP_TURBO, "magma": cv2.COLORMAP_MAGMA}
+
+
+def diverging(values: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] -> RGB through the blue-white-red map."""
+    index = np.clip((np.asarray(values) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return DIVERGING[index]
+
+
+def colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
+    """Values in [0, 1] (any shape) -> RGB through an OpenCV colormap."""
+    values = np.asarray(values, dtype=np.float32)
+    index = np.clip(values * 255.0, 0, 255).round().astype(np.uint8)
+    mapped = cv2.applyColorMap(index.reshape(-1, 1), _OPENCV_MAPS[name])  # (n, 1, 3) BGR
+    return mapped[:, 0, ::-1].reshape(*values.shape, 3)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement, so each weight or activation stays a crisp square."""
+    if factor <= 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def tile_grid(
+    tiles: np.ndarray | Sequence[np.ndarray],
+    columns: int,
+    pad: int = 2,
+    labels: Sequence[str] | None = None,
+    label_height: int = 14,
+) -> np.ndarray:
+    """Lay equally sized RGB tiles out in rows of `columns`, with optional text under each tile."""
+    tiles = np.asarray(tiles)
+    n, h, w = tiles.shape[:3]
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    cell_h = h + pad + (label_height if labels is not None else 0)
+    grid = np.full((rows * cell_h + pad, columns * (w + pad) + pad, 3), BACKGROUND, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        y, x = pad + r * cell_h, pad + c * (w + pad)
+        grid[y:y + h, x:x + w] = tiles[i]
+        if labels is not None:
+            scale = 0.35
+            (tw, th), _ = cv2.getTextSize(labels[i], cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            cv2.putText(grid, labels[i], (x + max(0, (w - tw) // 2), y + h + th + 2), cv2.FONT_HERSHEY_SIMPLEX,
+                        scale, (40, 40, 40), 1, cv2.LINE_AA)
+    return grid
+
+
+def fit_width(image: np.ndarray, max_width: int = MAX_FIGURE_WIDTH) -> np.ndarray:
+    """Downscale (never enlarge) so the figure is at most `max_width` pixels wide."""
+    h, w = image.shape[:2]
+    if w <= max_width:
+        return image
+    new_h = max(1, round(h * max_width / w))
+    return cv2.resize(image, (max_width, new_h), interpolation=cv2.INTER_AREA)
+
+
+def hstack(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Images side by side, top aligned, on the background colour."""
+    height = max(image.shape[0] for image in images)
+    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
+    out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    x = 0
+    for image in images:
+        out[: image.shape[0], x: x + image.shape[1]] = image
+        x += image.shape[1] + gap
+    return out
+
+
+def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024) -> tuple[np.ndarray, str]:
+    """Every filter of a conv kernel (kh, kw, in, out) as tiles; returns pixels and how to read them.
+
+    A 3-channel first layer is shown in colour; otherwise each input channel of each filter gets a tile when
+    that fits in `max_tiles`, else the mean over input channels. 1x1 kernels are shown as an in x out matrix.
+    """
+    kh, kw, n_in, n_out = kernel.shape
+    finite = np.nan_to_num(kernel.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    scale = float(np.abs(finite).max()) or 1.0
+    normalised = finite / scale  # in [-1, 1], one scale for the layer so filters compare
+    if kh == 1 and kw == 1:
+        matrix = diverging(normalised[0, 0].T)  # (out, in, 3)
+        zoom = max(1, min(8, 800 // max(n_in, n_out)))
+        return upscale(matrix, zoom), (
+            f"1x1 kernel as a matrix: one row per filter ({n_out}), one column per input channel ({n_in}); "
+            f"blue negative, red positive, scaled by the largest |w| = {scale:.3g}"
+        )
+    zoom = max(1, 24 // max(kh, kw))
+    if n_in == 3:
+        tiles = ((normalised.transpose(3, 0, 1, 2) + 1.0) * 127.5).round().astype(np.uint8)
+        caption = (f"{n_out} filters in colour (the 3 input channels as RGB, grey = 0), scaled by the layer's "
+                   f"largest |w| = {scale:.3g}")
+        columns = 16
+    elif n_in * n_out <= max_tiles:
+        tiles = diverging(normalised.transpose(3, 2, 0, 1).reshape(n_out * n_in, kh, kw))
+        caption = (f"one row per filter ({n_out}), one tile per input channel ({n_in}); blue negative, red "
+                   f"positive, scaled by the largest |w| = {scale:.3g}")
+        columns = n_in
+    else:
+        mean = normalised.mean(axis=2)
+        mean = mean / (np.abs(mean).max() or 1.0)
+        tiles = diverging(mean.transpose(2, 0, 1))
+        caption = (f"{n_out} filters, each the mean over its {n_in} input channels; blue negative, red positive, "
+                   "each grid scaled to its largest |mean|")
+        columns = 16
+    tiles = np.stack([upscale(t, zoom) for t in tiles])
+    return fit_width(tile_grid(tiles, columns=columns, pad=2)), caption
+
+
+def plot_histogram(
+    edges: np.ndarray,
+    series: Sequence[tuple[str, np.ndarray, str]],
+    title: str,
+    xlabel: str = "weight value",
+    size: tuple[float, float] = (6.4, 3.2),
+) -> np.ndarray:
+    """Overlaid step histograms over shared bin edges; returns RGB pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=size, dpi=100)
+    axes = figure.add_subplot()
+    for label, counts, color in series:
+        axes.stairs(counts, edges, label=label, color=color, fill=True, alpha=0.35)
+        axes.stairs(counts, edges, color=color, linewidth=1.2)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel, fontsize=9)
+    axes.set_ylabel("count", fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.legend(fontsize=8, frameon=False)
+    figure.tight_layout()
+    return figure_pixels(figure)
+
+
+def figure_pixels(figure: object) -> np.ndarray:
+    """Rasterise a matplotlib Figure to RGB uint8 without touching pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()

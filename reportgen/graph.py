@@ -1,0 +1,139 @@
+"""Walk a model's layers (nested models included) and run it while capturing any layer's output.
+
+Why not `keras.Model(model.inputs, [layer.output, ...])`? On models loaded from files that fails in two common
+ways: a loaded Sequential may never have been called (`layer.output` raises), and a layer inside a nested base
+model has an output in the *base's* graph, not in the outer model's, so the sub-model is disconnected or gives
+`None` gradients. Running the layers ourselves avoids both: `run_layers` executes the model layer by layer
+(Sequential in order, Functional through its own node graph), descends into nested models, and records the
+tensors we ask for. The recorded tensors are the ones the rest of the forward pass consumes, so gradients of the
+output with respect to them are exact, eagerly and inside `tf.function`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+
+@dataclass(frozen=True)
+class LayerNode:
+    """One layer of a model, nested layers included; `path` is unique, e.g. `conv_base/block1_conv1`."""
+
+    path: str
+    layer: Any  # keras.layers.Layer
+    depth: int
+    parent: str | None
+
+    @property
+    def type_name(self) -> str:
+        return type(self.layer).__name__
+
+    @property
+    def is_model(self) -> bool:
+        return is_container(self.layer)
+
+
+def is_container(layer: Any) -> bool:
+    """True for a nested Sequential or Functional model whose layers we can walk and run one by one."""
+    return isinstance(layer, keras.Sequential) or _is_functional(layer)
+
+
+def _is_functional(layer: Any) -> bool:
+    return isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph") and hasattr(layer, "_nodes_by_depth")
+
+
+def walk_layers(model: Any) -> list[LayerNode]:
+    """Every layer in execution order, depth first, with nested models before their own layers."""
+    nodes: list[LayerNode] = []
+
+    def visit(container: Any, prefix: str, depth: int, parent: str | None) -> None:
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}{layer.name}"
+            nodes.append(LayerNode(path=path, layer=layer, depth=depth, parent=parent))
+            if is_container(layer):
+                visit(layer, f"{path}/", depth + 1, path)
+
+    visit(model, "", 0, None)
+    return nodes
+
+
+class _AllCaptured(Exception):
+    """Raised inside a run to stop once every requested layer output has been recorded."""
+
+
+@dataclass(frozen=True)
+class LayerRun:
+    """What `run_layers` returns: the model output (None when stopped early) and the captured layer outputs."""
+
+    output: Any
+    captured: dict[str, Any]
+
+
+def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early: bool = False) -> LayerRun:
+    """Run `model` on `inputs` in inference mode, recording the outputs of the layers at the `capture` paths.
+
+    With `stop_early`, the run ends as soon as every requested output exists (for truncated models such as the
+    input-to-layer model of a filter-pattern search); the model output is then None.
+    """
+    wanted = set(capture)
+    captured: dict[str, Any] = {}
+
+    def call_layer(layer: Any, args: tuple, kwargs: dict, prefix: str) -> Any:
+        path = f"{prefix}{layer.name}"
+        if is_container(layer) and len(args) == 1 and not kwargs:
+            output = run_container(layer, args[0], f"{path}/")
+        else:
+            output = layer(*args, **kwargs)
+        if path in wanted:
+            captured[path] = output
+            if stop_early and len(captured) == len(wanted):
+                raise _AllCaptured
+        return output
+
+    def run_container(container: Any, x: Any, prefix: str) -> Any:
+        if isinstance(container, keras.Sequential):
+            for layer in container.layers:
+                if not isinstance(layer, keras.layers.InputLayer):
+                    x = call_layer(layer, (x,), {}, prefix)
+            return x
+
+        def operation_fn(operation: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return call_layer(operation, args, kwargs, prefix)
+
+            return call
+
+        return container._run_through_graph(x, operation_fn=operation_fn)
+
+    try:
+        output = run_container(model, inputs, "")
+    except _AllCaptured:
+        output = None
+    missing = wanted - captured.keys()
+    if missing and not stop_early:
+        raise KeyError(f"layers never ran: {sorted(missing)}")
+    return LayerRun(output=output, captured=captured)
+
+
+def layer_output_shapes(model: Any, input_shape: tuple[int, int, int]) -> dict[str, tuple]:
+    """Each layer's output shape (batch dimension None), from one forward pass on a single zero image.
+
+    Loaded Sequential models may not know `layer.output` at all, so we measure instead of asking.
+    """
+    import numpy as np
+
+    nodes = walk_layers(model)
+    probe = np.zeros((1, *input_shape), dtype="float32")
+    run = run_layers(model, probe, [node.path for node in nodes])
+    shapes: dict[str, tuple] = {}
+    for path, value in run.captured.items():
+        if isinstance(value, (list, tuple)):
+            shapes[path] = tuple((None, *tuple(v.shape)[1:]) for v in value)
+        else:
+            shapes[path] = (None, *tuple(value.shape)[1:])
+    return shapes

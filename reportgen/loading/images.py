@@ -1,0 +1,154 @@
+"""Find, decode and convert images to what the model takes (size, channels); preprocessing is separate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from reportgen.errors import ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+DEFAULT_SIZE = (224, 224)  # (width, height) for models without a fixed input size and no --image-size
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image file, the name the report shows for it, and its label (its class folder) when known."""
+
+    path: Path
+    name: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class LoadedImages:
+    """Images converted to the model's size and channels, as display pixels in 0-255 (float32, RGB or gray)."""
+
+    sources: tuple[ImageSource, ...]
+    pixels: np.ndarray  # (N, H, W, C) float32 in [0, 255]
+    original_sizes: tuple[tuple[int, int], ...]  # (width, height) before resizing
+    warnings: tuple[str, ...]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [source.label for source in self.sources]
+
+
+def discover_images(inputs: Sequence[str | Path]) -> list[ImageSource]:
+    """Expand files and folders into image files. In a folder, images in a subfolder are labelled by its name."""
+    found: list[ImageSource] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            found.append(ImageSource(path, path.name, None))
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                relative = file.relative_to(path)
+                label = relative.parts[0] if len(relative.parts) > 1 else None
+                found.append(ImageSource(file, relative.as_posix(), label))
+        else:
+            raise ImageError(f"{path} does not exist: give image files or folders of images")
+    seen: set[Path] = set()
+    unique = []
+    for source in found:
+        key = source.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(source)
+    if not unique:
+        raise ImageError(
+            f"no image files in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return unique
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode a file to RGB or gray uint8 (H, W, 3|1): EXIF rotation applied, alpha composited on white,
+    16-bit scaled to 8-bit, palette and CMYK expanded. Raises ValueError when it is not a readable image."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError("the file is empty")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        # IMREAD_COLOR applies the EXIF orientation and converts CMYK and gray JPEGs to BGR.
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    else:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("not a readable image (truncated, corrupt or not an image)")
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        image = (image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+    if image.shape[2] == 1:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def fit_to_model(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """Resize to (height, width) and convert to `channels` (1 or 3); float32 in [0, 255]."""
+    h, w = image.shape[:2]
+    interpolation = cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    if channels == 3 and resized.shape[2] == 1:
+        resized = np.repeat(resized, 3, axis=2)
+    elif channels == 1 and resized.shape[2] == 3:
+        resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
+    elif resized.shape[2] != channels:
+        raise ImageError(f"the model takes {channels}-channel images; reportgen converts to 1 or 3 channels only")
+    return resized.astype(np.float32)
+
+
+def target_size(
+    input_shape: tuple[int | None, int | None, int], image_size: tuple[int, int] | None
+) -> tuple[tuple[int, int], str | None]:
+    """The (height, width) images are resized to, and a warning when it had to be guessed."""
+    height, width, _ = input_shape
+    if height is not None and width is not None:
+        if image_size is not None and (image_size[1], image_size[0]) != (height, width):
+            raise ImageError(
+                f"--image-size: the model takes {width}x{height} images only; leave --image-size out"
+            )
+        return (height, width), None
+    if image_size is not None:
+        return (image_size[1], image_size[0]), None
+    w, h = DEFAULT_SIZE
+    return (h, w), f"the model has no fixed input size; images were resized to {w}x{h} (set --image-size)"
+
+
+def load_images(
+    sources: Sequence[ImageSource],
+    input_shape: tuple[int | None, int | None, int],
+    image_size: tuple[int, int] | None = None,
+) -> LoadedImages:
+    """Decode and convert every image; unreadable files are skipped with a warning naming them."""
+    (height, width), size_warning = target_size(input_shape, image_size)
+    channels = input_shape[2]
+    kept: list[ImageSource] = []
+    arrays: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    warnings: list[str] = [size_warning] if size_warning else []
+    for source in sources:
+        try:
+            image = decode_image(source.path)
+        except (ValueError, OSError, cv2.error) as exc:
+            warnings.append(f"skipped {source.path}: {exc}")
+            continue
+        kept.append(source)
+        sizes.append((image.shape[1], image.shape[0]))
+        arrays.append(fit_to_model(image, height, width, channels))
+    if not kept:
+        raise ImageError(
+            "no usable image: every file failed to decode (" + "; ".join(warnings[-3:]) + ")"
+        )
+    return LoadedImages(tuple(kept), np.stack(arrays), tuple(sizes), tuple(warnings))

@@ -1,0 +1,65 @@
+"""Class names: from a file, from the images' class folders, or `class N`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reportgen.errors import InputError
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """One name per model output class, and where the names came from."""
+
+    names: tuple[str, ...]
+    source: str  # "file", "folders", "imagenet", "model", "index"
+
+    def index_of(self, label: str | None) -> int | None:
+        if label is None:
+            return None
+        try:
+            return self.names.index(label)
+        except ValueError:
+            return None
+
+
+def read_class_names_file(path: Path) -> list[str]:
+    """One class name per line; blank lines and lines starting with # are ignored."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--class-names: cannot read {path} ({exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def resolve_class_names(
+    num_classes: int,
+    class_names_file: Path | None = None,
+    folder_labels: Sequence[str | None] = (),
+    builtin: Sequence[str] | None = None,
+    builtin_source: str = "model",
+) -> tuple[ClassNames, list[str]]:
+    """Pick class names for a model with `num_classes` outputs; returns the names and any warnings."""
+    warnings: list[str] = []
+    if class_names_file is not None:
+        names = read_class_names_file(class_names_file)
+        if len(names) != num_classes:
+            raise InputError(
+                f"--class-names: {class_names_file} has {len(names)} names but the model predicts "
+                f"{num_classes} classes; give one name per line, in output order"
+            )
+        return ClassNames(tuple(names), "file"), warnings
+    if builtin is not None and len(builtin) == num_classes:
+        return ClassNames(tuple(builtin), builtin_source), warnings
+    labels = sorted({label for label in folder_labels if label is not None})
+    if labels:
+        if len(labels) == num_classes:
+            # Keras's image_dataset_from_directory numbers classes in sorted folder order; so do we.
+            return ClassNames(tuple(labels), "folders"), warnings
+        warnings.append(
+            f"the images have {len(labels)} class folders but the model predicts {num_classes} classes; "
+            "class names are indices (give --class-names to name them)"
+        )
+    return ClassNames(tuple(f"class {i}" for i in range(num_classes)), "index"), warnings

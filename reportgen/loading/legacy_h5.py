@@ -1,0 +1,59 @@
+"""Legacy `.h5` models written by tf.keras 2, including ones Keras 3's loader cannot read.
+
+tf.keras 2 stores a nested Functional model's outputs as a one-element list (`output_layers: [[name, 0, 0]]`).
+Keras 3 rebuilds that as a model returning a *list*, so a transfer-learning model (a pretrained base inside a
+Sequential, followed by Flatten) fails to load: "Flatten receives a list". We read the architecture from the
+file, unwrap those one-element lists, rebuild with Keras's legacy config reader and load the weights by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+
+def read_model_config(path: Path) -> dict[str, Any] | None:
+    """The architecture stored in a legacy `.h5` file, or None for a weights-only file."""
+    with h5py.File(path, "r") as handle:
+        raw = handle.attrs.get("model_config")
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    return json.loads(raw)
+
+
+def unwrap_single_io(config: Any) -> Any:
+    """Rewrite every nested Functional config so one-element input/output lists become a single tensor."""
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") in ("Functional", "Model") and isinstance(inner, dict):
+            for key in ("input_layers", "output_layers"):
+                value = inner.get(key)
+                if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+                    inner[key] = value[0]
+        for value in config.values():
+            unwrap_single_io(value)
+    elif isinstance(config, list):
+        for value in config:
+            unwrap_single_io(value)
+    return config
+
+
+def load_legacy_h5(path: Path, safe_mode: bool = True) -> Any:
+    """Rebuild a tf.keras 2 `.h5` model in Keras 3 and load its weights."""
+    from keras.src.legacy.saving import saving_utils
+
+    config = read_model_config(path)
+    if config is None:
+        raise ValueError("the file holds weights only, no architecture")
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    with SafeModeScope(safe_mode):
+        model = saving_utils.model_from_config(unwrap_single_io(config))
+    model.load_weights(str(path))
+    return model
+

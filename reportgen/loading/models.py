@@ -1,0 +1,190 @@
+"""Load a model from a `.keras` file, a legacy `.h5` file, or a `keras.applications` name."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reportgen.errors import ModelLoadError
+from reportgen.loading.applications import build_application, detect_family, find_application
+from reportgen.loading.legacy_h5 import load_legacy_h5, read_model_config
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to analyse, and where it came from."""
+
+    model: Any  # keras.Model
+    source: str  # the file path, or "keras.applications.VGG16"
+    file_format: str  # "keras", "h5", "h5-legacy", "application", "in-memory"
+    sha256: str | None
+    family: str | None  # keras.applications family the model is (or is built on), for preprocessing
+    input_shape: tuple[int | None, int | None, int]  # (height, width, channels)
+    output_name: str | None = None  # the output explained when the model has several
+
+    @property
+    def name(self) -> str:
+        return str(self.model.name)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    spec: str | Path | Any,
+    weights: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    output: str | None = None,
+    unsafe: bool = False,
+) -> LoadedModel:
+    """Load `spec`: a model file, a keras.applications name, or a `keras.Model` already in memory."""
+    import keras
+
+    if isinstance(spec, keras.Model):
+        return _finish(spec, "in-memory", "in-memory", None, output)
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        raise ModelLoadError(_saved_model_message(path) if (path / "saved_model.pb").exists() else (
+            f"{path} is a folder, not a model file: give a .keras or .h5 file or a keras.applications name"
+        ))
+    if path.is_file():
+        if weights is not None:
+            raise ModelLoadError("--weights only applies to keras.applications names such as vgg16")
+        return _load_file(path, output, unsafe)
+    app = find_application(text)
+    if app is not None:
+        input_shape = (image_size[1], image_size[0], 3) if image_size else None
+        model = build_application(app, weights, input_shape)
+        return _finish(model, f"keras.applications.{app.constructor}", "application", None, output, app.family)
+    if path.suffix.lower() in MODEL_SUFFIXES or "/" in text or "\\" in text:
+        raise ModelLoadError(f"{text} does not exist: give the path of a .keras or .h5 model file")
+    raise ModelLoadError(
+        f"{text} is neither a model file nor a keras.applications name (such as vgg16, resnet50, xception)"
+    )
+
+
+def _saved_model_message(path: Path) -> str:
+    return (
+        f"{path} is a TensorFlow SavedModel folder, which Keras 3 cannot open as a model with layers. Convert it "
+        "once with tf.keras 2 (pip install tf-keras): "
+        f"python -c \"import tf_keras; tf_keras.models.load_model('{path}').save('model.h5')\" "
+        "and pass model.h5 (or re-save it from your training code with model.save('model.keras'))"
+    )
+
+
+def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
+    import keras
+
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise ModelLoadError(f"{path}: unsupported model file type {suffix or '(none)'}; give a .keras or .h5 file")
+    sha = file_sha256(path)
+    if suffix == ".keras":
+        try:
+            model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        except Exception as exc:
+            raise ModelLoadError(_load_failure(path, exc)) from None
+        return _finish(model, str(path), "keras", sha, output)
+    try:
+        config = read_model_config(path)
+    except OSError as exc:
+        raise ModelLoadError(f"{path} is not a readable HDF5 file ({exc})") from None
+    if config is None:
+        raise ModelLoadError(
+            f"{path} holds weights only, no architecture. Build the model in code, call "
+            "model.load_weights(...) and save it whole with model.save('model.keras')"
+        )
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        file_format = "h5"
+    except Exception:
+        # Keras 3 fails on several tf.keras 2 files (nested base models); rebuild them ourselves.
+        try:
+            model = load_legacy_h5(path, safe_mode=not unsafe)
+        except Exception as exc:
+            raise ModelLoadError(_load_failure(path, exc)) from None
+        file_format = "h5-legacy"
+    return _finish(model, str(path), file_format, sha, output)
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Lambda" in str(exc) or "safe_mode" in str(exc):
+        return (
+            f"{path} contains a Lambda layer, which Keras refuses to load in safe mode because it runs stored "
+            "code. If you trust the file, pass --unsafe"
+        )
+    return f"{path} could not be loaded as a Keras model: {text}"
+
+
+def _finish(
+    model: Any, source: str, file_format: str, sha: str | None, output: str | None, family: str | None = None
+) -> LoadedModel:
+    import keras
+
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{source}: the model has {len(inputs)} inputs; reportgen explains single-image models")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelLoadError(
+            f"{source}: the input has shape {shape}; reportgen needs images (batch, height, width, channels)"
+        )
+    for layer in _all_layers(model):
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            raise ModelLoadError(
+                f"{source}: layer {layer.name} is channels_first; reportgen supports channels_last models"
+            )
+    outputs = list(getattr(model, "outputs", None) or [])
+    output_name = None
+    if len(outputs) > 1:
+        names = [getattr(t, "_keras_history", [None])[0].name for t in outputs]
+        if output is None:
+            raise ModelLoadError(
+                f"{source}: the model has several outputs ({', '.join(names)}); choose one with --output"
+            )
+        if output not in names:
+            raise ModelLoadError(f"--output: {output!r} is not an output of {source}; outputs: {', '.join(names)}")
+        model = keras.Model(model.inputs, outputs[names.index(output)], name=model.name)
+        output_name = output
+    if family is None:
+        family = detect_family(model.name) or next(
+            (f for layer in model.layers if (f := detect_family(layer.name)) and hasattr(layer, "layers")), None
+        )
+    return LoadedModel(
+        model=model,
+        source=source,
+        file_format=file_format,
+        sha256=sha,
+        family=family,
+        input_shape=(shape[1], shape[2], int(shape[3])),
+        output_name=output_name,
+    )
+
+
+def _model_inputs(model: Any) -> list[Any]:
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        return list(inputs)
+    raise ModelLoadError(
+        f"{model.name}: the model has no defined input shape; save it after building it with an Input"
+    )
+
+
+def _all_layers(model: Any) -> list[Any]:
+    from reportgen.graph import walk_layers
+
+    return [node.layer for node in walk_layers(model)]

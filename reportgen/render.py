@@ -1,0 +1,272 @@
+"""Render a Report to a folder: index.html (self-contained), figures/*.png, report.json, arrays.npz.
+
+This is the only module that encodes images or writes output files. Writing is atomic: everything is built
+in a hidden folder beside OUT and moved into place at the end, so a failure leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jinja2
+import numpy as np
+from markupsafe import Markup
+
+from reportgen.errors import OutputError
+from reportgen.report import Report, Section, SlugRegistry
+
+SCHEMA_VERSION = 1
+GENERATOR = "reportgen"
+MANIFEST = "report.json"
+
+
+def templates_dir() -> Path:
+    """Templates ship inside the wheel as `reportgen/templates`; in a source checkout they sit at the top level."""
+    packaged = Path(str(resources.files("reportgen"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _block_kind(block: object) -> str:
+    return type(block).__name__.lower()
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+    )
+    env.filters["block_kind"] = _block_kind
+    return env
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """RGB uint8 -> PNG bytes (OpenCV; deterministic for the same pixels)."""
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def is_report_dir(path: Path) -> bool:
+    """True when `path` holds a report written by reportgen (its manifest says so)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an OUT that would lose someone's files: it exists, is not empty and is not an earlier report."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"-o/--output-dir: {out} exists and is a file; choose a folder name")
+    if force or is_report_dir(out) or not any(out.iterdir()):
+        return
+    raise OutputError(
+        f"-o/--output-dir: {out} exists, is not empty and is not a reportgen report; choose another folder or "
+        "pass --force to replace it"
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and Inf become null (JSON has neither); numpy scalars and tuples become plain JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class EncodedFigure:
+    file: str
+    uri: str
+    width: int
+    height: int
+
+
+def _encode_figures(report: Report) -> dict[str, tuple[EncodedFigure, bytes]]:
+    files = SlugRegistry()
+    encoded: dict[str, tuple[EncodedFigure, bytes]] = {}
+    for section in report.sections:
+        for figure in section.figures():
+            if figure.key in encoded:
+                raise ValueError(f"two figures share the key {figure.key!r}")
+            png = encode_png(figure.pixels)
+            name = files.take(figure.key, "figure") + ".png"  # slug again: a key can never leave figures/
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            height, width = figure.pixels.shape[:2]
+            encoded[figure.key] = (EncodedFigure(name, uri, width, height), png)
+    return encoded
+
+
+def _toc(report: Report) -> list[dict[str, Any]]:
+    """Contents: one entry per section kind (its first section), per-layer and per-class sections below it."""
+    groups: list[dict[str, Any]] = []
+    by_kind: dict[str, dict[str, Any]] = {}
+    for section in report.sections:
+        group = by_kind.get(section.kind)
+        if group is None:
+            group = {"anchor": section.id, "title": section.title, "children": []}
+            by_kind[section.kind] = group
+            groups.append(group)
+            if section.layer is None and section.class_name is None:
+                continue
+        group["children"].append({"anchor": section.id, "title": section.layer or section.class_name or
+                                  section.title})
+    return groups
+
+
+def _manifest(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]], arrays_file: str | None) -> dict:
+    def section_entry(section: Section) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": section.id, "kind": section.kind, "title": section.title}
+        if section.layer is not None:
+            entry["layer"] = section.layer
+        if section.class_name is not None:
+            entry["class"] = section.class_name
+        entry["figures"] = [
+            {"key": f.key, "file": f"figures/{figures[f.key][0].file}", "title": f.title, "caption": f.caption,
+             "width": figures[f.key][0].width, "height": figures[f.key][0].height}
+            for f in section.figures()
+        ]
+        if section.data:
+            entry["data"] = section.data
+        if section.arrays and arrays_file:
+            entry["arrays"] = sorted(section.arrays)
+        return entry
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "generator": GENERATOR,
+        "versions": report.versions,
+        "created": report.created,
+        "title": report.title,
+        "model": report.model,
+        "options": report.options,
+        "images": [
+            {"id": image.id, "name": image.name, "path": image.path, "label": image.label,
+             "original_size": list(image.original_size)}
+            for image in report.images
+        ],
+        "class_names": list(report.class_names),
+        "sections": [section_entry(section) for section in report.sections],
+        "warnings": list(report.warnings),
+        "seconds": report.seconds,
+        "arrays": arrays_file,
+    }
+    for key, value in report.extra.items():
+        manifest.setdefault(key, value)
+    return _json_safe(manifest)
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]]) -> str:
+    """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
+    env = environment()
+    css = (templates_dir() / "style.css").read_text(encoding="utf-8")
+    js = (templates_dir() / "report.js").read_text(encoding="utf-8")
+    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+           "base-uri 'none'; form-action 'none'")
+    anchors = {section.id for section in report.sections}
+    layer_anchors: dict[str, str] = {}
+    for section in report.sections:
+        if section.kind == "summary":
+            for table in (b for b in section.blocks if _block_kind(b) == "table"):
+                for row, row_id in zip(table.rows, table.row_ids, strict=False):
+                    anchors.add(row_id)
+                    layer_anchors[str(row[0]).lstrip("\u2003")] = row_id
+
+    def layer_anchor(path: str) -> str:
+        return layer_anchors.get(path, "summary")
+
+    template = env.get_template("report.html.j2")
+    return template.render(
+        report=report,
+        versions=report.versions,
+        css=Markup(css),  # our own stylesheet, not user data
+        js=Markup(js),
+        csp=csp,
+        toc=_toc(report),
+        figure_uris={key: encoded for key, (encoded, _) in figures.items()},
+        anchors=anchors,
+        layer_anchor=layer_anchor,
+    )
+
+
+def write_report(report: Report, out: Path, force: bool = False, save_arrays: bool = False) -> Path:
+    """Write the report folder atomically; an earlier report at `out` is replaced as a whole."""
+    out = Path(out)
+    check_output_dir(out, force)
+    figures = _encode_figures(report)
+    arrays: dict[str, np.ndarray] = {}
+    if save_arrays:
+        for section in report.sections:
+            for key, value in section.arrays.items():
+                if key in arrays:
+                    raise ValueError(f"two arrays share the key {key!r}")
+                arrays[key] = np.asarray(value)
+    arrays_file = "arrays.npz" if save_arrays else None
+    html = render_html(report, figures)
+    manifest = _manifest(report, figures, arrays_file)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        (staging / "figures").mkdir()
+        for encoded, png in figures.values():
+            (staging / "figures" / encoded.file).write_bytes(png)
+        (staging / "index.html").write_text(html, encoding="utf-8")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                                        encoding="utf-8")
+        if arrays_file:
+            np.savez_compressed(staging / arrays_file, **arrays)
+        staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`; an existing `out` is moved aside first and deleted only once the new one is in."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    retired.rmdir()
+    out.rename(retired)
+    try:
+        staging.rename(out)
+    except BaseException:
+        retired.rename(out)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""The report model: sections made of figures, tables and text, as plain frozen dataclasses.
+
+Section builders produce these; `render` turns them into files. Figures hold pixels, not encoded bytes:
+encoding is the renderer's job.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "predictions", "cam", "class")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An image for the page and for `figures/<key>.png`."""
+
+    key: str  # unique, file-name safe (see `slugify`)
+    title: str
+    caption: str
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
+            raise ValueError(f"figure {self.key}: pixels must be (H, W, 3) uint8, got {self.pixels.shape}")
+
+
+@dataclass(frozen=True)
+class FigureRow:
+    """Figures shown side by side (e.g. trained and freshly initialised)."""
+
+    figures: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    caption: str = ""
+    row_ids: tuple[str, ...] = ()  # optional anchor per row
+    row_links: tuple[tuple[tuple[str, str], ...], ...] = ()  # per row: (label, #anchor) links
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Label-value pairs, shown as a definition list."""
+
+    items: tuple[tuple[str, str], ...]
+
+
+Block = Figure | FigureRow | Table | Text | Facts
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str  # page anchor, unique
+    kind: str  # one of SECTION_KINDS
+    title: str
+    blocks: tuple[Block, ...]
+    layer: str | None = None
+    class_name: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # extra fields for report.json (statistics)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # for arrays.npz, keys unique across the report
+
+    def figures(self) -> list[Figure]:
+        out: list[Figure] = []
+        for block in self.blocks:
+            if isinstance(block, Figure):
+                out.append(block)
+            elif isinstance(block, FigureRow):
+                out.extend(block.figures)
+        return out
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    id: str
+    name: str
+    path: str
+    label: str | None
+    original_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    created: str  # ISO 8601, UTC
+    model: dict[str, Any]
+    options: dict[str, Any]
+    images: tuple[ImageEntry, ...]
+    class_names: tuple[str, ...]
+    sections: tuple[Section, ...]
+    warnings: tuple[str, ...]
+    seconds: dict[str, float]  # per section kind
+    versions: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)  # technique lists for report.json
+
+
+def slugify(text: str, fallback: str = "item") -> str:
+    """A lower-case ASCII slug safe for anchors and file names: `../../x` -> `x`, `Conv 1/β` -> `conv-1-b`."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:80] or fallback
+
+
+class SlugRegistry:
+    """Hands out unique slugs: a second `conv` becomes `conv-2`."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def take(self, text: str, fallback: str = "item") -> str:
+        base = slugify(text, fallback)
+        slug, n = base, 1
+        while slug in self._used:
+            n += 1
+            slug = f"{base}-{n}"
+        self._used.add(slug)
+        return slug

@@ -1,0 +1,68 @@
+"""The `summary` section: model facts and the layer table, with an anchor per layer."""
+
+from __future__ import annotations
+
+from reportgen.analysis import Analysis
+from reportgen.report import Facts, Section, Table
+from reportgen.techniques.summary import summarize_model
+
+SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns"}
+
+
+def format_shape(shape: object) -> str:
+    if shape is None:
+        return "?"
+    if isinstance(shape, tuple) and shape and isinstance(shape[0], tuple):
+        return ", ".join(format_shape(s) for s in shape)
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"  # type: ignore[union-attr]
+
+
+def section_id(kind: str, analysis: Analysis, layer_path: str) -> str:
+    """The anchor of a per-layer section: `weights-conv1`, `feature-maps-conv-base-block1-conv1`."""
+    return f"{kind.replace('_', '-')}-{analysis.layer_slugs[layer_path]}"
+
+
+def build(analysis: Analysis) -> list[Section]:
+    loaded = analysis.loaded
+    summary = summarize_model(analysis.model, analysis.layers, analysis.layer_shapes)
+    facts = [
+        ("Model", summary.name),
+        ("Source", loaded.source),
+        ("Format", loaded.file_format),
+        ("SHA-256", loaded.sha256 or "n/a (not loaded from a file)"),
+        ("Input shape", format_shape(summary.input_shape)),
+        ("Output shape", format_shape(summary.output_shape)),
+        ("Parameters", f"{summary.total_params:,} ({summary.trainable_params:,} trainable, "
+                       f"{summary.non_trainable_params:,} non-trainable)"),
+        ("Layers", f"{len(summary.layers)} ({sum(1 for r in summary.layers if r.depth > 0)} nested)"),
+        ("Preprocessing", analysis.preprocessor.mode),
+        ("Classes", f"{len(analysis.class_names.names)} (names from {analysis.class_names.source})"),
+    ]
+    if loaded.family:
+        facts.append(("keras.applications family", loaded.family))
+    rows, ids, links = [], [], []
+    for row in summary.layers:
+        rows.append(("\u2003" * row.depth + row.path, row.type_name, format_shape(row.output_shape),
+                     f"{row.params:,}", f"{row.trainable_params:,}"))
+        ids.append(analysis.layer_anchor(row.path))
+        links.append(tuple((SECTION_LINK_LABELS[k], "#" + section_id(k, analysis, row.path)) for k in row.sections))
+    table = Table(
+        columns=("Layer", "Type", "Output shape", "Parameters", "Trainable"),
+        rows=tuple(rows),
+        caption="Every layer in execution order; nested layers are indented and named by their path.",
+        row_ids=tuple(ids),
+        row_links=tuple(links),
+    )
+    data = {
+        "name": summary.name,
+        "total_params": summary.total_params,
+        "trainable_params": summary.trainable_params,
+        "non_trainable_params": summary.non_trainable_params,
+        "layers": [
+            {"path": r.path, "type": r.type_name, "output_shape": format_shape(r.output_shape), "params": r.params,
+             "trainable_params": r.trainable_params, "parent": r.parent, "sections": list(r.sections)}
+            for r in summary.layers
+        ],
+    }
+    return [Section(id="summary", kind="summary", title="Model summary", blocks=(Facts(tuple(facts)), table),
+                    data=data)]

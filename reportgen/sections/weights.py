@@ -1,0 +1,120 @@
+"""The `weights` sections: an overview, then per layer statistics, histogram and kernel grid, trained vs fresh."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+
+from reportgen import figures
+from reportgen.analysis import Analysis
+from reportgen.report import Figure, FigureRow, Section, Table, Text
+from reportgen.sections.summary import section_id
+from reportgen.techniques.weights import NEAR_ZERO_SHARE, KernelComparison, WeightStats, compare_weights
+
+TRAINED_COLOR, FRESH_COLOR = "#c0392b", "#2c7fb8"
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.4g}"  # NaN-safe
+
+
+def _stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, str, str], ...]:
+    return (
+        ("count", f"{trained.count:,}", f"{fresh.count:,}"),
+        ("mean", _fmt(trained.mean), _fmt(fresh.mean)),
+        ("std", _fmt(trained.std), _fmt(fresh.std)),
+        ("min", _fmt(trained.min), _fmt(fresh.min)),
+        ("max", _fmt(trained.max), _fmt(fresh.max)),
+        ("near zero", f"{trained.near_zero:.1%}", f"{fresh.near_zero:.1%}"),
+        ("NaN or Inf", str(trained.non_finite), str(fresh.non_finite)),
+    )
+
+
+def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str) -> list:
+    tensor = comparison.tensor
+    blocks: list = [
+        Table(
+            columns=(tensor, "trained", "fresh"),
+            rows=_stats_rows(comparison.trained.stats, comparison.fresh.stats),
+            caption=(f"Shape {tuple(comparison.trained.values.shape)}; relative change "
+                     f"||trained - fresh|| / ||fresh|| = {_fmt(comparison.change)}. Near zero: "
+                     f"|w| < {NEAR_ZERO_SHARE:.0%} of the tensor's largest |w|."),
+        ),
+        Figure(
+            key=f"{key_prefix}-histogram",
+            title=f"{comparison.layer}: {tensor} histogram",
+            caption="Trained (red) and freshly initialised (blue) weights over the same bins.",
+            pixels=figures.plot_histogram(
+                comparison.bin_edges,
+                [("trained", comparison.trained_counts, TRAINED_COLOR), ("fresh", comparison.fresh_counts,
+                                                                          FRESH_COLOR)],
+                title=f"{comparison.layer} {tensor}",
+            ),
+        ),
+    ]
+    if comparison.trained.values.ndim == 4:
+        trained_grid, how = figures.kernel_grid(comparison.trained.values)
+        fresh_grid, _ = figures.kernel_grid(comparison.fresh.values)
+        blocks.append(FigureRow((
+            Figure(key=f"{key_prefix}-trained", title=f"{comparison.layer}: trained {tensor}", caption=how,
+                   pixels=trained_grid),
+            Figure(key=f"{key_prefix}-fresh", title=f"{comparison.layer}: fresh {tensor}",
+                   caption="The same layer freshly initialised, drawn the same way.", pixels=fresh_grid),
+        )))
+    return blocks
+
+
+def build(analysis: Analysis) -> list[Section]:
+    comparisons = compare_weights(analysis.layers, analysis.fresh_layers)
+    if not comparisons:
+        analysis.warnings.append("weights: the model has no conv or dense layer; the weights section is empty")
+        return [Section(id="weights", kind="weights", title="Weights",
+                        blocks=(Text("This model has no convolutional or dense layer with weights."),))]
+    by_layer: dict[str, list[KernelComparison]] = defaultdict(list)
+    for comparison in comparisons:
+        by_layer[comparison.layer].append(comparison)
+
+    overview = Table(
+        columns=("Layer", "Type", "Tensor", "Trained std", "Fresh std", "Relative change", "Near zero",
+                 "NaN or Inf"),
+        rows=tuple(
+            (c.layer, c.layer_type, c.tensor, _fmt(c.trained.stats.std), _fmt(c.fresh.stats.std), _fmt(c.change),
+             f"{c.trained.stats.near_zero:.1%}", str(c.trained.stats.non_finite))
+            for c in comparisons
+        ),
+        caption=("Relative change = ||trained - fresh|| / ||fresh||, against a freshly initialised copy of the "
+                 f"architecture (seed {analysis.options.seed}): how far training moved each tensor."),
+        row_links=tuple((("details", "#" + section_id("weights", analysis, c.layer)),) for c in comparisons),
+    )
+    sections = [Section(id="weights", kind="weights", title="Weights: trained against freshly initialised",
+                        blocks=(overview,))]
+    non_finite = [c.layer for c in comparisons if c.trained.stats.non_finite]
+    if non_finite:
+        analysis.warnings.append(f"weights: NaN or Inf values in {', '.join(sorted(set(non_finite)))}")
+
+    for n, (path, layer_comparisons) in enumerate(by_layer.items(), start=1):
+        analysis.progress("weights", f"{path} ({n}/{len(by_layer)})")
+        sid = section_id("weights", analysis, path)
+        blocks: list = []
+        arrays = {}
+        tensors = []
+        for comparison in layer_comparisons:
+            key_prefix = f"{sid}-{comparison.tensor.replace('_', '-')}"
+            blocks.extend(_tensor_blocks(analysis, comparison, key_prefix))
+            keys = {"trained": f"{key_prefix}.trained", "fresh": f"{key_prefix}.fresh"}
+            arrays[keys["trained"]] = comparison.trained.values
+            arrays[keys["fresh"]] = comparison.fresh.values
+            tensors.append({
+                "tensor": comparison.tensor,
+                "shape": list(comparison.trained.values.shape),
+                "trained": asdict(comparison.trained.stats),
+                "fresh": asdict(comparison.fresh.stats),
+                "bias": asdict(comparison.trained.bias_stats) if comparison.trained.bias_stats else None,
+                "relative_change": comparison.change,
+                "array_keys": keys,
+            })
+        sections.append(Section(
+            id=sid, kind="weights", title=f"Weights: {path}", blocks=tuple(blocks), layer=path,
+            data={"type": layer_comparisons[0].layer_type, "tensors": tensors}, arrays=arrays,
+        ))
+    return sections

@@ -1,0 +1,135 @@
+"""Weight statistics and histograms of conv and dense layers, trained against freshly initialised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reportgen.graph import LayerNode
+from reportgen.layer_kinds import has_kernel
+
+# A weight counts as "near zero" when |w| is below this share of the tensor's largest |w|: scale-free, so
+# trained and fresh tensors of very different magnitudes compare fairly.
+NEAR_ZERO_SHARE = 0.01
+HISTOGRAM_BINS = 60
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    near_zero: float  # share of weights with |w| < NEAR_ZERO_SHARE * max|w|
+    non_finite: int  # NaN or Inf values (excluded from the other statistics)
+
+
+@dataclass(frozen=True)
+class KernelWeights:
+    """One weight tensor of a layer (a conv kernel, a depthwise kernel, a dense kernel) and its bias."""
+
+    name: str
+    values: np.ndarray
+    stats: WeightStats
+    bias_stats: WeightStats | None
+
+
+@dataclass(frozen=True)
+class KernelComparison:
+    """The same tensor in the trained model and in a freshly initialised copy, with shared histogram bins."""
+
+    layer: str
+    layer_type: str
+    tensor: str
+    trained: KernelWeights
+    fresh: KernelWeights
+    bin_edges: np.ndarray
+    trained_counts: np.ndarray
+    fresh_counts: np.ndarray
+
+    @property
+    def change(self) -> float:
+        """Relative change of the weights: ||trained - fresh|| / ||fresh|| (an overall 'how far training moved')."""
+        if self.trained.values.shape != self.fresh.values.shape:
+            return float("nan")
+        fresh_norm = float(np.linalg.norm(self.fresh.values))
+        diff = float(np.linalg.norm(self.trained.values - self.fresh.values))
+        return diff / fresh_norm if fresh_norm > 0 else float("nan")
+
+
+def weight_stats(values: np.ndarray) -> WeightStats:
+    """Statistics of the finite values of `values`."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    finite = flat[np.isfinite(flat)]
+    if finite.size == 0:
+        return WeightStats(int(flat.size), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
+                           int(flat.size))
+    largest = float(np.abs(finite).max())
+    near_zero = float(np.mean(np.abs(finite) < NEAR_ZERO_SHARE * largest)) if largest > 0 else 1.0
+    return WeightStats(
+        count=int(flat.size),
+        mean=float(finite.mean()),
+        std=float(finite.std()),
+        min=float(finite.min()),
+        max=float(finite.max()),
+        near_zero=near_zero,
+        non_finite=int(flat.size - finite.size),
+    )
+
+
+def layer_kernels(layer: Any) -> list[KernelWeights]:
+    """The kernels of a conv or dense layer, each with the layer's bias statistics."""
+    bias = getattr(layer, "bias", None)
+    bias_stats = weight_stats(np.asarray(bias)) if bias is not None else None
+    kernels = []
+    for name in KERNEL_NAMES:
+        variable = getattr(layer, name, None)
+        if variable is None:
+            continue
+        values = np.asarray(variable, dtype=np.float32)
+        kernels.append(KernelWeights(name, values, weight_stats(values), bias_stats))
+    return kernels
+
+
+def histogram(trained: np.ndarray, fresh: np.ndarray, bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, ...]:
+    """Counts of both tensors over shared bin edges spanning both."""
+    both = np.concatenate([trained.ravel(), fresh.ravel()]).astype(np.float64)
+    both = both[np.isfinite(both)]
+    low, high = (float(both.min()), float(both.max())) if both.size else (-1.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
+    counts = [np.histogram(a[np.isfinite(a)], bins=edges)[0] for a in (trained.ravel(), fresh.ravel())]
+    return edges, counts[0], counts[1]
+
+
+def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]) -> list[KernelComparison]:
+    """Pair every kernel of the trained model with the same kernel of the fresh copy (matched by layer path)."""
+    fresh_by_path = {node.path: node for node in fresh_nodes}
+    comparisons = []
+    for node in trained_nodes:
+        if not has_kernel(node.layer) or node.path not in fresh_by_path:
+            continue
+        fresh_kernels = {k.name: k for k in layer_kernels(fresh_by_path[node.path].layer)}
+        for kernel in layer_kernels(node.layer):
+            fresh = fresh_kernels.get(kernel.name)
+            if fresh is None:
+                continue
+            edges, trained_counts, fresh_counts = histogram(kernel.values, fresh.values)
+            comparisons.append(
+                KernelComparison(node.path, node.type_name, kernel.name, kernel, fresh, edges, trained_counts,
+                                 fresh_counts)
+            )
+    return comparisons
+
+
+def fresh_copy(model: Any, seed: int) -> Any:
+    """The same architecture with newly initialised weights, reproducible from `seed`."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.models.clone_model(model)

@@ -1,0 +1,26 @@
+// Theme switch: follows the system setting until the reader picks one; nothing leaves the page.
+(function () {
+  "use strict";
+  var root = document.documentElement;
+  var button = document.getElementById("theme-toggle");
+  var stored = null;
+  try { stored = window.localStorage.getItem("reportgen-theme"); } catch (e) { stored = null; }
+  if (stored === "light" || stored === "dark") { root.setAttribute("data-theme", stored); }
+  function current() {
+    var chosen = root.getAttribute("data-theme");
+    if (chosen) { return chosen; }
+    return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+  }
+  if (button) {
+    button.textContent = current() === "dark" ? "Light" : "Dark";
+    button.addEventListener("click", function () {
+      var next = current() === "dark" ? "light" : "dark";
+      root.setAttribute("data-theme", next);
+      button.textContent = next === "dark" ? "Light" : "Dark";
+      try { window.localStorage.setItem("reportgen-theme", next); } catch (e) { /* storage may be disabled */ }
+    });
+  }
+  // On phones the contents start folded so the report itself is visible first.
+  var toc = document.querySelector(".toc details");
+  if (toc && window.matchMedia && window.matchMedia("(max-width: 800px)").matches) { toc.removeAttribute("open"); }
+})();
