@@ -29,6 +29,8 @@ class Analysis:
     options: ReportOptions
     progress: Progress = SILENT
     warnings: list[str] = field(default_factory=list)
+    # Top-level report.json lists that techniques fill, e.g. "filter_patterns" or "heatmaps".
+    manifest_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def model(self) -> Any:

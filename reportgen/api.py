@@ -167,6 +167,7 @@ def generate_report(
         warnings=tuple(dict.fromkeys(analysis.warnings)),
         seconds=seconds,
         versions=versions(),
+        extra=dict(analysis.manifest_lists),
     )
     progress("render", str(out))
     write_report(report, out, force=force, save_arrays=options.save_arrays)

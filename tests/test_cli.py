@@ -1,0 +1,107 @@
+"""The command line: help everywhere, exit codes (0 ok, 2 bad input or usage), messages without tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reportgen import __version__
+from reportgen.cli import main
+
+
+def _commands():
+    return sorted(main.commands)
+
+
+def test_every_command_has_help(cli):
+    result = cli("--help")
+    assert result.exit_code == 0 and "generate" in result.output
+    for command in _commands():
+        result = cli(command, "--help")
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_generate_ok_and_layers(cli, saved_models, image_folder, tmp_path):
+    out = tmp_path / "report"
+    result = cli("generate", saved_models["plain"], image_folder, "-o", out, "--quiet", "--sections", "summary")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "report.json").read_text())
+    assert [s["kind"] for s in manifest["sections"]] == ["summary"]
+    assert [image["label"] for image in manifest["images"]] == ["cat", "cat", "dog", "dog"]
+
+    result = cli("layers", saved_models["nested"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("conv_base/block1_conv1"))
+    assert "Conv2D" in line and "weights" in line and "(None, 30, 30, 8)" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["generate", "{missing}", "{images}", "-o", "{out}"], "does not exist"),
+        (["generate", "{model}", "{missing_images}", "-o", "{out}"], "does not exist"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--image-size", "big"], "--image-size"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--sections", "weights,nonsense"], "--sections"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--class-names", "{bad_names}"], "--class-names"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--config", "{bad_config}"], "--config"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--top-k", "0"], "--top-k"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--preprocess", "magic"], "--preprocess"),
+        (["generate", "{model}"], "Missing argument"),
+        (["layers", "{missing}"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(cli, saved_models, image_folder, tmp_path, args, message):
+    bad_names = tmp_path / "names.txt"
+    bad_names.write_text("only\ntwo\n")
+    bad_config = tmp_path / "config.toml"
+    bad_config.write_text("sedd = 3\n")
+    values = {"missing": tmp_path / "missing.keras", "missing_images": tmp_path / "no-images", "images": image_folder,
+              "model": saved_models["plain"], "out": tmp_path / "out", "bad_names": bad_names,
+              "bad_config": bad_config}
+    result = cli(*[arg.format(**values) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_file_sets_options_and_flags_win(cli, saved_models, image_folder, tmp_path):
+    config = tmp_path / "reportgen.toml"
+    config.write_text('title = "From config"\nmodel-version = "1.2"\nseed = 7\nsections = ["summary"]\n')
+    out = tmp_path / "report"
+    result = cli("generate", saved_models["plain"], image_folder, "-o", out, "--config", config, "--seed", "3",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "report.json").read_text())
+    assert manifest["title"] == "From config" and manifest["model"]["version"] == "1.2"
+    assert manifest["options"]["seed"] == 3  # the flag beats the file
+    assert [s["kind"] for s in manifest["sections"]] == ["summary"]
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_a_report(cli, saved_models, image_folder, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    result = cli("generate", saved_models["plain"], image_folder, "-o", precious, "--quiet")
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
+
+def test_internal_errors_exit_1_with_a_hint(cli, saved_models, image_folder, tmp_path, monkeypatch):
+    import reportgen.api
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(reportgen.api, "write_report", explode)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet",
+                 "--sections", "summary")
+    assert result.exit_code == 1
+    assert "boom" in result.output and "--debug" in result.output and "Traceback" not in result.output

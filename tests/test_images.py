@@ -1,0 +1,140 @@
+"""Image discovery and conversion: formats, channels, bit depth, alpha, EXIF rotation, labels, bad files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from reportgen.errors import ImageError
+from reportgen.loading.images import decode_image, discover_images, fit_to_model, load_images, target_size
+from reportgen.loading.preprocess import Preprocessor
+
+
+def _gradient(h=20, w=30):
+    """An RGB test image whose colour says where it is: red grows to the right, green downwards."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 128)], axis=2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".webp", ".tiff"])
+def test_lossless_formats_roundtrip_to_rgb(tmp_path, suffix):
+    rgb = _gradient()
+    path = tmp_path / f"image{suffix}"
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else []  # 101 = lossless WebP
+    cv2.imwrite(str(path), rgb[:, :, ::-1], params)
+    np.testing.assert_array_equal(decode_image(path), rgb)
+
+
+def test_jpeg_decodes_to_rgb(tmp_path):
+    rgb = _gradient()
+    path = tmp_path / "image.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    assert np.abs(decode_image(path).astype(int) - rgb).mean() < 4  # red stays red: channel order is RGB
+
+
+def test_grayscale_becomes_three_channels_and_rgb_becomes_gray(tmp_path):
+    gray = _gradient()[:, :, 0]
+    path = tmp_path / "gray.png"
+    cv2.imwrite(str(path), gray)
+    image = decode_image(path)
+    assert image.shape == (20, 30, 1)
+    rgb = fit_to_model(image, 20, 30, 3)
+    assert rgb.shape == (20, 30, 3) and np.all(rgb[..., 0] == rgb[..., 2])
+    back = fit_to_model(np.repeat(image, 3, axis=2), 20, 30, 1)
+    np.testing.assert_allclose(back[..., 0], gray, atol=1)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # red
+    rgba[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    image = decode_image(path)
+    np.testing.assert_array_equal(image[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(image[3, 0], [255, 255, 255])
+
+
+def test_palette_image_is_expanded(tmp_path):
+    path = tmp_path / "palette.png"
+    Image.fromarray(_gradient()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(path)
+    image = decode_image(path)
+    assert image.shape == (20, 30, 3)
+    assert image[:, -1, 0].mean() > image[:, 0, 0].mean() + 100  # still red on the right
+
+
+def test_16_bit_png_is_scaled_to_8_bit(tmp_path):
+    path = tmp_path / "deep.png"
+    deep = (_gradient().astype(np.uint16) * 257)[:, :, ::-1]
+    cv2.imwrite(str(path), deep)
+    np.testing.assert_array_equal(decode_image(path), _gradient())
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    wide = _gradient(20, 30)
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(wide).save(path, exif=exif, quality=95)
+    assert decode_image(path).shape[:2] == (30, 20)
+
+
+def test_discovery_labels_from_class_folders(tmp_path):
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        cv2.imwrite(str(tmp_path / label / "a.png"), _gradient())
+    cv2.imwrite(str(tmp_path / "loose.png"), _gradient())
+    (tmp_path / "notes.txt").write_text("not an image")
+    sources = discover_images([tmp_path])
+    assert [(s.name, s.label) for s in sources] == [("cat/a.png", "cat"), ("dog/a.png", "dog"),
+                                                     ("loose.png", None)]
+
+
+def test_unreadable_files_are_skipped_with_a_warning(tmp_path):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), _gradient())
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    fake = tmp_path / "fake.png"
+    fake.write_text("<html>not an image</html>")
+    loaded = load_images(discover_images([tmp_path]), (16, 16, 3))
+    assert [s.name for s in loaded.sources] == ["good.png"]
+    assert loaded.pixels.shape == (1, 16, 16, 3)
+    warnings = " ".join(loaded.warnings)
+    for name in ("truncated.png", "empty.jpg", "fake.png"):
+        assert name in warnings
+
+
+def test_no_usable_image_is_an_error(tmp_path):
+    (tmp_path / "fake.png").write_text("nope")
+    with pytest.raises(ImageError, match="no usable image"):
+        load_images(discover_images([tmp_path]), (16, 16, 3))
+    with pytest.raises(ImageError, match="does not exist"):
+        discover_images([tmp_path / "missing"])
+    (tmp_path / "fake.png").unlink()
+    with pytest.raises(ImageError, match="no image files"):
+        discover_images([tmp_path])
+
+
+def test_target_size_rules():
+    assert target_size((32, 48, 3), None) == ((32, 48), None)
+    assert target_size((None, None, 3), (64, 40)) == ((40, 64), None)
+    size, warning = target_size((None, None, 3), None)
+    assert size == (224, 224) and "--image-size" in warning
+    with pytest.raises(ImageError, match="--image-size"):
+        target_size((32, 32, 3), (64, 64))
+
+
+@pytest.mark.parametrize("mode,module", [("caffe", "vgg16"), ("tf", "xception"), ("torch", "densenet")])
+def test_preprocessing_matches_keras_and_inverts(keras, mode, module):
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    preprocessor = Preprocessor(mode)
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    np.testing.assert_allclose(preprocessor.apply(pixels), expected, atol=1e-4)
+    np.testing.assert_allclose(preprocessor.invert(preprocessor.apply(pixels)), pixels, atol=1e-3)
+    low, high = preprocessor.valid_range()
+    assert np.all(low < high)

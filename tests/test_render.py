@@ -1,0 +1,172 @@
+"""The output folder: self-contained HTML, escaping, anchors, atomic writes, replacing only earlier reports."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from reportgen.api import generate_report
+from reportgen.config import ReportOptions
+from reportgen.errors import OutputError
+from reportgen.render import write_report
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory, keras):
+    """A model, class names and an image file whose names try to inject HTML."""
+    folder = tmp_path_factory.mktemp("hostile")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name=HOSTILE)(inputs)
+    x = keras.layers.Conv2D(4, 3, name='q"uote\'s & β')(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="out")(keras.layers.GlobalAveragePooling2D()(x))
+    model_path = folder / "hostile.keras"
+    keras.Model(inputs, outputs, name="m<b>odel").save(model_path)
+    images = folder / "images" / "<script>alert('class')<%2Fscript>"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / '"><svg onload=alert(2)>.png'), np.full((16, 16, 3), 90, np.uint8))
+    names = folder / "names.txt"
+    names.write_text("</table><script>alert(3)</script>\ndog & cat\n")
+    out = folder / "report"
+    generate_report(model_path, [folder / "images"], out, ReportOptions(class_names=names, save_arrays=True,
+                                                                        title="<h1>title</h1>"))
+    return out
+
+
+def test_hostile_names_are_escaped(hostile_report):
+    html = (hostile_report / "index.html").read_text()
+    for raw in (HOSTILE, "<script>alert", "<svg onload", "<h1>title</h1>", "</table><script>", "m<b>odel"):
+        assert raw not in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+    assert "&lt;h1&gt;title&lt;/h1&gt;" in html
+    # The only script element is the page's own.
+    assert html.count("<script") == 1
+
+
+def test_hostile_names_cannot_leave_the_output_folder(hostile_report):
+    files = sorted(p.relative_to(hostile_report).as_posix() for p in hostile_report.rglob("*") if p.is_file())
+    assert all(re.fullmatch(r"(figures/[a-z0-9-]+\.png|index\.html|report\.json|arrays\.npz)", f) for f in files)
+    manifest = json.loads((hostile_report / "report.json").read_text())
+    layers = [s.get("layer") for s in manifest["sections"] if s.get("layer")]
+    assert HOSTILE in layers  # the manifest keeps the real name; only files and anchors are slugs
+
+
+class _Elements(HTMLParser):
+    """Collects every start tag and its attributes, as a browser would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_html_is_self_contained(hostile_report):
+    html = (hostile_report / "index.html").read_text()
+    parser = _Elements()
+    parser.feed(html)
+    urls = [value for _, attrs in parser.tags for key, value in attrs.items()
+            if key in ("src", "href", "action", "srcset", "poster", "data")]
+    assert urls, "expected some links and images"
+    for url in urls:
+        assert url.startswith(("data:image/png;base64,", "#")), url
+    assert {tag for tag, _ in parser.tags}.isdisjoint({"link", "iframe", "object", "embed", "form", "svg"})
+    assert not re.search(r"(?:https?|ftp|wss?)://", html, re.I)
+    assert "@import" not in html and "url(" not in html
+    csp = next(attrs["content"] for tag, attrs in parser.tags
+               if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy")
+    assert "default-src 'none'" in csp and "img-src data:" in csp and "unsafe-inline" not in csp
+
+
+def test_every_figure_is_a_png_with_a_readable_name_and_inline(hostile_report):
+    manifest = json.loads((hostile_report / "report.json").read_text())
+    html = (hostile_report / "index.html").read_text()
+    figures = [f for s in manifest["sections"] for f in s["figures"]]
+    assert figures
+    for figure in figures:
+        png = (hostile_report / figure["file"]).read_bytes()
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert decoded.shape[:2] == (figure["height"], figure["width"])
+        import base64
+
+        assert base64.b64encode(png).decode() in html
+
+
+def test_anchors_for_sections_and_layers(hostile_report):
+    html = (hostile_report / "index.html").read_text()
+    manifest = json.loads((hostile_report / "report.json").read_text())
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    for section in manifest["sections"]:
+        assert section["id"] in ids
+    for href in re.findall(r'href="#([^"]+)"', html):
+        assert href in ids, href
+    assert sum(1 for i in ids if i.startswith("layer-")) == len(manifest["sections"][0]["data"]["layers"])
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_report(hostile_report, tmp_path, monkeypatch):
+    import shutil
+
+    import reportgen.render as render
+
+    old = tmp_path / "old"
+    shutil.copytree(hostile_report, old)
+    before = sorted(p.name for p in old.rglob("*"))
+
+    def failing_savez(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(render.np, "savez_compressed", failing_savez)
+    report = _tiny_report()
+    with pytest.raises(OSError, match="disk full"):
+        write_report(report, old, save_arrays=True)
+    assert sorted(p.name for p in old.rglob("*")) == before
+    with pytest.raises(OSError):
+        write_report(report, tmp_path / "new", save_arrays=True)
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # no staging folder left behind
+
+
+def test_an_earlier_report_is_replaced_as_a_whole(hostile_report, tmp_path):
+    import shutil
+
+    target = tmp_path / "report"
+    shutil.copytree(hostile_report, target)
+    (target / "figures" / "stale.png").write_bytes(b"old")
+    write_report(_tiny_report(), target)
+    assert not (target / "figures" / "stale.png").exists()
+    assert not (target / "arrays.npz").exists()
+    assert json.loads((target / "report.json").read_text())["title"] == "tiny"
+
+
+def test_refusal_and_force(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("x")
+    with pytest.raises(OutputError, match="--force"):
+        write_report(_tiny_report(), folder)
+    assert (folder / "keep.txt").exists()
+    write_report(_tiny_report(), folder, force=True)
+    assert not (folder / "keep.txt").exists() and (folder / "index.html").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        write_report(_tiny_report(), a_file)
+
+
+def _tiny_report():
+    from reportgen.report import Figure, Report, Section
+
+    figure = Figure(key="f", title="t", caption="c", pixels=np.zeros((4, 4, 3), np.uint8))
+    section = Section(id="summary", kind="summary", title="Summary", blocks=(figure,),
+                      arrays={"a": np.arange(3)})
+    return Report(title="tiny", created="2026-01-01T00:00:00Z", model={"name": "m"}, options={"seed": 0},
+                  images=(), class_names=(), sections=(section,), warnings=(), seconds={},
+                  versions={"reportgen": "0", "tensorflow": "0", "keras": "0"})
