@@ -138,3 +138,36 @@ def test_preprocessing_matches_keras_and_inverts(keras, mode, module):
     np.testing.assert_allclose(preprocessor.invert(preprocessor.apply(pixels)), pixels, atol=1e-3)
     low, high = preprocessor.valid_range()
     assert np.all(low < high)
+
+
+def test_animated_gif_uses_its_first_frame(tmp_path):
+    frames = [Image.fromarray(np.full((10, 12, 3), value, np.uint8)) for value in (10, 200)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    image = decode_image(path)
+    assert image.shape == (10, 12, 3) and abs(int(image[0, 0, 0]) - 10) <= 2
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(np.full((10, 12, 3), (200, 30, 30), np.uint8)).convert("CMYK").save(path, quality=95)
+    image = decode_image(path)
+    assert image.shape == (10, 12, 3) and image[5, 5, 0] > 150 > image[5, 5, 1]
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    """A 20000x20000 PNG is a few hundred kilobytes on disk but 1.2 GB decoded: skipped with a message."""
+    import zlib
+
+    width = height = 20000
+    row = b"\x00" + bytes(width)  # filter byte + one gray row
+    raw = zlib.compress(row * height, 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match="megapixel limit"):
+        decode_image(path)

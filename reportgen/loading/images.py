@@ -13,6 +13,9 @@ from reportgen.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DEFAULT_SIZE = (224, 224)  # (width, height) for models without a fixed input size and no --image-size
+# Decoding allocates width x height x channels bytes at once; a 20000x20000 PNG compresses to kilobytes but would
+# take 1.2 GB. Files declaring more pixels than this are skipped before decoding.
+MAX_PIXELS = 80_000_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,12 @@ def decode_image(path: Path) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise ValueError("the file is empty")
+    declared = _declared_size(path)
+    if declared is not None and declared[0] * declared[1] > MAX_PIXELS:
+        raise ValueError(
+            f"{declared[0]}x{declared[1]} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel limit; "
+            "downscale it first"
+        )
     if path.suffix.lower() in (".jpg", ".jpeg"):
         # IMREAD_COLOR applies the EXIF orientation and converts CMYK and gray JPEGs to BGR.
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -91,6 +100,22 @@ def decode_image(path: Path) -> np.ndarray:
     if image.shape[2] == 1:
         return image
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file header alone, without decoding pixels; None when the header is unreadable.
+
+    Pillow (a matplotlib dependency) reads headers lazily; OpenCV has no header-only call.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        return (MAX_PIXELS, 2)  # Pillow itself refuses: certainly over our limit
+    except Exception:  # noqa: BLE001 - not our job to diagnose here; OpenCV's decode reports bad files
+        return None
 
 
 def fit_to_model(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:

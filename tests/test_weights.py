@@ -1,0 +1,97 @@
+"""Weight statistics, the freshly initialised comparison, kernel grids and the weights sections."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reportgen.api import generate_report
+from reportgen.config import ReportOptions
+from reportgen.figures import kernel_grid
+from reportgen.graph import walk_layers
+from reportgen.techniques.weights import compare_weights, fresh_copy, weight_stats
+
+
+def test_weight_stats_match_numpy():
+    values = np.array([-2.0, -0.001, 0.0, 0.5, 1.5, np.nan, np.inf], dtype=np.float32)
+    stats = weight_stats(values)
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert stats.count == 7 and stats.non_finite == 2
+    assert stats.mean == pytest.approx(finite.mean()) and stats.std == pytest.approx(finite.std())
+    assert (stats.min, stats.max) == (-2.0, 1.5)
+    assert stats.near_zero == pytest.approx(2 / 5)  # |w| < 1% of 2.0: -0.001 and 0.0
+
+
+def test_fresh_copy_has_same_architecture_new_weights_and_is_seeded(plain_model, nested_model):
+    for model in (plain_model, nested_model):
+        fresh = fresh_copy(model, seed=1)
+        assert [n.path for n in walk_layers(fresh)] == [n.path for n in walk_layers(model)]
+        again = fresh_copy(model, seed=1)
+        for a, b, trained in zip(fresh.weights, again.weights, model.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+            if len(a.shape) == 4:
+                assert not np.allclose(a, trained)
+
+
+def test_training_shows_up_as_change(keras, plain_model):
+    """Shift one kernel: its relative change is large, an untouched copy's is what re-initialising gives."""
+    trained = keras.models.clone_model(plain_model)
+    trained.set_weights(plain_model.get_weights())
+    conv = trained.get_layer("conv1")
+    conv.kernel.assign(conv.kernel * 5.0)
+    comparisons = {(c.layer, c.tensor): c for c in compare_weights(walk_layers(trained),
+                                                                   walk_layers(fresh_copy(trained, 0)))}
+    assert set(comparisons) == {("conv1", "kernel"), ("conv2", "kernel"), ("predictions", "kernel")}
+    conv1 = comparisons[("conv1", "kernel")]
+    assert conv1.trained.stats.std == pytest.approx(5 * conv1.fresh.stats.std, rel=0.3)
+    assert conv1.change > 3
+    assert conv1.trained_counts.sum() == conv1.trained.values.size
+
+
+def test_kernel_grid_colour_first_layer_and_per_channel_later_layers(plain_model):
+    kernel = plain_model.get_layer("conv1").kernel.numpy()  # (3, 3, 3, 8)
+    pixels, caption = kernel_grid(kernel)
+    assert "colour" in caption and pixels.dtype == np.uint8
+    # the strongest positive weight of the layer is drawn at full intensity
+    i = np.unravel_index(np.argmax(kernel), kernel.shape)
+    assert pixels.max() == 255 and kernel[i] > 0
+    kernel2 = plain_model.get_layer("conv2").kernel.numpy()  # (3, 3, 8, 16)
+    pixels2, caption2 = kernel_grid(kernel2)
+    assert "per input channel" in caption2 or "one tile per input channel" in caption2
+    big = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    assert "mean over" in kernel_grid(big)[1]
+
+
+def test_weights_sections_cover_nested_separable_depthwise(residual_model, nested_model, shared_images, tmp_path):
+    for model, expected in ((residual_model, {"stem", "res_conv", "sep", "dw", "logits"}),
+                            (nested_model, {"conv_base/block1_conv1", "conv_base/block2_conv1", "head"})):
+        out = tmp_path / model.name
+        generate_report(model, [shared_images], out, ReportOptions(sections=("summary", "weights"),
+                                                                   save_arrays=True))
+        manifest = json.loads((out / "report.json").read_text())
+        layers = {s["layer"] for s in manifest["sections"] if s["kind"] == "weights" and "layer" in s}
+        assert layers == expected
+        arrays = np.load(out / "arrays.npz")
+        sep = next((s for s in manifest["sections"] if s.get("layer") == "sep"), None)
+        if sep:
+            assert [t["tensor"] for t in sep["data"]["tensors"]] == ["depthwise_kernel", "pointwise_kernel"]
+            key = sep["data"]["tensors"][0]["array_keys"]["trained"]
+            np.testing.assert_array_equal(arrays[key], model.get_layer("sep").depthwise_kernel.numpy())
+
+
+def test_nan_weights_are_flagged_not_fatal(keras, plain_model, shared_images, tmp_path):
+    broken = keras.models.clone_model(plain_model)
+    broken.set_weights(plain_model.get_weights())
+    kernel = broken.get_layer("conv2").kernel
+    values = kernel.numpy()
+    values[0, 0, 0, 0] = np.nan
+    kernel.assign(values)
+    out = tmp_path / "nan"
+    result = generate_report(broken, [shared_images], out, ReportOptions(sections=("weights",)))
+    assert any("NaN or Inf" in w and "conv2" in w for w in result.warnings)
+    text = (out / "report.json").read_text()
+    manifest = json.loads(text, parse_constant=lambda name: pytest.fail(f"report.json holds {name}"))
+    conv2 = next(s for s in manifest["sections"] if s.get("layer") == "conv2")
+    assert conv2["data"]["tensors"][0]["trained"]["non_finite"] == 1
