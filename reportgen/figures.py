@@ -168,3 +168,58 @@ def figure_pixels(figure: object) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def _box_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) matrix averaging the source cells each target cell covers (area resampling, any ratio)."""
+    edges = np.arange(target + 1, dtype=np.float64) * (source / target)
+    starts, ends = edges[:-1, None], edges[1:, None]
+    cells = np.arange(source, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(ends, cells + 1) - np.maximum(starts, cells), 0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_stack(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a stack of 2-D maps (n, h, w) to (n, height, width): whole multiples repeat pixels (crisp squares),
+    anything else averages the covered area. Any n (OpenCV's resize takes at most 4 channels for area mode)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    height, width = size
+    _, h, w = stack.shape
+    if (h, w) == (height, width):
+        return stack
+    if height % h == 0 and width % w == 0:
+        return np.repeat(np.repeat(stack, height // h, axis=1), width // w, axis=2)
+    rows, columns = _box_weights(h, height), _box_weights(w, width)
+    return np.matmul(np.matmul(rows, stack), columns.T)
+
+
+def tile_mosaic(tiles: np.ndarray, columns: int, pad: int = 2, background: int = BACKGROUND) -> np.ndarray:
+    """Vectorised `tile_grid` without labels: (n, h, w, 3) uint8 tiles in rows of `columns`, same layout."""
+    n, h, w = tiles.shape[:3]
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    cells = np.full((rows * columns, h + pad, w + pad, 3), background, dtype=np.uint8)
+    cells[:n, pad:, pad:] = tiles
+    grid = cells.reshape(rows, columns, h + pad, w + pad, 3).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * (h + pad), columns * (w + pad), 3)
+    out = np.full((grid.shape[0] + pad, grid.shape[1] + pad, 3), background, dtype=np.uint8)
+    out[: grid.shape[0], : grid.shape[1]] = grid
+    return out
+
+
+def hatched(height: int, width: int, spacing: int = 6, fill: int = 215, line: int = 150) -> np.ndarray:
+    """A flat grey tile with diagonal hatching: 'nothing to show here' (e.g. a constant map)."""
+    y, x = np.mgrid[:height, :width]
+    tile = np.where((x + y) % spacing == 0, line, fill).astype(np.uint8)
+    return np.repeat(tile[:, :, None], 3, axis=2)
+
+
+def fit_box(image: np.ndarray, side: int) -> np.ndarray:
+    """Scale an RGB image so its longer side is about `side`: area-averaged when shrinking, whole-number
+    nearest-neighbour enlargement when small (never blurred)."""
+    h, w = image.shape[:2]
+    longest = max(h, w)
+    if longest > side:
+        size = (max(1, round(w * side / longest)), max(1, round(h * side / longest)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return upscale(image, side // longest)

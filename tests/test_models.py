@@ -74,14 +74,14 @@ def test_saved_model_folder_gets_conversion_advice(tmp_path):
     folder = tmp_path / "exported"
     folder.mkdir()
     (folder / "saved_model.pb").write_bytes(b"\x00")
-    with pytest.raises(ModelLoadError, match="SavedModel.*tf_keras"):
+    with pytest.raises(ModelLoadError, match=r"SavedModel.*tf_keras"):
         load_model(folder)
 
 
 def test_missing_and_unknown(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "nope.keras")
-    with pytest.raises(ModelLoadError, match="keras.applications"):
+    with pytest.raises(ModelLoadError, match=r"keras\.applications"):
         load_model("not-a-model")
     text_file = tmp_path / "model.txt"
     text_file.write_text("hello")
@@ -101,7 +101,7 @@ def test_application_name_with_random_weights():
 
 def test_application_imagenet_weights_never_download(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(ModelLoadError, match="never downloads.*--weights none"):
+    with pytest.raises(ModelLoadError, match=r"never downloads.*--weights none"):
         load_model("mobilenetv2", weights="imagenet", image_size=(96, 96))
 
 

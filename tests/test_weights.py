@@ -58,7 +58,7 @@ def test_kernel_grid_colour_first_layer_and_per_channel_later_layers(plain_model
     i = np.unravel_index(np.argmax(kernel), kernel.shape)
     assert pixels.max() == 255 and kernel[i] > 0
     kernel2 = plain_model.get_layer("conv2").kernel.numpy()  # (3, 3, 8, 16)
-    pixels2, caption2 = kernel_grid(kernel2)
+    _, caption2 = kernel_grid(kernel2)
     assert "per input channel" in caption2 or "one tile per input channel" in caption2
     big = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
     assert "mean over" in kernel_grid(big)[1]

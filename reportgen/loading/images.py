@@ -114,7 +114,7 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
             return image.size
     except Image.DecompressionBombError:
         return (MAX_PIXELS, 2)  # Pillow itself refuses: certainly over our limit
-    except Exception:  # noqa: BLE001 - not our job to diagnose here; OpenCV's decode reports bad files
+    except Exception:
         return None
 
 

@@ -9,13 +9,14 @@ from collections.abc import Callable
 
 from reportgen.analysis import Analysis
 from reportgen.report import Section
-from reportgen.sections import summary, weights
+from reportgen.sections import feature_maps, summary, weights
 
 SectionBuilder = Callable[[Analysis], list[Section]]
 
 BUILDERS: dict[str, SectionBuilder] = {
     "summary": summary.build,
     "weights": weights.build,
+    "feature_maps": feature_maps.build,
 }
 
 
