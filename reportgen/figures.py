@@ -114,6 +114,7 @@ def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024) -> tuple[np.ndarray, 
         )
     zoom = max(1, 24 // max(kh, kw))
     if n_in == 3:
+        zoom = max(1, 40 // max(kh, kw))  # few, colourful tiles: draw them large enough to read
         tiles = ((normalised.transpose(3, 0, 1, 2) + 1.0) * 127.5).round().astype(np.uint8)
         caption = (f"{n_out} filters in colour (the 3 input channels as RGB, grey = 0), scaled by the layer's "
                    f"largest |w| = {scale:.3g}")
