@@ -1,0 +1,264 @@
+"""Feature maps: the outputs of chosen 4-D layers for every image, from one multi-output forward pass.
+
+The tutorials build a `keras.Model(inputs, layer.output)` per layer and call `predict` per image, so the shared
+early layers run once per chosen layer and per image. Here one `tf.function` (traced once) runs the model layer by
+layer through `graph.run_layers`, records every chosen layer's output and stops after the last of them; the
+images go through it in batches sized so the captured activations of one batch stay within a memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+
+from reportgen.errors import InputError
+from reportgen.graph import LayerNode, run_layers, walk_layers
+from reportgen.layer_kinds import is_conv, is_pool, is_spatial
+
+# Captured activations of one batch stay under this many bytes when --batch-size is not given.
+ACTIVATION_BUDGET = 1 << 30
+# A channel whose max - min is within this share of its largest |value| is constant: float32 has ~7 digits, so
+# smaller differences are rounding noise (e.g. a zero kernel plus a bias), not a pattern worth stretching.
+CONSTANT_TOLERANCE = 1e-6
+LAYERS_FLAG = "--layers"
+_GLOB_CHARS = "*?["
+# TensorFlow's rule for a root name scope (ops.py, _VALID_OP_NAME_REGEX).
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+
+@dataclass(frozen=True)
+class MapBatch:
+    """The chosen layers' outputs for images `start` to `start + len(batch)`: path -> (B, H, W, C) float32."""
+
+    start: int
+    maps: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class NormalisedMaps:
+    """Maps scaled for display, each channel of each image min-max to [0, 1]; constant channels are 0."""
+
+    unit: np.ndarray  # (B, H, W, C) float32 in [0, 1]
+    constant: np.ndarray  # (B, C) bool: the channel has one value over the whole image
+    low: np.ndarray  # (B, C) the value shown darkest (the channel's minimum on that image)
+    high: np.ndarray  # (B, C) the value shown brightest
+    non_finite: int  # NaN or Inf values, shown as the channel's minimum
+
+
+@dataclass(frozen=True)
+class ImageMapStats:
+    """One layer on one image."""
+
+    mean: float
+    min: float
+    max: float
+    sparsity: float  # share of exact zeros
+    constant_channels: int  # channels with a single value over this image (shown hatched)
+
+
+@dataclass(frozen=True)
+class LayerMapStats:
+    """One layer over all images."""
+
+    path: str
+    type_name: str
+    shape: tuple[int, int, int]  # (H, W, C)
+    images: int
+    dead_channels: tuple[int, ...]  # channels that are exactly zero at every position of every image
+    mean_activation: float
+    sparsity: float  # share of exact zeros over all images, positions and channels
+    min: float
+    max: float
+    non_finite: int
+
+    @property
+    def channels(self) -> int:
+        return self.shape[2]
+
+    @property
+    def dead_share(self) -> float:
+        return len(self.dead_channels) / self.channels if self.channels else 0.0
+
+
+def default_layer(node: LayerNode, shape: Any) -> bool:
+    """Shown without --layers: conv and pooling layers with one 4-D output."""
+    return (is_conv(node.layer) or is_pool(node.layer)) and is_spatial(shape)
+
+
+def select_layers(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], patterns: Sequence[str] = ()) -> list[
+        LayerNode]:
+    """The layers to show, in execution order: every conv and pooling layer, or those `patterns` choose.
+
+    A pattern is a layer path (`conv_base/block1_conv1`), a bare layer name, or a glob matched against both
+    (`block1_*`, `*/block5_*`, `*bn*`). An exact name must be a layer with a 4-D output; a glob keeps its 4-D
+    matches (nested models only when it matches nothing else: their output is their last layer's). Raises
+    InputError naming --layers when a pattern matches nothing or only layers without a 4-D output.
+    """
+    if not patterns:
+        return [node for node in nodes if default_layer(node, shapes.get(node.path))]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matches = [node for node in nodes if fnmatchcase(node.path, pattern) or fnmatchcase(node.layer.name, pattern)]
+        if not matches:
+            examples = ", ".join(node.path for node in nodes[:4])
+            raise InputError(f"{LAYERS_FLAG}: {pattern!r} matches no layer (paths look like {examples}); "
+                             "`reportgen layers MODEL` lists them all")
+        is_glob = any(char in pattern for char in _GLOB_CHARS)
+        spatial = [node for node in matches if is_spatial(shapes.get(node.path))]
+        if is_glob and any(not node.is_model for node in spatial):
+            spatial = [node for node in spatial if not node.is_model]  # its maps are its last layer's
+        flat = [node for node in matches if not is_spatial(shapes.get(node.path))]
+        if not spatial or (flat and not is_glob):
+            node = (flat or matches)[0]
+            raise InputError(
+                f"{LAYERS_FLAG}: {node.path} ({node.type_name}) has output shape {shapes.get(node.path)}, not one "
+                "4-D (batch, height, width, channels) map; choose conv, pooling, activation, normalisation or "
+                "merge layers that keep a spatial map"
+            )
+        chosen.update(node.path for node in spatial)
+    return [node for node in nodes if node.path in chosen]
+
+
+def image_bytes(shapes: Mapping[str, Any], paths: Sequence[str]) -> int:
+    """Bytes the captured float32 outputs of `paths` take per image."""
+    return sum(4 * math.prod(shapes[path][1:]) for path in paths)
+
+
+def auto_batch_size(shapes: Mapping[str, Any], paths: Sequence[str], images: int,
+                    budget: int = ACTIVATION_BUDGET) -> int:
+    """The largest batch whose captured activations fit in `budget` bytes (at least 1, at most `images`)."""
+    per_image = max(1, image_bytes(shapes, paths))
+    return max(1, min(images, budget // per_image))
+
+
+def graph_safe(nodes: Sequence[LayerNode]) -> bool:
+    """True when every layer name is a valid TensorFlow name scope, which tracing a `tf.function` requires
+    (Keras opens a scope per layer); names such as `conv 1` or `<b>` only run eagerly."""
+    return all(_SCOPE_NAME.match(node.layer.name) for node in nodes)
+
+
+def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...]) -> Any:
+    """A function of a batch returning the outputs of `paths` in order: a `tf.function` traced once for any batch
+    size, or the same run eagerly when a layer name cannot be a TensorFlow scope name.
+
+    The run stops after the last chosen layer, so a classifier head that no map needs is never computed.
+    """
+    import tensorflow as tf
+
+    wanted = list(paths)
+
+    def capture(x: Any) -> list[Any]:
+        run = run_layers(model, x, capture=wanted, stop_early=True)
+        return [run.captured[path] for path in wanted]
+
+    if not graph_safe(walk_layers(model)):
+        return capture
+    return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)])
+
+
+def iter_feature_maps(model: Any, inputs: np.ndarray, paths: Sequence[str], batch_size: int) -> Iterator[MapBatch]:
+    """Run `inputs` (N, H, W, C) through `model` in batches; yield each batch's maps for every path."""
+    inputs = np.asarray(inputs, dtype=np.float32)
+    run = capture_function(model, paths, inputs.shape[1:])
+    for start in range(0, len(inputs), batch_size):
+        outputs = run(inputs[start:start + batch_size])
+        yield MapBatch(start, {path: np.asarray(out, dtype=np.float32) for path, out in zip(paths, outputs,
+                                                                                            strict=True)})
+
+
+def normalise_channels(maps: np.ndarray) -> NormalisedMaps:
+    """Scale each channel of each image to [0, 1] by its own min and max over that image.
+
+    Per channel, because channels of one layer differ in scale by orders of magnitude (one shared scale leaves
+    most tiles black); per image, because a figure asks where in *this* image each filter responds; min-max
+    rather than percentiles, because ReLU maps are mostly zeros and a filter firing on a few pixels is exactly
+    what a percentile clip would erase. A constant channel has no pattern to stretch: it is 0 and flagged.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    finite = np.isfinite(maps)
+    non_finite = int(maps.size - np.count_nonzero(finite))
+    if non_finite:
+        maps = np.where(finite, maps, np.nan)
+        low, high = np.nanmin(maps, axis=(1, 2)), np.nanmax(maps, axis=(1, 2))
+        low, high = np.nan_to_num(low), np.nan_to_num(high)
+        maps = np.where(finite, maps, low[:, None, None, :])
+    else:
+        low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
+    span = high - low
+    constant = span <= CONSTANT_TOLERANCE * np.maximum(np.abs(low), np.abs(high))
+    scale = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, span)).astype(np.float32)
+    unit = (maps - low[:, None, None, :]) * scale[:, None, None, :]
+    np.clip(unit, 0.0, 1.0, out=unit)
+    return NormalisedMaps(unit=unit, constant=constant, low=low, high=high, non_finite=non_finite)
+
+
+def image_stats(maps: np.ndarray, normalised: NormalisedMaps) -> list[ImageMapStats]:
+    """Per image of a batch (B, H, W, C): mean, range, share of zeros and constant channels."""
+    flat = maps.reshape(len(maps), -1)
+    zeros = flat.shape[1] - np.count_nonzero(flat, axis=1)
+    return [
+        ImageMapStats(mean=float(flat[i].mean(dtype=np.float64)), min=float(normalised.low[i].min()),
+                      max=float(normalised.high[i].max()), sparsity=float(zeros[i] / max(1, flat.shape[1])),
+                      constant_channels=int(normalised.constant[i].sum()))
+        for i in range(len(maps))
+    ]
+
+
+class LayerStatsAccumulator:
+    """Statistics of one layer's maps gathered batch by batch, so the maps themselves need not be kept."""
+
+    def __init__(self, node: LayerNode, shape: tuple[int, int, int]) -> None:
+        self.node = node
+        self.shape = shape
+        self.largest = np.zeros(shape[2], dtype=np.float32)  # per channel max |value| so far
+        self.total = 0.0
+        self.zeros = 0
+        self.count = 0
+        self.images = 0
+        self.low = math.inf
+        self.high = -math.inf
+        self.non_finite = 0
+
+    def add(self, maps: np.ndarray, normalised: NormalisedMaps) -> None:
+        """Add a batch (B, H, W, C); `normalised` is `normalise_channels(maps)`, whose per-channel range we reuse."""
+        largest = np.maximum(np.abs(normalised.low), np.abs(normalised.high)).max(axis=0)
+        if normalised.non_finite:
+            self.non_finite += normalised.non_finite
+            finite = np.isfinite(maps)
+            largest = np.where(finite.all(axis=(0, 1, 2)), largest, np.inf)  # NaN or Inf is not "dead"
+            self.total += float(maps[finite].sum(dtype=np.float64))
+        else:
+            self.total += float(maps.sum(dtype=np.float64))
+        self.largest = np.maximum(self.largest, largest)
+        self.zeros += int(maps.size - np.count_nonzero(maps))  # NaN counts as non-zero
+        self.count += int(maps.size)
+        self.images += len(maps)
+        self.low = min(self.low, float(normalised.low.min()))
+        self.high = max(self.high, float(normalised.high.max()))
+
+    def result(self) -> LayerMapStats:
+        finite_count = self.count - self.non_finite
+        return LayerMapStats(
+            path=self.node.path,
+            type_name=self.node.type_name,
+            shape=self.shape,
+            images=self.images,
+            dead_channels=tuple(int(c) for c in np.flatnonzero(self.largest == 0)),
+            mean_activation=self.total / finite_count if finite_count else float("nan"),
+            sparsity=self.zeros / self.count if self.count else float("nan"),
+            min=self.low if math.isfinite(self.low) else float("nan"),
+            max=self.high if math.isfinite(self.high) else float("nan"),
+            non_finite=self.non_finite,
+        )
+
+
+def map_shape(shapes: Mapping[str, Any], path: str) -> tuple[int, int, int]:
+    """(H, W, C) of a 4-D layer output."""
+    _, height, width, channels = shapes[path]
+    return int(height), int(width), int(channels)
