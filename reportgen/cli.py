@@ -55,11 +55,14 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _run(ctx: click.Context, action: Callable[[], Any]) -> Any:
-    """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback."""
+def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True) -> Any:
+    """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback.
+
+    `tensorflow=False` for commands that never load a model (publish), so they start instantly.
+    """
     debug = bool(ctx.find_root().params.get("debug"))
     try:
-        if not debug:
+        if tensorflow and not debug:
             _import_tensorflow_quietly()
         return action()
     except ReportgenError as exc:
@@ -237,6 +240,56 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         for row in rows:
             click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         click.echo(f"\n{summary.name}: {summary.total_params:,} parameters, {len(summary.layers)} layers")
+
+    _run(ctx, action)
+
+
+@main.command()
+@click.argument("report", type=click.Path(path_type=Path))
+@click.argument("site", type=click.Path(path_type=Path))
+@click.option("--name", help="Model folder in SITE (default: the model's name in report.json).")
+@click.option("--version", "version", help="Version folder in SITE (default: --model-version of the report, "
+                                           "else its creation date).")
+@click.option("--force", is_flag=True, help="Replace a different report already published as MODEL/VERSION.")
+@click.option("--quiet", is_flag=True, help="Print only the path of the site's index.html.")
+@click.pass_context
+def publish(ctx: click.Context, report: Path, site: Path, name: str | None, version: str | None, force: bool,
+            quiet: bool) -> None:
+    """Copy the report folder REPORT to SITE/MODEL/VERSION/ and rebuild SITE/index.html, the page listing every
+    published model and version (a static site for GitHub Pages)."""
+
+    def action() -> None:
+        from reportgen.publish import publish_report
+
+        result = publish_report(report, site, name=name, version=version, force=force)
+        if not quiet:
+            state = "published to" if result.changed else "already published, unchanged:"
+            click.echo(f"{report} {state} {result.report_html}", err=True)
+        click.echo(str(result.index_html))
+
+    _run(ctx, action, tensorflow=False)
+
+
+@main.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder to write the diff report to (replaced atomically).")
+@click.option("--title", help="Report title.")
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str | None, force: bool,
+         quiet: bool) -> None:
+    """Compare two reports of a model (OLD and NEW folders, both made with --save-arrays) on the same images:
+    weights, predictions, class activation maps and filter patterns, side by side."""
+
+    def action() -> None:
+        from reportgen.diff.build import diff_reports
+        from reportgen.progress import Progress
+
+        result = diff_reports(old, new, output_dir, title=title, force=force, progress=Progress(not quiet))
+        _print_result(result, quiet)
 
     _run(ctx, action)
 

@@ -1,7 +1,9 @@
-"""Render a Report to a folder: index.html (self-contained), figures/*.png, report.json, arrays.npz.
+"""Render a Report to a folder: index.html (self-contained), figures/*.png, report.json, summary.md, arrays.npz.
 
-This is the only module that encodes images or writes output files. Writing is atomic: everything is built
-in a hidden folder beside OUT and moved into place at the end, so a failure leaves OUT as it was.
+This is the only module that encodes images or writes output files (the published site's too). Writing is
+atomic: everything is built in a hidden folder beside OUT and moved into place at the end, so a failure leaves
+OUT as it was. The same report gives the same bytes: nothing time-dependent but `created` (which
+SOURCE_DATE_EPOCH pins) reaches index.html, summary.md or arrays.npz; report.json also holds `seconds`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
 from reportgen.report import Report, Section, SlugRegistry
+from reportgen.summary_md import summary_markdown
 
-SCHEMA_VERSION = 1
-GENERATOR = "reportgen"
-MANIFEST = "report.json"
+SUMMARY_MD = "summary.md"
+SITE_GENERATOR = "reportgen site"  # the site index's <meta name="generator">: marks an index.html we may replace
 
 
 def templates_dir() -> Path:
@@ -63,11 +66,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def is_report_dir(path: Path) -> bool:
     """True when `path` holds a report written by reportgen (its manifest says so)."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR
+    return read_manifest(path) is not None
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -188,13 +187,20 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]]) -> str:
-    """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
-    env = environment()
+def _page_assets() -> tuple[str, str, str]:
+    """(css, js, csp): our stylesheet and script, inlined, and a CSP that allows only them (by hash) and data:
+    images, so a page can load nothing from anywhere."""
     css = (templates_dir() / "style.css").read_text(encoding="utf-8")
     js = (templates_dir() / "report.js").read_text(encoding="utf-8")
     csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
            "base-uri 'none'; form-action 'none'")
+    return css, js, csp
+
+
+def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]]) -> str:
+    """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
+    env = environment()
+    css, js, csp = _page_assets()
     anchors = {section.id for section in report.sections}
     layer_anchors: dict[str, str] = {}
     for section in report.sections:
@@ -236,6 +242,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
     arrays_file = "arrays.npz" if save_arrays else None
     html = render_html(report, figures)
     manifest = _manifest(report, figures, arrays_file)
+    summary = summary_markdown(manifest)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -246,6 +253,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
         (staging / "index.html").write_text(html, encoding="utf-8")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                                         encoding="utf-8")
+        (staging / SUMMARY_MD).write_text(summary, encoding="utf-8")
         if arrays_file:
             np.savez_compressed(staging / arrays_file, **arrays)
         staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read
@@ -270,3 +278,66 @@ def _replace(staging: Path, out: Path) -> None:
         retired.rename(out)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ published site
+
+
+def render_site_index(title: str, models: list[dict[str, Any]]) -> str:
+    """The site's index.html: every published model and version, with the report's own CSS and CSP.
+
+    `models`: [{slug, name, versions: [{label, href, summary, title, date, images, accuracy, params}]}], hrefs
+    relative to the site root.
+    """
+    from reportgen import __version__
+
+    css, js, csp = _page_assets()
+    template = environment().get_template("site_index.html.j2")
+    return template.render(title=title, models=models, css=Markup(css), js=Markup(js), csp=csp,
+                           generator=SITE_GENERATOR, version=__version__)
+
+
+def is_site_index(path: Path) -> bool:
+    """True when `path` is an index.html that `write_site` wrote (so publishing may replace it)."""
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{SITE_GENERATOR}' in head
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, leaving it untouched when it already holds exactly that."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with open(handle, "wb") as stream:
+            stream.write(data)
+        Path(temporary).chmod(0o644)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_site(site: Path, index_html: str, report: Path | None = None, target: Path | None = None) -> None:
+    """Copy the report folder `report` to `target` inside `site` (atomically, replacing what is there), then
+    write the site's index.html and .nojekyll (GitHub Pages would otherwise run Jekyll over the reports).
+    Files whose bytes would not change are left alone, so publishing the same thing twice changes nothing."""
+    site.mkdir(parents=True, exist_ok=True)
+    if report is not None and target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.publishing-", dir=target.parent))
+        try:
+            shutil.copytree(report, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+            staging.chmod(0o755)
+            _replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    _write_if_changed(site / "index.html", index_html.encode("utf-8"))
+    _write_if_changed(site / ".nojekyll", b"")

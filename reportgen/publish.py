@@ -1,0 +1,143 @@
+"""`publish_report`: add a report folder to a static site of every model and version (GitHub Pages ready).
+
+SITE/<model>/<version>/ holds a copy of the report; SITE/index.html lists every published version, rebuilt each
+time from the report.json files found in SITE, so it always matches the folders and the same site gives the same
+bytes. Reading and deciding happen here; `render.write_site` does the writing.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reportgen.diff import manifest as read
+from reportgen.errors import InputError
+from reportgen.render import SUMMARY_MD, is_site_index, render_site_index, write_site
+from reportgen.report import slugify
+
+SITE_TITLE = "Model reports"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    site: Path
+    target: Path  # SITE/<model>/<version>
+    changed: bool  # False when exactly this report was already published there
+
+    @property
+    def index_html(self) -> Path:
+        return self.site / "index.html"
+
+    @property
+    def report_html(self) -> Path:
+        return self.target / "index.html"
+
+
+def version_slug(text: str, fallback: str = "version") -> str:
+    """A version as one safe path segment: lower-case letters, digits, dots and dashes (`V1.2 rc/1` ->
+    `v1.2-rc-1`); never empty, never `.` or `..`, never starting with a dot."""
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9.]+", "-", ascii_text)
+    slug = re.sub(r"\.{2,}", ".", slug).strip(".-")[:80].strip(".-")
+    return slug or fallback
+
+
+def _default_version(manifest: dict[str, Any]) -> str:
+    model = manifest.get("model") or {}
+    if model.get("version"):
+        return str(model["version"])
+    created = str(manifest.get("created") or "")
+    return created[:10] or "unversioned"
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """True when the two folders hold the same files (hidden ones aside) with the same bytes."""
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    files = _files(a)
+    return files == _files(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+
+
+def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary: bool) -> dict[str, Any]:
+    model = manifest.get("model") or {}
+    accuracy = read.accuracy(manifest)
+    params = model.get("params")
+    href = f"{model_slug}/{version}/"
+    return {
+        "model": model_slug, "name": str(model.get("name") or ""), "label": version,
+        "href": href + "index.html", "summary": href + SUMMARY_MD if has_summary else None,
+        "title": str(manifest.get("title") or ""), "created": str(manifest.get("created") or ""),
+        "date": str(manifest.get("created") or "")[:10] or "n/a", "images": len(read.images(manifest)),
+        "accuracy": accuracy.text() if accuracy else "n/a",
+        "params": f"{params:,}" if isinstance(params, int) else "n/a",
+    }
+
+
+def site_entries(site: Path) -> list[dict[str, Any]]:
+    """Every report published in `site` (SITE/<model>/<version>/report.json written by reportgen)."""
+    found = []
+    if not site.is_dir():
+        return found
+    for model_dir in sorted(p for p in site.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            manifest = read.read_manifest(version_dir)
+            if manifest is not None:
+                found.append(_entry(model_dir.name, version_dir.name, manifest, (version_dir / SUMMARY_MD).is_file()))
+    return found
+
+
+def group_models(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries grouped per model (by slug), newest version first; a fixed order, so the same site gives the same
+    page."""
+    models: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        models.setdefault(entry["model"], []).append(entry)
+    out = []
+    for slug in sorted(models):
+        versions = sorted(models[slug], key=lambda e: (e["created"], e["label"]), reverse=True)
+        names = sorted({e["name"] for e in versions if e["name"] and e["name"] != slug})
+        out.append({"slug": slug, "names": names, "versions": versions})
+    return out
+
+
+def publish_report(report: str | Path, site: str | Path, *, name: str | None = None, version: str | None = None,
+                   force: bool = False) -> PublishResult:
+    """Copy the report folder `report` to SITE/<model>/<version>/ and rebuild SITE/index.html.
+
+    `name` defaults to the model's name in report.json, `version` to its version or else the creation date.
+    A different report already published under the same model and version is replaced only with `force`.
+    """
+    folder = read.read_report(report, "REPORT")
+    site = Path(site)
+    if site.exists() and not site.is_dir():
+        raise InputError(f"SITE: {site} is a file; give a folder for the site")
+    if site.resolve().is_relative_to(folder.path.resolve()):
+        raise InputError(f"SITE: {site} is inside the report {folder.path}; choose a folder outside it")
+    index = site / "index.html"
+    if index.exists() and not is_site_index(index) and not force:
+        raise InputError(f"SITE: {index} exists and was not written by reportgen publish; choose another folder or "
+                         "pass --force to replace that index.html")
+    model = folder.manifest.get("model") or {}
+    model_slug = slugify(name or str(model.get("name") or ""), "model")
+    version_text = version or _default_version(folder.manifest)
+    version_dir = version_slug(version_text)
+    target = site / model_slug / version_dir
+
+    already_there = target.resolve() == folder.path.resolve() or same_tree(folder.path, target)
+    if target.exists() and not already_there and not force:
+        raise InputError(f"{model_slug}/{version_dir} is already published in {site} with other content; pass "
+                         "--force to replace it, or publish under another --version")
+    entries = [e for e in site_entries(site) if (e["model"], e["label"]) != (model_slug, version_dir)]
+    entries.append(_entry(model_slug, version_dir, folder.manifest, (folder.path / SUMMARY_MD).is_file()))
+    html = render_site_index(SITE_TITLE, group_models(entries))
+    write_site(site, html, None if already_there else folder.path, target)
+    return PublishResult(site, target, changed=not already_there)

@@ -1,0 +1,148 @@
+"""summary.md: a short Markdown summary of a report for a pull-request comment or a model review.
+
+Built from the manifest (report.json as a dict), so it says exactly what the report holds: the model, accuracy on
+the images, dead filters, the CAM sanity check, for a diff the flipped predictions, and a link to the full report.
+Every name that came from a user (model, layer, class, image) is escaped, so it cannot turn into Markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reportgen.diff import manifest as read
+
+MAX_ITEMS = 10  # names listed per line; the report has the rest
+# Every ASCII punctuation character can be backslash-escaped in CommonMark (and GitHub's Markdown); escaping all
+# of them is simpler to get right than deciding which ones matter where.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def escape(text: object) -> str:
+    """User-supplied text as literal Markdown: punctuation escaped, line breaks flattened."""
+    return _PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _listed(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_ITEMS])
+    return shown + (f", and {len(items) - MAX_ITEMS} more" if len(items) > MAX_ITEMS else "")
+
+
+def _model_line(model: Mapping[str, Any]) -> str:
+    name = escape(model.get("name") or "model")
+    version = f" version {escape(model['version'])}" if model.get("version") else ""
+    params = f" ({model['params']:,} parameters)" if isinstance(model.get("params"), int) else ""
+    return f"{name}{version}{params}"
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)]
+
+
+def _dead_filters(manifest: Mapping[str, Any]) -> str | None:
+    patterns = read.dead_filters(manifest)
+    channels = read.dead_channels(manifest)
+    parts = []
+    if patterns:
+        dead = [c for c in patterns if c.count]
+        parts.append("filter patterns: " + (_listed([f"{escape(c.layer)} {c.count} of {c.total}" for c in dead])
+                                             if dead else f"none of {sum(c.total for c in patterns)} filters"))
+    if channels:
+        dead = [c for c in channels if c.count]
+        parts.append("feature maps (zero on every image): " + (
+            _listed([f"{escape(c.layer)} {c.count} of {c.total}" for c in dead]) if dead else "none"))
+    return "; ".join(parts) if parts else None
+
+
+def _cam_sanity(manifest: Mapping[str, Any]) -> str | None:
+    results = read.cam_sanity(manifest)
+    if not results:
+        return None
+    text = ", ".join(
+        f"{escape(r.method)} {'passed' if r.passed else '**flagged**'}"
+        + (f" (rank correlation {r.correlation:.2f} with a randomised model)" if r.correlation is not None else "")
+        for r in results
+    )
+    if not all(r.passed for r in results):
+        text += "; flagged maps barely change when the weights are random"
+    return text
+
+
+def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    model = manifest.get("model") or {}
+    images = read.images(manifest)
+    labelled = sum(1 for i in images if i.get("label"))
+    rows = [("Model", _model_line(model)), ("Images", f"{len(images)} ({labelled} labelled)")]
+    accuracy = read.accuracy(manifest)
+    rows.append(("Accuracy on these images", accuracy.text() if accuracy else "n/a"))
+    dead = _dead_filters(manifest)
+    if dead:
+        rows.append(("Dead filters", dead))
+    sanity = _cam_sanity(manifest)
+    if sanity:
+        rows.append(("CAM sanity check", sanity))
+    return rows
+
+
+def _accuracy(value: Mapping[str, Any] | None) -> str:
+    if not value:
+        return "n/a"
+    return f"{value['accuracy']:.1%} ({value['correct']} of {value['labelled']})"
+
+
+def _side(info: Mapping[str, Any]) -> str:
+    return escape(info.get("name") or "?") + (f" {escape(info['version'])}" if info.get("version") else "")
+
+
+def _diff_rows(diff: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = [("Compared", f"{_side(diff.get('old') or {})} → {_side(diff.get('new') or {})}"),
+            ("Images compared", str(diff.get("images_compared", 0)))]
+    predictions = diff.get("predictions")
+    if predictions:
+        rows.append(("Accuracy on these images",
+                     f"{_accuracy(predictions.get('old_accuracy'))} → {_accuracy(predictions.get('new_accuracy'))}"))
+        flips = predictions.get("flipped") or []
+        listed = [f"{escape(f['image'])} ({escape(f['old'])} → {escape(f['new'])}"
+                  + (f", {f['verdict']}" if f.get("verdict") else "") + ")" for f in flips]
+        rows.append(("Flipped predictions", f"{len(flips)} of {predictions.get('compared', 0)}"
+                     + (": " + _listed(listed) if listed else "")))
+    else:
+        rows.append(("Flipped predictions", "n/a (no predictions in one of the reports)"))
+    weights = diff.get("weights") or {}
+    largest = weights.get("largest")
+    if weights.get("compared"):
+        text = f"{weights['compared']} tensors compared"
+        if largest:
+            text += (f"; largest relative change {largest['relative_change']:.3g} in {escape(largest['layer'])} "
+                     f"{escape(largest['tensor'])}")
+        rows.append(("Weights", text))
+    cams = diff.get("cams")
+    if cams:
+        lowest = cams.get("lowest") or {}
+        mean = cams.get("mean_correlation")
+        text = f"{cams['compared']} maps compared, mean correlation {mean:.2f}" if mean is not None else \
+            f"{cams['compared']} maps compared"
+        if lowest and lowest.get("correlation") is not None:
+            text += (f"; lowest {lowest['correlation']:.2f} for {escape(lowest['image'])}, class "
+                     f"{escape(lowest['class'])} ({escape(lowest['method'])})")
+        rows.append(("CAM change", text))
+    not_compared = diff.get("not_compared") or {}
+    if not_compared:
+        rows.append(("Not compared", "; ".join(f"{escape(what)}: {n['only_old']} only in old, {n['only_new']} only "
+                                                f"in new" for what, n in not_compared.items())))
+    return rows
+
+
+def summary_markdown(manifest: Mapping[str, Any], link: str = "index.html") -> str:
+    """The Markdown summary of a report's manifest; `link` is where the full report is, relative to summary.md."""
+    diff = manifest.get("diff")
+    rows = _diff_rows(diff) if isinstance(diff, Mapping) else _report_rows(manifest)
+    warnings = manifest.get("warnings") or []
+    if warnings:
+        rows.append(("Warnings", f"{len(warnings)}: " + _listed([escape(w) for w in warnings])))
+    lines = [f"### {escape(manifest.get('title') or 'reportgen report')}", "", *_table(rows), "",
+             # The creation time and our version are ours (ISO 8601, digits and dots), not a user's names.
+             f"[Full report]({link}) · created {manifest.get('created') or 'n/a'} · "
+             f"reportgen {(manifest.get('versions') or {}).get('reportgen', '')}", ""]
+    return "\n".join(lines)

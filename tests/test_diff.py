@@ -1,0 +1,231 @@
+"""`reportgen diff`: a model against a further-trained copy shows which weights, predictions and maps changed;
+synthetic reports check matching by name, what is listed as not compared, and the refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reportgen.api import generate_report
+from reportgen.config import ReportOptions
+from reportgen.diff.build import diff_reports
+from reportgen.diff.compare import correlation
+from reportgen.errors import InputError
+from reportgen.loading.images import discover_images, load_images
+from reportgen.render import write_report
+from reportgen.report import ImageEntry, Report, Section
+from reportgen.sections import available_sections
+
+# The sections a diff reads that this checkout has (predictions and cam were added alongside the diff).
+SECTIONS = tuple(s for s in ("summary", "weights", "predictions", "cam") if s in available_sections())
+OPTIONS = ReportOptions(sections=SECTIONS, cam_methods=("gradcam",), save_arrays=True, top_k=2)
+needs = {kind: pytest.mark.skipif(kind not in SECTIONS, reason=f"no {kind} section in this checkout")
+         for kind in ("predictions", "cam")}
+
+
+def _inputs(folder: Path) -> np.ndarray:
+    return load_images(discover_images([folder]), (32, 32, 3)).pixels / 255.0  # the fixtures' preprocessing
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory, keras, shared_images):
+    """v1: the plain fixture model; v2: the same model trained further, towards labels shifted by one class so
+    that predictions flip. Both reported with --save-arrays; then their diff."""
+    from conftest import build_plain_model
+
+    folder = tmp_path_factory.mktemp("diff")
+    v1 = build_plain_model(keras, seed=0)
+    v2 = keras.models.clone_model(v1)
+    v2.set_weights(v1.get_weights())
+    x = _inputs(shared_images).astype(np.float32)
+    labels = np.arange(len(x)) % 3
+    v2.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    v2.fit(x, labels, epochs=15, batch_size=len(x), verbose=0)
+    reports = {}
+    for name, model, version in (("old", v1, "1"), ("new", v2, "2")):
+        reports[name] = folder / name
+        generate_report(model, [shared_images], reports[name], dataclasses.replace(OPTIONS, model_version=version))
+    reports["diff"] = folder / "diff"
+    diff_reports(reports["old"], reports["new"], reports["diff"])
+    return {"models": (v1, v2), "x": x, **reports}
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in json"))
+
+
+def _section(manifest: dict, section_id: str) -> dict:
+    return next(s for s in manifest["sections"] if s["id"] == section_id)
+
+
+def test_changed_weights_are_measured_per_tensor(versions):
+    v1, v2 = versions["models"]
+    manifest = _manifest(versions["diff"])
+    layers = {s["layer"]: s for s in manifest["sections"] if s["kind"] == "weights_diff" and "layer" in s}
+    assert set(layers) == {"conv1", "conv2", "predictions"}
+    for path, section in layers.items():
+        tensor = section["data"]["tensors"][0]
+        old, new = v1.get_layer(path).kernel.numpy(), v2.get_layer(path).kernel.numpy()
+        expected = np.linalg.norm(new.astype(np.float64) - old) / np.linalg.norm(old.astype(np.float64))
+        assert tensor["relative_change"] == pytest.approx(expected, rel=1e-5) and expected > 0.01
+        assert tensor["max_abs_change"] == pytest.approx(np.abs(new - old).max(), rel=1e-5)
+        assert tensor["old"]["std"] == pytest.approx(old.std(), rel=1e-4)
+        figures = [f["file"] for f in section["figures"]]
+        assert any(f.endswith("-histogram.png") for f in figures)
+        if old.ndim == 4:
+            assert any(f.endswith("-change.png") for f in figures)
+        for figure in figures:
+            assert (versions["diff"] / figure).is_file()
+
+
+@needs["predictions"]
+def test_flipped_predictions_are_the_images_whose_top_class_changed(versions):
+    v1, v2 = versions["models"]
+    x = versions["x"]
+    before = np.argmax(v1.predict(x, verbose=0), axis=1)
+    after = np.argmax(v2.predict(x, verbose=0), axis=1)
+    manifest = _manifest(versions["diff"])
+    names = [image["name"] for image in _manifest(versions["new"])["images"]]
+    expected = {names[i] for i in np.flatnonzero(before != after)}
+    assert expected, "the further training should flip some predictions"
+    data = _section(manifest, "predictions-diff")["data"]
+    assert {i["name"] for i in data["images"] if i["flipped"]} == expected
+    assert data["flipped"] == len(expected) == len(manifest["diff"]["predictions"]["flipped"])
+    classes = _manifest(versions["new"])["class_names"]
+    for image in data["images"]:
+        i = names.index(image["name"])
+        assert (image["old"], image["new"]) == (classes[before[i]], classes[after[i]])
+    html = (versions["diff"] / "index.html").read_text()
+    assert html.count("FLIPPED (") == len(expected)  # each flip marked in the all-images table
+    summary = (versions["diff"] / "summary.md").read_text()
+    assert f"| Flipped predictions | {len(expected)} of {len(names)}" in summary
+    assert "[Full report](index.html)" in summary
+
+
+@needs["cam"]
+def test_cam_changes_are_correlations_of_the_stored_maps(versions):
+    manifest = _manifest(versions["diff"])
+    old, new = _manifest(versions["old"]), _manifest(versions["new"])
+    maps = _section(manifest, "cam-diff")["data"]["maps"]
+
+    def keys(report: dict) -> set:
+        names = {image["id"]: image["name"] for image in report["images"]}
+        return {(names[h["image"]], h["class_index"], h["method"]) for h in report["heatmaps"]}
+
+    # Maps are made for each image's top prediction and label, so a flip leaves maps that exist on one side only.
+    both = keys(old) & keys(new)
+    assert {(m["image"], m["class_index"], m["method"]) for m in maps} == both and both
+    only = _section(manifest, "not-compared")["data"]["class activation maps"]
+    assert len(only["only_old"]) == len(keys(old) - both) and len(only["only_new"]) == len(keys(new) - both)
+    with np.load(versions["old"] / "arrays.npz") as old_arrays, np.load(versions["new"] / "arrays.npz") as new_arrays:
+        for entry in maps:
+            a, b = old_arrays[_heatmap(old, entry)["array_key"]], new_arrays[_heatmap(new, entry)["array_key"]]
+            expected = correlation(a, b)
+            assert entry["correlation"] == pytest.approx(expected, abs=1e-6) or (
+                entry["correlation"] is None and not np.isfinite(expected))
+    assert manifest["diff"]["cams"]["compared"] == len(maps)
+
+
+def _heatmap(manifest: dict, entry: dict) -> dict:
+    """The report's heatmap entry for the diff's (image name, class, method)."""
+    image = next(image["id"] for image in manifest["images"] if image["name"] == entry["image"])
+    return next(h for h in manifest["heatmaps"] if (h["image"], h["class_index"], h["method"]) ==
+                (image, entry["class_index"], entry["method"]))
+
+
+def test_a_report_against_itself_shows_no_change(versions, tmp_path):
+    out = tmp_path / "same"
+    diff_reports(versions["new"], versions["new"], out)
+    manifest = _manifest(out)
+    assert manifest["diff"]["weights"]["largest"]["relative_change"] == 0
+    if "predictions" in SECTIONS:
+        assert manifest["diff"]["predictions"]["flipped"] == []
+    if "cam" in SECTIONS:
+        maps = _section(manifest, "cam-diff")["data"]["maps"]
+        assert maps and all(m["correlation"] == pytest.approx(1.0) for m in maps if m["correlation"] is not None)
+    assert "not-compared" not in [s["id"] for s in manifest["sections"]]
+
+
+# ------------------------------------------------------------------------------------- synthetic reports
+
+
+def _fake_report(out: Path, image_names: list[str], layers: dict[str, np.ndarray], heatmaps: dict[str, np.ndarray],
+                 patterns: dict[tuple[str, int], np.ndarray]) -> Path:
+    """A report folder as reportgen writes it, with chosen arrays: weights per layer, one gradcam map per image
+    (class 0), one ascent pattern per (layer, filter)."""
+    ids = {name: name.replace("/", "-").replace(".", "-") for name in image_names}
+    sections, extra = [], {"heatmaps": [], "filter_patterns": []}
+    for path, kernel in layers.items():
+        key = f"weights-{path}.trained"
+        sections.append(Section(id=f"weights-{path}", kind="weights", title=path, blocks=(), layer=path,
+                                data={"type": "Conv2D", "tensors": [{"tensor": "kernel", "shape": list(kernel.shape),
+                                                                     "array_keys": {"trained": key}}]},
+                                arrays={key: kernel}))
+    maps = {}
+    for name, heatmap in heatmaps.items():
+        key = f"cam.{ids[name]}.class-0"
+        maps[key] = heatmap
+        extra["heatmaps"].append({"method": "gradcam", "image": ids[name], "class_index": 0, "class_name": "zero",
+                                  "layer": "conv", "array_key": key})
+    stacks = {}
+    for (layer, number), pattern in patterns.items():
+        key = f"filter_patterns.{layer}.ascent"
+        stacks.setdefault(key, []).append(pattern)
+        extra["filter_patterns"].append({"layer": layer, "filter": number, "direction": "ascent", "activation": 1.0,
+                                         "array_key": key, "array_index": len(stacks[key]) - 1, "dead": number == 9})
+    arrays = {**maps, **{key: np.stack(value) for key, value in stacks.items()}}
+    sections.append(Section(id="extra", kind="cam", title="maps", blocks=(), arrays=arrays))
+    report = Report(
+        title="fake", created="2024-01-01T00:00:00Z", model={"name": "fake", "preprocess": "scale"},
+        options={"seed": 0}, class_names=("zero", "one"), sections=tuple(sections), warnings=(), seconds={},
+        images=tuple(ImageEntry(ids[n], n, f"/images/{n}", None, (8, 8)) for n in image_names),
+        versions={"reportgen": "0", "tensorflow": "0", "keras": "0"}, extra=extra)
+    return write_report(report, out, save_arrays=True)
+
+
+def test_what_differs_is_listed_and_what_matches_is_compared(tmp_path):
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    heat = rng.random((4, 4)).astype(np.float32)
+    pattern = rng.random((8, 8, 3)).astype(np.float32)
+    old = _fake_report(tmp_path / "old", ["a/x.png", "a/y.png"], {"conv": kernel, "gone": kernel},
+                       {"a/x.png": heat, "a/y.png": heat}, {("conv", 0): pattern, ("conv", 9): pattern})
+    new = _fake_report(tmp_path / "new", ["a/y.png", "b/z.png"], {"conv": kernel * 2, "added": kernel},
+                       {"a/y.png": -heat[::1, :, None], "b/z.png": heat},  # a (4, 4, 1) map: channel axis dropped
+                       {("conv", 0): 1 - pattern, ("conv", 9): pattern})
+    diff_reports(old, new, tmp_path / "diff")
+    manifest = _manifest(tmp_path / "diff")
+    [only] = [s for s in manifest["sections"] if s["id"] == "not-compared"]
+    assert only["data"]["images"] == {"only_old": ["a/x.png"], "only_new": ["b/z.png"]}
+    assert only["data"]["weight tensors"] == {"only_old": ["gone kernel"], "only_new": ["added kernel"]}
+    assert [i["name"] for i in manifest["images"]] == ["a/y.png"]
+    weights = _section(manifest, "weights-diff-conv")["data"]["tensors"][0]
+    assert weights["relative_change"] == pytest.approx(1.0)  # ||2k - k|| / ||k||
+    [cam] = _section(manifest, "cam-diff")["data"]["maps"]
+    assert cam["image"] == "a/y.png" and cam["correlation"] == pytest.approx(-1.0)
+    patterns = _section(manifest, "filter-patterns-diff-conv")
+    assert {f["key"] for f in patterns["figures"]} == {"filter-patterns-diff-conv-ascent-old",
+                                                       "filter-patterns-diff-conv-ascent-new"}
+    html = (tmp_path / "diff" / "index.html").read_text()
+    assert "only in OLD" in html and "OLD and NEW have no predictions" in html  # said, not skipped silently
+
+
+def test_reports_without_arrays_are_refused(versions, tmp_path, cli, shared_images, saved_models):
+    bare = tmp_path / "bare"
+    generate_report(saved_models["plain"], [shared_images], bare, ReportOptions(sections=("summary",)))
+    with pytest.raises(InputError, match="--save-arrays"):
+        diff_reports(versions["old"], bare, tmp_path / "out")
+    result = cli("diff", bare, versions["new"], "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "OLD" in result.output and "--save-arrays" in result.output
+    result = cli("diff", tmp_path, versions["new"], "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "not a reportgen report" in result.output
+    result = cli("diff", versions["old"], versions["new"], "-o", versions["old"])
+    assert result.exit_code == 2 and "is the OLD report" in result.output
+    assert not (tmp_path / "out").exists()
+    result = cli("diff", versions["old"], versions["new"], "-o", tmp_path / "cli", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli" / "index.html").is_file()
