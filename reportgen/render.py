@@ -201,7 +201,9 @@ def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]])
     """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
     env = environment()
     css, js, csp = _page_assets()
+    # Every section and every figure is a link target (figures: `#fm-conv1-cat-1-png`).
     anchors = {section.id for section in report.sections}
+    anchors |= {figure.key for section in report.sections for figure in section.figures()}
     layer_anchors: dict[str, str] = {}
     for section in report.sections:
         if section.kind == "summary":
