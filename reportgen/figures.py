@@ -227,3 +227,50 @@ def fit_box(image: np.ndarray, side: int) -> np.ndarray:
         size = (max(1, round(w * side / longest)), max(1, round(h * side / longest)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return upscale(image, side // longest)
+
+
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, name: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """A [0, 1] heatmap of any resolution, upsampled smoothly (cv2.resize, bilinear) and blended over an RGB image."""
+    height, width = image.shape[:2]
+    smooth = cv2.resize(np.asarray(heat, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colormap(smooth, name).astype(np.float32)
+    return np.clip(blend, 0, 255).round().astype(np.uint8)
+
+
+def heatmap_tile(heat: np.ndarray, size: tuple[int, int], name: str = "jet") -> np.ndarray:
+    """A [0, 1] heatmap at its own resolution, enlarged without smoothing (each cell a crisp block) to (H, W)."""
+    height, width = size
+    cells = cv2.resize(np.asarray(heat, np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+    return colormap(cells, name)
+
+
+def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str], title: str,
+                xlabel: str, ylabel: str) -> np.ndarray:
+    """A count matrix (e.g. a confusion matrix) as an annotated heat plot; returns RGB pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure as MplFigure
+
+    rows, columns = matrix.shape
+    side = min(9.0, 2.0 + 0.45 * max(rows, columns))
+    figure = MplFigure(figsize=(side + 1.0, side), dpi=100)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues", vmin=0)
+    peak = float(matrix.max()) if matrix.size else 0.0
+    if rows * columns <= 900:
+        for (r, c), value in np.ndenumerate(matrix):
+            axes.text(c, r, str(value), ha="center", va="center", fontsize=7,
+                      color="white" if peak and value > 0.6 * peak else "black")
+    axes.set_xticks(range(columns), [str(label)[:18] for label in column_labels], rotation=60, ha="right",
+                    fontsize=7)
+    axes.set_yticks(range(rows), [str(label)[:18] for label in row_labels], fontsize=7)
+    axes.set_xlabel(xlabel, fontsize=9)
+    axes.set_ylabel(ylabel, fontsize=9)
+    axes.set_title(title, fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    return figure_pixels(figure)

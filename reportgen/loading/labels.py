@@ -8,6 +8,8 @@ from pathlib import Path
 
 from reportgen.errors import InputError
 
+IMAGENET_CLASSES = 1000
+
 
 @dataclass(frozen=True)
 class ClassNames:
@@ -34,6 +36,14 @@ def read_class_names_file(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names in Keras's output order, shipped with the package (never downloaded)."""
+    from importlib.resources import files
+
+    text = files("reportgen").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 def resolve_class_names(
     num_classes: int,
     class_names_file: Path | None = None,
@@ -54,10 +64,13 @@ def resolve_class_names(
     if builtin is not None and len(builtin) == num_classes:
         return ClassNames(tuple(builtin), builtin_source), warnings
     labels = sorted({label for label in folder_labels if label is not None})
+    if labels and len(labels) == num_classes:
+        # Keras's image_dataset_from_directory numbers classes in sorted folder order; so do we.
+        return ClassNames(tuple(labels), "folders"), warnings
+    if num_classes == IMAGENET_CLASSES:
+        # A 1000-way output is almost always ImageNet's; folders named after ImageNet classes still match.
+        return ClassNames(imagenet_class_names(), "imagenet"), warnings
     if labels:
-        if len(labels) == num_classes:
-            # Keras's image_dataset_from_directory numbers classes in sorted folder order; so do we.
-            return ClassNames(tuple(labels), "folders"), warnings
         warnings.append(
             f"the images have {len(labels)} class folders but the model predicts {num_classes} classes; "
             "class names are indices (give --class-names to name them)"

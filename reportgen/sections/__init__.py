@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from reportgen.analysis import Analysis
 from reportgen.report import Section
-from reportgen.sections import feature_maps, summary, weights
+from reportgen.sections import cams, classes, feature_maps, predictions, summary, weights
 
 SectionBuilder = Callable[[Analysis], list[Section]]
 
@@ -17,6 +17,9 @@ BUILDERS: dict[str, SectionBuilder] = {
     "summary": summary.build,
     "weights": weights.build,
     "feature_maps": feature_maps.build,
+    "predictions": predictions.build,
+    "cam": cams.build,
+    "class": classes.build,
 }
 
 

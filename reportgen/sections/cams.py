@@ -1,0 +1,322 @@
+"""The `cam` sections: an overview comparing the methods and how far to trust each, then one section per method
+with every image's maps for its classes (top prediction, label, --classes), deletion / insertion AUC beside each
+map, and the model-randomisation check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reportgen import figures
+from reportgen.analysis import Analysis
+from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text, slugify
+from reportgen.sections.predictions import PredictionPlan, prediction_plan, shared
+from reportgen.sections.summary import section_id
+from reportgen.techniques.cam_trust import SANITY_THRESHOLD
+from reportgen.techniques.cams import (
+    METHODS,
+    CamResults,
+    CamSettings,
+    Heatmap,
+    TargetLayer,
+    choose_target_layer,
+    explain,
+)
+
+TILE = 128  # px, longer side of every image tile
+COLORMAP = "jet"
+MAX_IMAGES_SHOWN = 32  # per method; every map is still in the table, report.json and arrays.npz
+SANITY_IMAGES = 8  # images whose maps are recomputed on the freshly initialised model
+SANITY_SHOWN = 6
+METHOD_SLUGS = {"gradcam++": "gradcam-plus-plus"}  # slugify would make it "gradcam"
+HOW_TO_READ = ("Colours: jet, red high and blue low, each map scaled to its own maximum. Deletion AUC (lower is "
+               "better): the area under the class probability while the pixels the map ranks highest are replaced by "
+               "the image's mean colour; insertion AUC (higher is better): the same while they are put back into a "
+               "blurred copy. 'Random' is the same measurement with a random map of the same resolution.")
+
+
+@dataclass(frozen=True)
+class CamBundle:
+    """Everything the cam and class sections show: predictions and targets, the layer, the maps."""
+
+    plan: PredictionPlan
+    layer: TargetLayer | None
+    results: CamResults | None
+    skipped: tuple[str, ...]  # layer methods left out because the model has no spatial layer
+
+
+def cam_bundle(analysis: Analysis) -> CamBundle:
+    return shared(analysis, "cams", lambda: _compute(analysis))
+
+
+def _compute(analysis: Analysis) -> CamBundle:
+    plan = prediction_plan(analysis)
+    options = analysis.options
+    layer = choose_target_layer(analysis.layers, analysis.layer_shapes, options.cam_layer)
+    methods = list(dict.fromkeys(options.cam_methods))
+    skipped: tuple[str, ...] = ()
+    if layer is None:
+        skipped = tuple(m for m in methods if METHODS[m].resolution == "layer")
+        methods = [m for m in methods if m not in skipped]
+        if skipped:
+            analysis.warnings.append(
+                f"cam: the model has no convolutional layer with a spatial output, so "
+                f"{', '.join(METHODS[m].label for m in skipped)} cannot run; choose a layer with --cam-layer or use "
+                "saliency, smoothgrad or integrated_gradients")
+    if not methods:
+        return CamBundle(plan, layer, None, skipped)
+    channels = analysis.loaded.input_shape[2]
+    baseline = analysis.preprocessor.apply(np.zeros((1, 1, channels), np.float32))[0, 0]
+    low, high = analysis.preprocessor.valid_range()
+    try:
+        fresh = analysis.fresh_model
+    except Exception as exc:  # a custom layer that cannot be cloned: the maps still come, without the check
+        analysis.warnings.append(f"cam: no sanity check, the model could not be re-initialised ({exc})")
+        fresh = None
+    results = explain(
+        analysis.model, analysis.inputs, plan.targets, methods, layer, plan.to_probabilities,
+        CamSettings(batch_size=options.batch_size or 16, seed=options.seed), baseline, float(np.max(high - low)),
+        fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
+    )
+    for method, check in results.sanity.items():
+        if check.flagged:
+            analysis.warnings.append(
+                f"cam: {METHODS[method].label} maps barely change when the model's weights are re-initialised "
+                f"(rank correlation {check.correlation:.2f}); they show the image more than what the model learned")
+    return CamBundle(plan, layer, results, skipped)
+
+
+# ------------------------------------------------------------------------------------------- shared drawing
+
+
+def unit(raw: np.ndarray) -> np.ndarray | None:
+    """The map scaled to [0, 1] by its maximum; None when it has no positive value (nothing to show)."""
+    peak = float(np.max(raw)) if raw.size else 0.0
+    if not np.isfinite(peak) or peak <= 0:
+        return None
+    return np.clip(np.nan_to_num(raw / peak), 0.0, 1.0).astype(np.float32)
+
+
+def image_tile(analysis: Analysis, image: int) -> np.ndarray:
+    return figures.fit_box(analysis.display_images[image], TILE)
+
+
+def overlay_tile(tile: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    scaled = unit(raw)
+    if scaled is None:  # no positive evidence: the image greyed out
+        return (0.35 * tile.astype(np.float32) + 0.65 * 200).astype(np.uint8)
+    return figures.overlay_heatmap(tile, scaled, COLORMAP)
+
+
+def raw_tile(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    scaled = unit(raw)
+    return figures.hatched(*size) if scaled is None else figures.heatmap_tile(scaled, size, COLORMAP)
+
+
+def short(text: str, length: int = 20) -> str:
+    """At most `length` characters for a tile label, cut in the middle so a file's extension stays readable."""
+    if len(text) <= length:
+        return text
+    head = (length - 2) // 2
+    return f"{text[:head]}..{text[len(text) - (length - 2 - head):]}"
+
+
+def file_label(name: str) -> str:
+    """A tile label for an image: its file name without the class folder (the caption has the full name)."""
+    return short(name.rsplit("/", 1)[-1])
+
+
+def method_section_id(analysis: Analysis, bundle: CamBundle, method: str) -> str:
+    slug = METHOD_SLUGS.get(method, slugify(method))
+    if METHODS[method].resolution == "layer" and bundle.layer is not None:
+        return f"{section_id('cam', analysis, bundle.layer.path)}-{slug}"
+    return f"cam-input-{slug}"
+
+
+def map_layer(bundle: CamBundle, method: str) -> str:
+    """Where a method's maps live: the target layer's path, or `input` for input attributions."""
+    return bundle.layer.path if METHODS[method].resolution == "layer" and bundle.layer else "input"
+
+
+def array_key(section: str, image_id: str, class_index: int) -> str:
+    return f"{section}.{image_id}.class-{class_index}"
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def build(analysis: Analysis) -> list[Section]:
+    bundle = cam_bundle(analysis)
+    results = bundle.results
+    if results is None:
+        text = ("No class activation map was computed: "
+                + ("the model has no spatial layer for the chosen methods." if bundle.skipped else "no method chosen."))
+        return [Section(id="cam", kind="cam", title="Class activation maps", blocks=(Text(text),))]
+    sections = [_overview(analysis, bundle, results)]
+    manifest: list[dict[str, Any]] = []
+    for method in results.methods:
+        sections.append(_method_section(analysis, bundle, results, method, manifest))
+    analysis.manifest_lists["heatmaps"] = manifest
+    return sections
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Section:
+    layer = bundle.layer
+    facts = []
+    if layer is not None:
+        h, w, k = layer.shape[1:]
+        facts.append(("Target layer", f"{layer.path} ({layer.type_name}, {h}x{w}x{k}): {layer.reason}"))
+    requested = ", ".join(analysis.class_names.names[c] for c in bundle.plan.requested)
+    facts += [
+        ("Scores", results.head.description),
+        ("Classes per image", "the top prediction, the label when it is a class"
+                              + (f", and the classes asked for with --classes ({requested})" if requested else "")),
+        ("Maps", f"{len(results.heatmaps)} ({len(results.methods)} methods)"),
+        ("Trust", f"deletion / insertion AUC over {results.steps} steps for every map; model randomisation on "
+                  f"{results.sanity_images} images per method"),
+    ]
+    rows, links, data = [], [], []
+    for method in results.methods:
+        maps = results.for_method(method)
+        deletion = _mean([h.deletion_auc for h in maps])
+        insertion = _mean([h.insertion_auc for h in maps])
+        beats = sum(h.deletion_auc < h.random_deletion_auc for h in maps)
+        check = results.sanity.get(method)
+        verdict = "n/a" if check is None else ("flagged" if check.flagged else "passes")
+        rows.append((METHODS[method].label, map_layer(bundle, method),
+                     f"{deletion:.3f} ({_mean([h.random_deletion_auc for h in maps]):.3f})",
+                     f"{insertion:.3f} ({_mean([h.random_insertion_auc for h in maps]):.3f})",
+                     f"{beats} of {len(maps)}",
+                     "n/a" if check is None else f"{check.correlation:.2f}", verdict))
+        links.append((("details", "#" + method_section_id(analysis, bundle, method)),))
+        data.append({"method": method, "mean_deletion_auc": deletion, "mean_insertion_auc": insertion,
+                     "beats_random_deletion": beats, "maps": len(maps),
+                     "sanity_correlation": None if check is None else check.correlation,
+                     "sanity_flagged": None if check is None else check.flagged})
+    table = Table(
+        columns=("Method", "Maps at", "Deletion AUC (random)", "Insertion AUC (random)", "Deletion beats random",
+                 "Rank correlation with fresh model", "Sanity check"),
+        rows=tuple(rows),
+        caption=(f"Means over every map. {HOW_TO_READ} Sanity check (Adebayo et al. 2018): Spearman rank correlation "
+                 "between the maps of the trained model and of the same architecture freshly initialised; above "
+                 f"{SANITY_THRESHOLD} the method is flagged, its maps show the image rather than what the model "
+                 "learned."),
+        row_links=tuple(links),
+    )
+    return Section(id="cam", kind="cam", title="Class activation maps", blocks=(Facts(tuple(facts)), table),
+                   data={"layer": layer.path if layer else None, "scores": results.head.description,
+                         "methods": data})
+
+
+def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, method: str,
+                    manifest: list[dict[str, Any]]) -> Section:
+    info = METHODS[method]
+    sid = method_section_id(analysis, bundle, method)
+    where = map_layer(bundle, method)
+    names = analysis.class_names.names
+    maps = results.for_method(method)
+    save = analysis.options.save_arrays
+    check = results.sanity.get(method)
+
+    facts = [("Method", f"{info.label} ({info.reference})"), ("Maps at", where), ("Cost", info.cost)]
+    if check is not None:
+        verdict = ("flagged: the maps barely depend on the trained weights" if check.flagged else
+                   "passes: the maps change when the weights are re-initialised")
+        constant = f"; {check.constant_maps} fresh maps were empty and count as 0" if check.constant_maps else ""
+        facts.append(("Sanity check", f"rank correlation {check.correlation:.2f} with the freshly initialised model "
+                                      f"over {len(check.correlations)} maps ({verdict}){constant}"))
+    blocks: list = [Facts(tuple(facts))]
+    if check is not None and method in results.fresh_maps:
+        blocks.append(_sanity_row(analysis, results, method, sid))
+
+    rows, links, arrays = [], [], {}
+    by_image: dict[int, list[Heatmap]] = {}
+    for heatmap in maps:
+        by_image.setdefault(heatmap.image, []).append(heatmap)
+        image_id = analysis.image_ids[heatmap.image]
+        name = names[heatmap.target.class_index]
+        key = array_key(sid, image_id, heatmap.target.class_index)
+        arrays[key] = heatmap.raw
+        rows.append((analysis.images.sources[heatmap.image].name, name, ", ".join(heatmap.target.reasons),
+                     f"{heatmap.probability:.3f}", f"{heatmap.deletion_auc:.3f}", f"{heatmap.random_deletion_auc:.3f}",
+                     f"{heatmap.insertion_auc:.3f}", f"{heatmap.random_insertion_auc:.3f}"))
+        class_link = bundle.plan.class_link(heatmap.target.class_index, names)
+        links.append(tuple(link for link in (class_link, ("prediction", f"#prediction-{image_id}")) if link))
+        manifest.append({
+            "method": method, "image": image_id, "class_index": heatmap.target.class_index, "class_name": name,
+            "layer": where, "score": heatmap.probability, "deletion_auc": heatmap.deletion_auc,
+            "insertion_auc": heatmap.insertion_auc, "array_key": key if save else None,
+            "reasons": list(heatmap.target.reasons), "random_deletion_auc": heatmap.random_deletion_auc,
+            "random_insertion_auc": heatmap.random_insertion_auc, "shape": list(heatmap.raw.shape),
+        })
+    blocks.append(Table(
+        columns=("Image", "Class", "Why", "Probability", "Deletion AUC", "Random", "Insertion AUC", "Random"),
+        rows=tuple(rows), caption=HOW_TO_READ, row_links=tuple(links)))
+
+    shown = sorted(by_image)[:MAX_IMAGES_SHOWN]
+    if len(by_image) > len(shown):
+        blocks.append(Text(f"Figures for the first {len(shown)} of {len(by_image)} images; the table, report.json "
+                           "and arrays.npz (--save-arrays) hold every map."))
+    for image in shown:
+        blocks.append(_image_figure(analysis, info.label, where, sid, image, by_image[image]))
+    return Section(
+        id=sid, kind="cam", title=f"{info.label} at {where}", blocks=tuple(blocks),
+        layer=bundle.layer.path if info.resolution == "layer" and bundle.layer else None,
+        data={"method": method, "label": info.label, "reference": info.reference, "maps_at": where,
+              "sanity": None if check is None else {
+                  "correlation": check.correlation, "flagged": check.flagged, "threshold": check.threshold,
+                  "correlations": [None if c != c else c for c in check.correlations],
+                  "constant_maps": check.constant_maps}},
+        arrays=arrays,
+    )
+
+
+def _image_figure(analysis: Analysis, label: str, where: str, sid: str, image: int, maps: list[Heatmap]) -> Figure:
+    names = analysis.class_names.names
+    source = analysis.images.sources[image]
+    tile = image_tile(analysis, image)
+    size = tile.shape[:2]
+    tiles, labels, parts = [tile], [file_label(source.name)], []
+    for heatmap in maps:
+        name = names[heatmap.target.class_index]
+        tiles += [overlay_tile(tile, heatmap.raw), raw_tile(heatmap.raw, size)]
+        labels += [f"{short(name, 15)} {heatmap.probability:.0%}",
+                   f"del {heatmap.deletion_auc:.2f} ins {heatmap.insertion_auc:.2f}"]
+        empty = " (no positive evidence: greyed)" if unit(heatmap.raw) is None else ""
+        parts.append(f"{name} ({', '.join(heatmap.target.reasons)}): p = {heatmap.probability:.1%}, deletion AUC "
+                     f"{heatmap.deletion_auc:.3f} (random {heatmap.random_deletion_auc:.3f}), insertion AUC "
+                     f"{heatmap.insertion_auc:.3f} (random {heatmap.random_insertion_auc:.3f}){empty}")
+    labelled = f" (label {source.label})" if source.label else ""
+    caption = (f"{label} at {where} for {source.name}{labelled}. " + "; ".join(parts) + ". Left: the image; then "
+               "per class the map over the image and the raw map at its own resolution.")
+    return Figure(key=f"{sid}-{analysis.image_ids[image]}", title=f"{label}: {source.name}", caption=caption,
+                  pixels=figures.fit_width(figures.tile_grid(tiles, columns=len(tiles), labels=labels)))
+
+
+def _sanity_row(analysis: Analysis, results: CamResults, method: str, sid: str) -> FigureRow:
+    """The first images' maps (first class each) from the trained and the freshly initialised model."""
+    trained_maps = {(h.image, h.target.class_index): h.raw for h in results.for_method(method)}
+    count = min(SANITY_SHOWN, len(results.fresh_maps[method]))
+    images = range(count)
+    labels = [file_label(analysis.images.sources[i].name) for i in images]
+    trained, fresh = [], []
+    for i in images:
+        tile = image_tile(analysis, i)
+        target = next(h.target for h in results.for_method(method) if h.image == i)
+        trained.append(overlay_tile(tile, trained_maps[(i, target.class_index)]))
+        fresh.append(overlay_tile(tile, results.fresh_maps[method][i][0]))
+    label = METHODS[method].label
+    return FigureRow((
+        Figure(key=f"{sid}-sanity-trained", title=f"{label}: trained model",
+               caption="The first images' maps for their top prediction, from the trained model.",
+               pixels=figures.fit_width(figures.tile_grid(trained, columns=count, labels=labels))),
+        Figure(key=f"{sid}-sanity-fresh", title=f"{label}: freshly initialised model",
+               caption="The same maps from the architecture freshly initialised: a trustworthy method's maps change.",
+               pixels=figures.fit_width(figures.tile_grid(fresh, columns=count, labels=labels))),
+    ))
