@@ -136,8 +136,9 @@ def _toc(report: Report) -> list[dict[str, Any]]:
             groups.append(group)
             if section.layer is None and section.class_name is None:
                 continue
-        group["children"].append({"anchor": section.id, "title": section.layer or section.class_name or
-                                  section.title})
+        # "Weights: conv1" -> "conv1"; titles without a kind prefix ("Grad-CAM at conv3") stay whole.
+        label = section.title.split(": ", 1)[1] if ": " in section.title else section.title
+        group["children"].append({"anchor": section.id, "title": label})
     return groups
 
 
