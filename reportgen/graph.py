@@ -11,11 +11,16 @@ output with respect to them are exact, eagerly and inside `tf.function`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import keras
+
+# TensorFlow's rule for a name scope (ops.py, _VALID_OP_NAME_REGEX). Tracing a tf.function opens one scope per
+# model and layer, so names Keras allows but TensorFlow does not (`conv 1`, `<b>`) can only run eagerly.
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 @dataclass(frozen=True)
@@ -137,3 +142,9 @@ def layer_output_shapes(model: Any, input_shape: tuple[int, int, int]) -> dict[s
         else:
             shapes[path] = (None, *tuple(value.shape)[1:])
     return shapes
+
+
+def traceable(model: Any) -> bool:
+    """True when the model's and every layer's name is a valid TensorFlow name scope, so `run_layers` can run
+    inside a `tf.function`; otherwise callers run it eagerly (slower, same numbers)."""
+    return bool(_SCOPE_NAME.match(model.name)) and all(_SCOPE_NAME.match(n.layer.name) for n in walk_layers(model))

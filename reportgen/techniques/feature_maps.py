@@ -9,7 +9,6 @@ images go through it in batches sized so the captured activations of one batch s
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-from reportgen.graph import LayerNode, run_layers, walk_layers
+from reportgen.graph import LayerNode, run_layers, traceable
 from reportgen.layer_kinds import is_conv, is_pool, is_spatial
 
 # Captured activations of one batch stay under this many bytes when --batch-size is not given.
@@ -28,8 +27,6 @@ ACTIVATION_BUDGET = 1 << 30
 CONSTANT_TOLERANCE = 1e-6
 LAYERS_FLAG = "--layers"
 _GLOB_CHARS = "*?["
-# TensorFlow's rule for a root name scope (ops.py, _VALID_OP_NAME_REGEX).
-_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 @dataclass(frozen=True)
@@ -137,12 +134,6 @@ def auto_batch_size(shapes: Mapping[str, Any], paths: Sequence[str], images: int
     return max(1, min(images, budget // per_image))
 
 
-def graph_safe(nodes: Sequence[LayerNode]) -> bool:
-    """True when every layer name is a valid TensorFlow name scope, which tracing a `tf.function` requires
-    (Keras opens a scope per layer); names such as `conv 1` or `<b>` only run eagerly."""
-    return all(_SCOPE_NAME.match(node.layer.name) for node in nodes)
-
-
 def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...]) -> Any:
     """A function of a batch returning the outputs of `paths` in order: a `tf.function` traced once for any batch
     size, or the same run eagerly when a layer name cannot be a TensorFlow scope name.
@@ -157,7 +148,7 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
         run = run_layers(model, x, capture=wanted, stop_early=True)
         return [run.captured[path] for path in wanted]
 
-    if not graph_safe(walk_layers(model)):
+    if not traceable(model):
         return capture
     return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)])
 

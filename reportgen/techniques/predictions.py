@@ -7,7 +7,6 @@ which we did. A single sigmoid unit is a two-class model: class 1 has probabilit
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,22 +14,12 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-from reportgen.graph import is_container, walk_layers
+from reportgen.graph import is_container, traceable
 
 CLASSES_FLAG = "--classes"
 # Rows of a probability output sum to 1 up to float32 rounding of a few thousand terms.
 SUM_TOLERANCE = 1e-3
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
-# What TensorFlow accepts as a name scope; tracing a tf.function opens one per model and layer.
-_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
-
-
-def traceable(model: Any) -> bool:
-    """True when the model's and every layer's name is a valid TensorFlow name scope. Names such as `conv 1` or
-    `<b>` are fine for Keras but make graph tracing fail, so such models run eagerly (slower, same numbers)."""
-    return bool(_SCOPE_NAME.match(model.name)) and all(_SCOPE_NAME.match(n.layer.name) for n in walk_layers(model))
-
-
 def compiled(function: Callable, model: Any) -> Callable:
     """`function` as a tf.function (one trace per input shape family) when the model's names allow tracing."""
     import tensorflow as tf
