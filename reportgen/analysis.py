@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from reportgen.loading.models import LoadedModel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import SILENT, Progress
 from reportgen.report import SlugRegistry, slugify
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,6 +34,14 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     # Top-level report.json lists that techniques fill, e.g. "filter_patterns" or "heatmaps".
     manifest_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Results several section kinds share (predictions feed the predictions, cam and class sections).
+    shared_results: dict[str, Any] = field(default_factory=dict)
+
+    def shared(self, key: str, compute: Callable[[], T]) -> T:
+        """`compute()` once per report, whichever of the sections that need it run first."""
+        if key not in self.shared_results:
+            self.shared_results[key] = compute()
+        return self.shared_results[key]
 
     @property
     def model(self) -> Any:

@@ -37,10 +37,7 @@ MAX_LISTED_CLASSES = 100
 
 def shared(analysis: Analysis, key: str, compute: Callable[[], T]) -> T:
     """Compute once per report: the predictions and maps feed three section kinds, in any selection."""
-    cache: dict[str, Any] = vars(analysis).setdefault("_shared_results", {})
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
+    return analysis.shared(key, compute)
 
 
 @dataclass(frozen=True)
