@@ -33,9 +33,10 @@ KIND = "feature_maps"
 OVERVIEW_ID = "feature-maps"
 COLUMNS = 16  # channels per row; doubled for layers with more than MAX_ROWS rows of 16
 MAX_ROWS = 32
-# Tile pixels per figure: about 400 x 400 of channel tiles whatever the channel count, so big layers get smaller
-# tiles and a report of many layers and images stays a reasonable size (VGG16 on 8 images: 144 figures).
-GRID_AREA = 160_000
+# Tile pixels per figure: about 250 x 250 of channel tiles whatever the channel count, so big layers get smaller
+# tiles and a report of many layers and images stays a reasonable size (VGG16 on 8 images: 144 figures; a
+# 21-layer model on 64 images: 1344 figures, so every pixel here is paid for a thousand times).
+GRID_AREA = 60_000
 MIN_TILE = 16  # ... but a tile is not shrunk below this (a 14 x 14 map keeps its own pixels)
 MAX_UPSCALED_TILE = 96  # small maps are enlarged (by whole numbers) up to this size, not beyond
 PANEL = 128  # the input image's longer side in each figure
