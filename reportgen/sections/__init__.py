@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from reportgen.analysis import Analysis
 from reportgen.report import Section
-from reportgen.sections import cams, classes, feature_maps, predictions, summary, weights
+from reportgen.sections import cams, classes, feature_maps, filter_patterns, predictions, summary, weights
 
 SectionBuilder = Callable[[Analysis], list[Section]]
 
@@ -17,6 +17,7 @@ BUILDERS: dict[str, SectionBuilder] = {
     "summary": summary.build,
     "weights": weights.build,
     "feature_maps": feature_maps.build,
+    "filter_patterns": filter_patterns.build,
     "predictions": predictions.build,
     "cam": cams.build,
     "class": classes.build,

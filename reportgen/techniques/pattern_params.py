@@ -1,0 +1,169 @@
+"""How a filter pattern is parameterised, transformed and updated during the search, in TensorFlow ops.
+
+Every method works on display pixels `unit` in [0, 1] (RGB order, what pixels/255 would be); `PixelMap` turns
+them into the model's input, so a pattern is always a real image whatever the preprocessing. Two methods:
+
+- `PixelAscent` ("pixel"): the tutorials' method (Chollet, *Deep Learning with Python* 5.4): the pixels are the
+  parameters, each step adds the gradient divided by its RMS; here batched, compiled and clipped to [0, 1].
+- `FourierAscent` ("fourier"): Lucid's recipe (Olah et al., "Feature Visualization", Distill 2017): the image is
+  the inverse FFT of a spectrum scaled by 1/frequency (so every frequency learns at a similar rate and
+  high-frequency noise is not favoured), colours are decorrelated with the ImageNet colour-correlation square
+  root, a sigmoid keeps pixels inside [0, 1], Adam updates the spectrum and every ascent step sees the image
+  through a small random jitter, scale and rotation (seeded, stateless), so the pattern cannot rely on
+  pixel-exact noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Square root of the ImageNet RGB colour-correlation matrix, from Lucid (lucid/optvis/param/color.py).
+COLOR_CORRELATION_SVD_SQRT = np.array(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
+)
+
+
+@dataclass(frozen=True)
+class PixelMap:
+    """The affine map from display pixels in [0, 1] (..., C) to model input: `offset + unit @ matrix`.
+
+    Read off the preprocessor itself, so caffe's channel swap and torch's per-channel scale come along.
+    """
+
+    offset: np.ndarray  # (C,) model input of a black image
+    matrix: np.ndarray  # (C, C): row k is what pixel channel k at full intensity adds to each input channel
+
+    @classmethod
+    def from_preprocessor(cls, preprocessor: Any) -> PixelMap:
+        channels = preprocessor.channels
+        offset = preprocessor.apply(np.zeros((1, 1, channels), np.float32))[0, 0]
+        basis = np.eye(channels, dtype=np.float32)[:, None, :] * 255.0  # (C, 1, C): one channel lit per row
+        matrix = preprocessor.apply(basis)[:, 0, :] - offset
+        return cls(offset.astype(np.float32), matrix.astype(np.float32))
+
+    def to_model(self, unit: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.tensordot(unit, tf.constant(self.matrix), axes=1) + tf.constant(self.offset)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Per-image random rotation, scale and translation applied to the image the model sees each step."""
+
+    degrees: float = 3.0
+    scale: float = 0.08  # scale drawn from [1 - scale, 1 + scale]
+    shift: float = 0.04  # translation up to this share of the image size
+
+    def __call__(self, unit: Any, seed: Any, amount: Any) -> Any:
+        """`unit` (B, H, W, C) in [0, 1]; `seed` an int64 (2,) tensor for the stateless random draws; `amount` (B,)
+        scales each image's transform (0: the image as it is)."""
+        import tensorflow as tf
+
+        height, width = int(unit.shape[1]), int(unit.shape[2])
+        draws = tf.random.stateless_uniform(tf.stack([tf.shape(unit)[0], 4]), seed, -1.0, 1.0) * amount[:, None]
+        angle = draws[:, 0] * math.radians(self.degrees)
+        scale = 1.0 + draws[:, 1] * self.scale
+        tx, ty = draws[:, 2] * self.shift * width, draws[:, 3] * self.shift * height
+        # The op maps each output pixel (x, y) to the input point it samples: rotate and scale about the centre.
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+        zeros = tf.zeros_like(cos)
+        transforms = tf.stack(
+            [cos, -sin, cx - cos * cx + sin * cy + tx, sin, cos, cy - sin * cx - cos * cy + ty, zeros, zeros],
+            axis=1,
+        )
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=unit, transforms=transforms, output_shape=tf.constant([height, width], tf.int32),
+            fill_value=tf.constant(0.0), interpolation="NEAREST", fill_mode="REFLECT",
+        )
+
+
+@dataclass(frozen=True)
+class PixelAscent:
+    """Pixels as parameters, RMS-normalised gradient steps (the tutorials), clipped to the valid range."""
+
+    learning_rate: float = 4.0 / 255  # the tutorial steps one grey level (1/255); 4 reaches ~2.5x higher in 40
+    name: str = "pixel"
+    jitter: Jitter | None = None
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (height, width, channels)
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        # DLwP 5.4 starts from grey with a little noise: 128 + 20 * U(0, 1) grey levels.
+        return ((128.0 + 20.0 * rng.random((height, width, channels))) / 255.0).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        return params
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any) -> tuple[Any, tuple[Any, Any]]:
+        import tensorflow as tf
+
+        rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=[1, 2, 3], keepdims=True))
+        return tf.clip_by_value(params + self.learning_rate * grad / (rms + 1e-5), 0.0, 1.0), state
+
+
+@dataclass(frozen=True)
+class FourierAscent:
+    """Lucid-style: 1/f-scaled Fourier spectrum, decorrelated colour, sigmoid into range, Adam, jitter."""
+
+    learning_rate: float = 0.3  # Lucid uses 0.05 for 512 steps; 0.3 suits 40 (see benchmarks/)
+    decay_power: float = 1.0
+    init_std: float = 0.01
+    name: str = "fourier"
+    jitter: Jitter | None = Jitter()
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (2, channels, height, width // 2 + 1)  # real and imaginary parts of an rfft2d spectrum
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        shape = self.param_shape(height, width, channels)
+        return (rng.standard_normal(shape) * self.init_std).astype(np.float32)
+
+    def _spectrum_scale(self, height: int, width: int) -> np.ndarray:
+        fy = np.fft.fftfreq(height)[:, None]
+        fx = np.fft.rfftfreq(width)[None, :]
+        freqs = np.sqrt(fx * fx + fy * fy)
+        scale = 1.0 / np.maximum(freqs, 1.0 / max(height, width)) ** self.decay_power
+        return (scale * np.sqrt(height * width)).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        """(B, 2, C, H, W // 2 + 1) spectra -> (B, H, W, C) images in [0, 1] (`width`: an rfft forgets odd ones)."""
+        import tensorflow as tf
+
+        channels, height = int(params.shape[2]), int(params.shape[3])
+        scale = tf.constant(self._spectrum_scale(height, width))
+        spectrum = tf.complex(params[:, 0] * scale, params[:, 1] * scale)
+        # Lucid divides by 4 so the sigmoid starts in its linear part.
+        image = tf.transpose(tf.signal.irfft2d(spectrum, fft_length=[height, width]), (0, 2, 3, 1)) / 4.0
+        if channels == 3:
+            norm = np.max(np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0))
+            image = tf.tensordot(image, tf.constant((COLOR_CORRELATION_SVD_SQRT / norm).T), axes=1)
+        return tf.sigmoid(image)
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any) -> tuple[Any, tuple[Any, Any]]:
+        """One Adam step of ascent (beta1 0.9, beta2 0.999), written out so the state is plain tensors."""
+        import tensorflow as tf
+
+        m, v = state
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * tf.square(grad)
+        m_hat = m / (1.0 - tf.pow(0.9, step))
+        v_hat = v / (1.0 - tf.pow(0.999, step))
+        return params + self.learning_rate * m_hat / (tf.sqrt(v_hat) + 1e-8), (m, v)
+
+
+Method = PixelAscent | FourierAscent
+
+
+def method_named(name: str) -> Method:
+    """The parameterisation behind `--pattern-method`."""
+    methods: dict[str, Method] = {"pixel": PixelAscent(), "fourier": FourierAscent()}
+    if name not in methods:
+        raise ValueError(f"unknown pattern method {name!r}")
+    return methods[name]

@@ -1,0 +1,194 @@
+"""Filter patterns: ascent drives filters up, descent down, each pattern is its own filter's, results are seeded,
+patterns are real images, dead filters are marked, and the sections and report.json lists are complete."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from reportgen.api import generate_report
+from reportgen.config import ReportOptions
+from reportgen.errors import InputError
+from reportgen.example import example_model_path
+from reportgen.graph import traceable
+from reportgen.loading.preprocess import Preprocessor
+from reportgen.sections.filter_patterns import DEAD_GREY
+from reportgen.techniques import filter_patterns as fp
+from reportgen.techniques.filter_patterns import (
+    PatternSettings,
+    choose_filters,
+    filter_responses,
+    pattern_size,
+    search_patterns,
+)
+from reportgen.techniques.pattern_params import PixelMap
+
+SCALE = PixelMap.from_preprocessor(Preprocessor("scale"))
+
+
+@pytest.fixture(scope="module")
+def example_model(keras):
+    return keras.models.load_model(example_model_path())
+
+
+@pytest.fixture(scope="module")
+def example_patterns(example_model):
+    """Default settings (fourier, 40 steps, the model's 64 px) on conv3 (16 filters) and conv2 (8 filters)."""
+    settings = PatternSettings(height=64, width=64)
+    return {layer: search_patterns(example_model, layer, tuple(range(count)), settings, SCALE)
+            for layer, count in (("conv3", 16), ("conv2", 8))}
+
+
+def test_ascent_reaches_five_times_its_start_and_descent_ends_below(example_patterns):
+    for result in example_patterns.values():
+        ascent, descent = result.direction("ascent"), result.direction("descent")
+        live = ~result.dead
+        assert live.sum() >= len(result.filters) - 1, result.layer
+        assert np.all(ascent.activation[live] > 0)
+        assert np.all(ascent.activation[live] >= 5 * result.start_activation[live]), (
+            result.layer, ascent.activation / np.maximum(result.start_activation, 1e-9))
+        # Descent ends below its start. Behind a ReLU the output cannot go below zero, so a filter already off on
+        # the starting image shows it in its pre-activation, which the search follows while the output is zero.
+        on = result.start_activation > 1e-6
+        assert on.sum() >= len(result.filters) // 2
+        assert np.all(descent.activation[on] < result.start_activation[on])
+        assert np.all(descent.activation[~on] <= 1e-3 * ascent.activation.max())  # still (practically) off
+        assert np.all(descent.pre_activation[~on] < result.start_pre_activation[~on])
+        assert np.all(ascent.pre_activation > descent.pre_activation)
+
+
+def test_each_pattern_drives_its_own_filter_harder_than_the_others_do(example_model, example_patterns):
+    for layer, result in example_patterns.items():
+        ascent = result.direction("ascent")
+        responses = filter_responses(example_model, layer, ascent.inputs, result.filters)  # (pattern, filter)
+        # The stored activation is the model's own output on the stored input, not a number from the search.
+        np.testing.assert_allclose(np.diag(responses), ascent.activation, rtol=1e-4, atol=1e-5)
+        count = len(result.filters)
+        others = (responses.sum(axis=0) - np.diag(responses)) / (count - 1)
+        assert np.mean(np.diag(responses) > others) >= 0.8, layer
+
+
+def test_patterns_are_real_images_in_every_preprocessing(example_patterns, plain_model):
+    for result in example_patterns.values():
+        for patterns in result.patterns:
+            assert patterns.inputs.dtype == np.float32 and patterns.inputs.shape == (len(result.filters), 64, 64, 3)
+            assert patterns.inputs.min() >= 0.0 and patterns.inputs.max() <= 1.0
+    for mode in ("caffe", "tf", "torch", "none"):
+        preprocessor = Preprocessor(mode)
+        pixel_map = PixelMap.from_preprocessor(preprocessor)
+        unit = np.random.default_rng(0).random((2, 5, 5, 3)).astype(np.float32)
+        np.testing.assert_allclose(pixel_map.to_model(unit).numpy(), preprocessor.apply(unit * 255), rtol=1e-5,
+                                   atol=1e-4)
+        for method in ("fourier", "pixel"):
+            result = search_patterns(plain_model, "conv1", (0, 1), PatternSettings(
+                steps=8, height=32, width=32, method=method, directions=("ascent",)), pixel_map)
+            low, high = preprocessor.valid_range()
+            x = result.direction("ascent").inputs
+            tolerance = 1e-4 * float(np.max(high - low))
+            assert np.all(x >= low - tolerance) and np.all(x <= high + tolerance), (mode, method)
+
+
+@pytest.mark.parametrize("method", ["fourier", "pixel"])
+def test_same_seed_gives_identical_arrays(example_model, method):
+    def run(seed: int) -> list[np.ndarray]:
+        settings = PatternSettings(steps=6, height=64, width=64, method=method, seed=seed)
+        return [p.inputs for p in search_patterns(example_model, "conv2", (1, 4, 7), settings, SCALE).patterns]
+
+    first, again, other = run(3), run(3), run(4)
+    for a, b, c in zip(first, again, other, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+def test_step_is_traced_once_per_layer_whatever_the_batches(example_model, monkeypatch):
+    calls = []
+    real = fp.run_layers
+    monkeypatch.setattr(fp, "run_layers", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    monkeypatch.setattr(fp, "BATCH_PIXELS", 3 * 64 * 64)  # 10 patterns in batches of 3, 3, 2 and 2: two sizes
+    search_patterns(example_model, "conv2", (0, 1, 2, 3, 5), PatternSettings(steps=4, height=64, width=64), SCALE)
+    assert len(calls) == 2  # one trace of the step, one of the float32 evaluation
+
+
+def _model_with_dead_filter(keras):
+    """The residual fixture model (Conv2D, SeparableConv2D, DepthwiseConv2D) with stem filter 0 unable to fire:
+    negative weights and bias on inputs in [0, 1] keep its pre-activation below zero, so ReLU gives 0."""
+    from conftest import build_residual_model
+
+    model = build_residual_model(keras, seed=5)
+    stem = model.get_layer("stem")
+    kernel, bias = stem.kernel.numpy(), stem.bias.numpy()
+    kernel[..., 0] = -np.abs(kernel[..., 0]) - 0.01
+    bias[0] = -1.0
+    stem.kernel.assign(kernel)
+    stem.bias.assign(bias)
+    return model
+
+
+def test_report_sections_manifest_arrays_and_dead_tiles(keras, shared_images, tmp_path):
+    model = _model_with_dead_filter(keras)
+    out = tmp_path / "report"
+    options = ReportOptions(sections=("summary", "filter_patterns"), filters=3, steps=8, save_arrays=True)
+    result = generate_report(model, [shared_images], out, options)
+    manifest = json.loads((out / "report.json").read_text())
+    arrays = np.load(out / "arrays.npz")
+
+    layer_sections = [s for s in manifest["sections"] if s["kind"] == "filter_patterns" and s.get("layer")]
+    assert [s["layer"] for s in layer_sections] == ["stem", "res_conv", "sep", "dw"]
+    summary = next(s for s in result.sections if s.kind == "summary")
+    links = {href for row in summary.blocks[1].row_links for label, href in row if label == "patterns"}
+    assert {"#" + s["id"] for s in layer_sections} == links
+
+    entries = manifest["filter_patterns"]
+    assert len(entries) == 4 * 3 * 2
+    assert set(entries[0]) >= {"layer", "filter", "direction", "activation", "start_activation", "array_key",
+                               "dead"}
+    for entry in entries:
+        stored = arrays[entry["array_key"]]
+        assert stored.shape == (3, 32, 32, 3)
+        x = stored[entry["array_index"]: entry["array_index"] + 1]
+        again = filter_responses(model, entry["layer"], x, [entry["filter"]])[0, 0]
+        assert again == pytest.approx(entry["activation"], rel=1e-4, abs=1e-5)
+    dead = {(e["layer"], e["filter"]) for e in entries if e["dead"]}
+    assert dead == {("stem", 0)}
+    assert any("dead" in w and "stem 1/3" in w for w in manifest["warnings"])
+
+    grid = cv2.imread(str(out / "figures" / f"{layer_sections[0]['id']}-ascent.png"))[:, :, ::-1]
+    tile = grid[4:4 + 128, 4:4 + 128]  # filter 0: 32 px patterns drawn 4x, after a 4 px margin
+    assert np.all(tile == DEAD_GREY)
+    assert grid[4:132, 136:264].std() > 5  # filter 1 is a live pattern
+
+
+def test_nested_layers_and_names_that_cannot_be_traced(keras, nested_model):
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv 1 <b>")(inputs)
+    odd = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    assert not traceable(odd)
+    for model, layer in ((nested_model, "conv_base/block2_conv1"), (odd, "conv 1 <b>")):
+        settings = PatternSettings(steps=10, height=23, width=25, directions=("ascent",))  # odd sizes too
+        result = search_patterns(model, layer, (0, 1), settings, SCALE)
+        ascent = result.direction("ascent")
+        assert ascent.inputs.shape == (2, 23, 25, 3)
+        np.testing.assert_allclose(np.diag(filter_responses(model, layer, ascent.inputs, (0, 1))),
+                                   ascent.activation, rtol=1e-4, atol=1e-5)
+        assert np.all(ascent.pre_activation > result.start_pre_activation)
+
+
+def test_filter_choice_and_pattern_size():
+    assert choose_filters(64, 16, None, "conv") == tuple(range(16))
+    assert choose_filters(8, 16, None, "conv") == tuple(range(8))
+    assert choose_filters(8, 16, (5, 2, 5), "conv") == (5, 2)
+    with pytest.raises(InputError, match=r"--filter-indices.*9.*conv2"):
+        choose_filters(8, 16, (1, 9), "conv2")
+    assert pattern_size((64, 64, 3), None) == (64, 64)
+    assert pattern_size((None, None, 3), None) == (128, 128)
+    assert pattern_size((224, 224, 3), 96) == (96, 96)
+
+
+def test_cli_rejects_out_of_range_filter_indices(cli, saved_models, shared_images, tmp_path):
+    result = cli("generate", saved_models["plain"], shared_images, "-o", tmp_path / "out", "--sections",
+                 "filter_patterns", "--filter-indices", "0,12")
+    assert result.exit_code == 2
+    assert "--filter-indices" in result.output and "conv1" in result.output
