@@ -107,7 +107,7 @@ class Report:
 
 
 def slugify(text: str, fallback: str = "item") -> str:
-    """A lower-case ASCII slug safe for anchors and file names: `../../x` -> `x`, `Conv 1/β` -> `conv-1-b`."""
+    """A lower-case ASCII slug safe for anchors and file names: `../../x` -> `x`, `Café 1/β` -> `cafe-1`."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
     return slug[:80] or fallback

@@ -28,6 +28,30 @@ def test_version(cli):
     assert result.exit_code == 0 and __version__ in result.output
 
 
+def test_python_dash_m_runs_the_same_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "reportgen", "--version"], capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode == 0 and f"reportgen, version {__version__}" in result.stdout
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(cli, saved_models, image_folder, tmp_path):
+    loud = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "loud", "--sections", "summary")
+    assert loud.exit_code == 0, loud.output
+    assert "summary: start" in loud.stderr and "Report written to" in loud.stderr
+    # stdout carries only the path, so scripts can use it.
+    assert loud.stdout.strip() == str(tmp_path / "loud" / "index.html")
+    quiet = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "quiet", "--sections", "summary",
+                "--quiet")
+    assert quiet.exit_code == 0
+    # Quiet drops progress, not warnings: what is wrong with the input is still said.
+    assert all(line.startswith("Warning: ") for line in quiet.stderr.splitlines())
+    assert "class names are indices" in quiet.stderr
+    assert quiet.stdout.strip() == str(tmp_path / "quiet" / "index.html")
+
+
 def test_generate_ok_and_layers(cli, saved_models, image_folder, tmp_path):
     out = tmp_path / "report"
     result = cli("generate", saved_models["plain"], image_folder, "-o", out, "--quiet", "--sections", "summary")
@@ -49,7 +73,8 @@ def test_generate_ok_and_layers(cli, saved_models, image_folder, tmp_path):
         (["generate", "{model}", "{missing_images}", "-o", "{out}"], "does not exist"),
         (["generate", "{model}", "{images}", "-o", "{out}", "--image-size", "big"], "--image-size"),
         (["generate", "{model}", "{images}", "-o", "{out}", "--sections", "weights,nonsense"], "--sections"),
-        (["generate", "{model}", "{images}", "-o", "{out}", "--class-names", "{bad_names}"], "--class-names"),
+        (["generate", "{model}", "{images}", "-o", "{out}", "--class-names", "{bad_names}"],
+         "has 2 names but the model predicts 3"),
         (["generate", "{model}", "{images}", "-o", "{out}", "--config", "{bad_config}"], "--config"),
         (["generate", "{model}", "{images}", "-o", "{out}", "--top-k", "0"], "--top-k"),
         (["generate", "{model}", "{images}", "-o", "{out}", "--preprocess", "magic"], "--preprocess"),
@@ -105,3 +130,20 @@ def test_internal_errors_exit_1_with_a_hint(cli, saved_models, image_folder, tmp
                  "--sections", "summary")
     assert result.exit_code == 1
     assert "boom" in result.output and "--debug" in result.output and "Traceback" not in result.output
+    debug = cli("--debug", "generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet",
+                "--sections", "summary")
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.stderr and "RuntimeError: boom" in debug.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_model_file_exits_2(cli, saved_models, image_folder, tmp_path, monkeypatch):
+    import reportgen.loading.models as models
+
+    def denied(path):  # root, who runs CI, reads any file: fail the read itself
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(models, "file_sha256", denied)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet")
+    assert result.exit_code == 2 and "cannot be read" in result.output and str(saved_models["plain"]) in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

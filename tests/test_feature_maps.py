@@ -112,6 +112,37 @@ def test_layers_glob_chooses_any_4d_layer(keras, residual_model, saved_models, s
                                    reference_maps(keras, residual_model, section["layer"], x), rtol=1e-5, atol=1e-5)
 
 
+def test_transposed_convolutions_by_default_and_concatenate_on_request(keras, shared_images, tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32, 32, 3))
+    down = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="down")(inputs)
+    up = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", name="up")(down)
+    merged = keras.layers.Concatenate(name="merge")([inputs, up])
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(merged))
+    model = keras.Model(inputs, outputs, name="unet_like")
+    path = tmp_path / "unet_like.keras"
+    model.save(path)
+    manifest, _ = run_report(path, shared_images, tmp_path / "default")
+    assert [s["layer"] for s in layer_sections(manifest)] == ["down", "up"]
+    manifest, arrays = run_report(path, shared_images, tmp_path / "chosen", layers=("up", "merge"))
+    x = model_inputs(shared_images)
+    for section in layer_sections(manifest):
+        np.testing.assert_allclose(arrays[section["data"]["array_key"]],
+                                   reference_maps(keras, model, section["layer"], x), rtol=1e-5, atol=1e-5)
+    assert arrays["feature_maps.merge"].shape[-1] == 7  # 3 image channels + 4 from the transposed conv
+
+
+def test_each_image_links_to_its_own_maps_at_every_layer(saved_models, shared_images, tmp_path):
+    manifest, _ = run_report(saved_models["plain"], shared_images, tmp_path / "out")
+    html = (tmp_path / "out" / "index.html").read_text()
+    overview = html[html.index('id="feature-maps"'):html.index("</section>", html.index('id="feature-maps"'))]
+    for entry in manifest["feature_maps"]:
+        assert len(entry["figures"]) == len(manifest["images"])
+        for key in entry["figures"].values():
+            assert f'href="#{key}"' in overview  # from the image's row in the overview...
+            assert f'<figure class="figure" id="{key}"' in html  # ...to that image's figure at that layer
+
+
 @pytest.fixture(scope="module")
 def graphs(plain_model, nested_model, residual_model):
     return {model.name: (walk_layers(model), layer_output_shapes(model, (32, 32, 3)))

@@ -78,7 +78,10 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     Image.fromarray(wide).save(path, exif=exif, quality=95)
-    assert decode_image(path).shape[:2] == (30, 20)
+    image = decode_image(path)
+    # Turned the way the camera meant (clockwise), not just transposed: compare with the rotated pixels.
+    np.testing.assert_allclose(image, np.rot90(wide, k=-1), atol=12)
+    assert np.abs(image.astype(int) - np.rot90(wide, k=1)).mean() > 40
 
 
 def test_discovery_labels_from_class_folders(tmp_path):
@@ -169,5 +172,11 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     path = tmp_path / "huge.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
-    with pytest.raises(ValueError, match="megapixel limit"):
+    with pytest.raises(ValueError, match="20000x20000 pixels is over the 80-megapixel limit"):
         decode_image(path)
+    # In a run the file is skipped with a warning naming it, and the other images go on.
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), _gradient())
+    loaded = load_images(discover_images([path, small]), (16, 16, 3))
+    assert [source.name for source in loaded.sources] == ["small.png"]
+    assert any(str(path) in w and "20000x20000" in w for w in loaded.warnings)

@@ -66,7 +66,7 @@ def test_legacy_h5_files_predict_like_tf_keras(legacy_files, name):
 
 
 def test_weights_only_h5_is_refused_with_advice(legacy_files):
-    with pytest.raises(ModelLoadError, match="weights only"):
+    with pytest.raises(ModelLoadError, match=r"weights only.*model\.save\('model\.keras'\)"):
         load_model(legacy_files["weights_only"][0])
 
 
@@ -100,9 +100,63 @@ def test_application_name_with_random_weights():
 
 
 def test_application_imagenet_weights_never_download(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(ModelLoadError, match=r"never downloads.*--weights none"):
+    from keras.src.backend import config
+
+    # Keras reads KERAS_HOME once, at import: point its cache itself at an empty folder.
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"never downloads.*--weights none") as error:
         load_model("mobilenetv2", weights="imagenet", image_size=(96, 96))
+    # The message names the exact file Keras looked for, so the user can put it there.
+    assert str(tmp_path / "models") in str(error.value) and "https://" in str(error.value)
+    assert not any(tmp_path.rglob("*.h5"))
+
+
+def test_application_weights_file_is_loaded(tmp_path):
+    random = load_model("mobilenetv2", weights="none", image_size=(64, 64)).model
+    weights = tmp_path / "mine.weights.h5"
+    random.save_weights(weights)
+    loaded = load_model("mobilenetv2", weights=str(weights), image_size=(64, 64)).model
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), random.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ModelLoadError, match="--weights"):
+        load_model("mobilenetv2", weights=str(tmp_path / "absent.h5"), image_size=(64, 64))
+
+
+def test_unreadable_model_file_is_a_clear_input_error(saved_models, monkeypatch):
+    import reportgen.loading.models as models
+
+    def denied(path):  # chmod 000 means nothing to root, who runs CI: fail the read itself
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(models, "file_sha256", denied)
+    with pytest.raises(ModelLoadError, match=r"cannot be read \(Permission denied\); check its permissions"):
+        load_model(saved_models["plain"])
+
+
+def test_summary_facts_match_the_file_and_the_model(saved_models):
+    import hashlib
+
+    loaded = load_model(saved_models["residual"])
+    assert loaded.sha256 == hashlib.sha256(saved_models["residual"].read_bytes()).hexdigest()
+    assert loaded.input_shape == (32, 32, 3)
+
+
+def test_auto_preprocessing_follows_the_model(keras, saved_models):
+    from reportgen.api import choose_preprocessing
+
+    assert choose_preprocessing("auto", load_model("vgg16", weights="none")).mode == "caffe"
+    assert choose_preprocessing("auto", load_model("mobilenetv2", weights="none", image_size=(64, 64))).mode == "tf"
+    assert choose_preprocessing("auto", load_model(saved_models["plain"])).mode == "scale"
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    rescaling_first = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    assert choose_preprocessing("auto", load_model(rescaling_first)).mode == "none"
+    # A pretrained base nested in a Sequential is recognised by the base's name.
+    base = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(64, 64, 3))
+    transfer = keras.Sequential([keras.Input((64, 64, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                                 keras.layers.Dense(2)])
+    assert choose_preprocessing("auto", load_model(transfer)).mode == "tf"
+    assert choose_preprocessing("torch", load_model(transfer)).mode == "torch"  # an explicit mode wins
 
 
 def test_lambda_layer_needs_unsafe(tmp_path, keras):

@@ -32,8 +32,9 @@ def hostile_report(tmp_path_factory, keras):
     images = folder / "images" / "<script>alert('class')<%2Fscript>"
     images.mkdir(parents=True)
     cv2.imwrite(str(images / '"><svg onload=alert(2)>.png'), np.full((16, 16, 3), 90, np.uint8))
+    cv2.imwrite(str(images / "..\\..\\escape.png"), np.full((16, 16, 3), 160, np.uint8))  # a Windows path
     names = folder / "names.txt"
-    names.write_text("</table><script>alert(3)</script>\ndog & cat\n")
+    names.write_text("</table><script>alert(3)</script>\n../../dog & cat\n")
     out = folder / "report"
     generate_report(model_path, [folder / "images"], out, ReportOptions(class_names=names, save_arrays=True,
                                                                         title="<h1>title</h1>"))
@@ -85,6 +86,59 @@ def test_html_is_self_contained(hostile_report):
     csp = next(attrs["content"] for tag, attrs in parser.tags
                if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy")
     assert "default-src 'none'" in csp and "img-src data:" in csp and "unsafe-inline" not in csp
+    assert "unsafe-eval" not in csp and "connect-src" not in csp  # no eval, nothing sent anywhere
+    script = html[html.index("<script>") + len("<script>"):html.index("</script>")]
+    assert not re.search(r"\beval\s*\(|new\s+Function|setTimeout\s*\(\s*['\"]|innerHTML|fetch\s*\(", script)
+
+
+def test_without_save_arrays_no_key_points_at_a_missing_file(plain_model, shared_images, tmp_path):
+    out = tmp_path / "report"
+    generate_report(plain_model, [shared_images], out, ReportOptions(
+        sections=("weights", "feature_maps", "filter_patterns", "cam"), steps=2, filters=2))
+    text = (out / "report.json").read_text()
+    assert not (out / "arrays.npz").exists()
+    assert json.loads(text)["arrays"] is None
+    assert not re.search(r'"array_keys?": [^n]', text)  # every one is null
+
+
+@pytest.mark.parametrize("name,slug", [("../../x", "x"), ("..\\..\\x", "x"), ("/etc/passwd", "etc-passwd"),
+                                       ("Café 1/β", "cafe-1"), ("..", "item"), ("", "item")])
+def test_slugs_are_safe_file_names(name, slug):
+    from reportgen.report import slugify
+
+    assert slugify(name) == slug
+
+
+def test_manifest_has_the_documented_keys_and_real_array_keys(hostile_report):
+    manifest = json.loads((hostile_report / "report.json").read_text())
+    assert {"schema_version", "versions", "created", "model", "options", "images", "class_names", "sections",
+            "warnings", "seconds"} <= set(manifest)
+    assert {"reportgen", "tensorflow", "keras"} <= set(manifest["versions"])
+    assert manifest["options"]["save-arrays"] is True and manifest["arrays"] == "arrays.npz"
+    assert set(manifest["seconds"]) == set(manifest["options"]["sections"])
+    assert [image["name"] for image in manifest["images"]] == [
+        '<script>alert(\'class\')<%2Fscript>/"><svg onload=alert(2)>.png',
+        "<script>alert('class')<%2Fscript>/..\\..\\escape.png"]
+    for section in manifest["sections"]:
+        assert {"id", "kind", "title", "figures"} <= set(section)
+
+    # Every array key anywhere in report.json names an array that is really in arrays.npz.
+    def keys(value):
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if name == "array_key" and item is not None:
+                    yield item
+                elif name == "array_keys" and item is not None:
+                    yield from item.values()
+                else:
+                    yield from keys(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from keys(item)
+
+    named = set(keys(manifest))
+    with np.load(hostile_report / "arrays.npz") as arrays:
+        assert named and named <= set(arrays.files)
 
 
 def test_every_figure_is_a_png_with_a_readable_name_and_inline(hostile_report):

@@ -8,7 +8,6 @@ says which file to fetch and where to put it.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +152,11 @@ def build_application(app: Application, weights: str | None, input_shape: tuple[
         with _no_downloads():
             model = constructor(**kwargs)
     except _DownloadRefused as refused:
-        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        # Keras chose the cache path (it reads KERAS_HOME once, at import): name exactly the file it looked for.
         raise ModelLoadError(
             f"{app.name}: the ImageNet weights are not cached and reportgen never downloads. "
-            f"Fetch {refused.url} into {cache}/ (or pass --weights FILE), or use --weights none for random weights"
+            f"Fetch {refused.url} to {refused.filename} (or pass --weights FILE), or use --weights none for "
+            "random weights"
         ) from None
     except ValueError as exc:
         raise ModelLoadError(f"{app.name}: {exc}") from None

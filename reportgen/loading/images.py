@@ -109,13 +109,17 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
     """
     from PIL import Image
 
+    # Pillow refuses to even open files far over its own limit (DecompressionBombError); opening only reads the
+    # header, so lift the limit for this call to get the real size for the message, then put it back.
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as image:
             return image.size
-    except Image.DecompressionBombError:
-        return (MAX_PIXELS, 2)  # Pillow itself refuses: certainly over our limit
     except Exception:
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def fit_to_model(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:

@@ -88,7 +88,10 @@ def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise ModelLoadError(f"{path}: unsupported model file type {suffix or '(none)'}; give a .keras or .h5 file")
-    sha = file_sha256(path)
+    try:
+        sha = file_sha256(path)
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     if suffix == ".keras":
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)

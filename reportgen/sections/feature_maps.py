@@ -214,7 +214,7 @@ def build(analysis: Analysis) -> list[Section]:
         if s.non_finite:
             analysis.warnings.append(f"feature maps: {path} has {s.non_finite} NaN or Inf values")
     analysis.manifest_lists[KIND] = manifest
-    return [_overview(analysis, paths, stats, per_image, batch_size), *sections]
+    return [_overview(analysis, paths, stats, per_image, keys, batch_size), *sections]
 
 
 def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats, layout: GridLayout,
@@ -253,7 +253,7 @@ def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats
 
 
 def _overview(analysis: Analysis, paths: list[str], stats: dict[str, LayerMapStats],
-              per_image: dict[str, list[ImageMapStats]], batch_size: int) -> Section:
+              per_image: dict[str, list[ImageMapStats]], keys: dict[str, list[str]], batch_size: int) -> Section:
     links = tuple(("maps", "#" + section_id(KIND, analysis, path)) for path in paths)
     layers = Table(
         columns=("Layer", "Type", "Map size", "Channels", "Dead channels", "Mean activation", "Sparsity"),
@@ -275,10 +275,11 @@ def _overview(analysis: Analysis, paths: list[str], stats: dict[str, LayerMapSta
     images = Table(
         columns=("Image", "Label", "Constant channels, all layers"),
         rows=tuple(rows),
-        caption=("Every layer section shows the images in this order; the links go to each layer's maps. The "
-                 "figure of an image at a layer is figures/fm-<layer>-<image>.png (keys in report.json)."),
-        row_links=tuple(tuple((path, href) for path, (_, href) in zip(paths, links, strict=True))
-                        for _ in analysis.images.sources),
+        caption=("Every layer section shows the images in this order; the links go to this image's maps at each "
+                 "layer. The figure of an image at a layer is figures/fm-<layer>-<image>.png (keys in "
+                 "report.json)."),
+        row_links=tuple(tuple((path, "#" + keys[path][i]) for path in paths)
+                        for i in range(len(analysis.images.sources))),
     )
     choice = "chosen with --layers" if analysis.options.layers else "every convolution and pooling layer"
     intro = Text(f"Activations of {len(paths)} layers ({choice}) on {len(analysis.images.sources)} images, from one "

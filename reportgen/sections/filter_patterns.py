@@ -86,7 +86,9 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                 "start_activation": float(result.start_activation[index]),
                 "pre_activation": float(patterns.pre_activation[index]),
                 "start_pre_activation": float(result.start_pre_activation[index]),
-                "array_key": key, "array_index": index, "dead": bool(result.dead[index]),
+                # Like every section: a key only when arrays.npz is written, so it never points at nothing.
+                "array_key": key if analysis.options.save_arrays else None, "array_index": index,
+                "dead": bool(result.dead[index]),
             })
     by_direction = {p.direction: p for p in result.patterns}
     rows = []

@@ -111,7 +111,7 @@ def build(analysis: Analysis) -> list[Section]:
                 "fresh": asdict(comparison.fresh.stats),
                 "bias": asdict(comparison.trained.bias_stats) if comparison.trained.bias_stats else None,
                 "relative_change": comparison.change,
-                "array_keys": keys,
+                "array_keys": keys if analysis.options.save_arrays else None,
             })
         sections.append(Section(
             id=sid, kind="weights", title=f"Weights: {path}", blocks=tuple(blocks), layer=path,
