@@ -110,7 +110,7 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--directions", metavar="LIST", default="ascent,descent", show_default=True,
                      help=f"Pattern directions: {', '.join(DIRECTIONS)}."),
         click.option("--steps", type=int, default=40, show_default=True, help="Optimisation steps per pattern."),
-        click.option("--pattern-size", type=int, help="Pattern size in px (default: model input or 128)."),
+        click.option("--pattern-size", type=int, help="Pattern size in px (default: the model's input, at most 128)."),
         click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="fourier",
                      show_default=True, help="Filter-pattern parameterisation."),
         click.option("--top-k", type=int, default=3, show_default=True, help="Predictions shown per image."),

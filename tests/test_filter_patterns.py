@@ -185,6 +185,26 @@ def test_filter_choice_and_pattern_size():
     assert pattern_size((64, 64, 3), None) == (64, 64)
     assert pattern_size((None, None, 3), None) == (128, 128)
     assert pattern_size((224, 224, 3), 96) == (96, 96)
+    assert pattern_size((224, 224, 3), None) == (128, 128)  # textures: a larger canvas only repeats them
+    assert pattern_size((160, 320, 3), None) == (64, 128)  # aspect kept
+
+
+@pytest.mark.parametrize(("reshape", "expected"), [(False, [128, 128]), (True, [144, 144])])
+def test_default_pattern_size_falls_back_to_the_models_own_when_it_must(keras, shared_images, tmp_path, reshape,
+                                                                         expected):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((144, 144, 3))
+    # A Reshape before the convolution pins the input size; plain convolutions take any.
+    x = keras.layers.Reshape((72, 288, 3))(inputs) if reshape else inputs
+    x = keras.layers.Conv2D(2, 3, strides=4, activation="relu", name="conv")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    out = tmp_path / "out"
+    generate_report(model, [shared_images], out, ReportOptions(sections=("filter_patterns",), steps=2, filters=1,
+                                                               directions=("ascent",), save_arrays=True))
+    manifest = json.loads((out / "report.json").read_text())
+    assert manifest["sections"][0]["data"]["size"] == expected
+    with np.load(out / "arrays.npz") as arrays:
+        assert arrays[manifest["filter_patterns"][0]["array_key"]].shape[1:3] == tuple(expected)
 
 
 def test_cli_rejects_out_of_range_filter_indices(cli, saved_models, shared_images, tmp_path):

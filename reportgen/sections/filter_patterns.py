@@ -17,6 +17,7 @@ from reportgen.techniques.filter_patterns import (
     fast_bfloat16,
     matmul_rate,
     pattern_size,
+    runs_at_size,
     search_flops,
     search_patterns,
 )
@@ -24,9 +25,10 @@ from reportgen.techniques.pattern_params import PixelMap
 
 COLUMNS = 8
 DEAD_GREY = 128
-# Share of the matmul rate the search steps reach (conv forward + input gradient): 0.65-0.8 on VGG16's middle and
-# deep layers in benchmarks/filter_patterns.py, far less on memory-bound first layers. Only for the time estimate.
-SEARCH_EFFICIENCY = 0.5
+# Share of the matmul rate the search steps reach (conv forward + input gradient), only for the time estimate.
+# Measured on a default VGG16 report (2 cores, bfloat16 matmul 830 GFLOP/s): 0.6 on block1_conv2, 0.85-1.0 from
+# block2 on; memory-bound first layers reach far less but cost little. 0.8 keeps the estimate a little pessimistic.
+SEARCH_EFFICIENCY = 0.8
 LAYER_OVERHEAD_SECONDS = 2.0  # tracing the compiled step and one Python call per step, whatever the layer size
 METHOD_TEXT = {
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
@@ -78,7 +80,8 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
             pixels=_grid(analysis, result, patterns.direction),
         ))
         key = f"filter_patterns.{slug}.{patterns.direction}"
-        arrays[key] = patterns.inputs
+        if analysis.options.save_arrays:
+            arrays[key] = patterns.inputs
         for index, f in enumerate(result.filters):
             entries.append({
                 "layer": path, "filter": f, "direction": patterns.direction,
@@ -123,6 +126,10 @@ def build(analysis: Analysis) -> list[Section]:
     chosen = {n.path: choose_filters(int(analysis.layer_shapes[n.path][-1]), options.filters,
                                      options.filter_indices, n.path) for n in nodes}
     height, width = pattern_size(analysis.loaded.input_shape, options.pattern_size)
+    model_height, model_width, channels = analysis.loaded.input_shape
+    if (options.pattern_size is None and (model_height, model_width) != (height, width)
+            and not runs_at_size(analysis.model, nodes[-1].path, height, width, channels)):
+        height, width = int(model_height), int(model_width)  # the model needs its own size before a conv layer
     settings = PatternSettings(steps=options.steps, height=height, width=width, method=options.pattern_method,
                                seed=options.seed, directions=options.directions,
                                compute_dtype="bfloat16" if fast_bfloat16() else "float32")
@@ -142,14 +149,17 @@ def build(analysis: Analysis) -> list[Section]:
 
     results: list[LayerPatterns] = []
     correction = 1.0
+    spent = expected = 0.0
     for k, node in enumerate(nodes, start=1):
         left = correction * sum(predicted[n.path] for n in nodes[k - 1:])
         analysis.progress("filter_patterns", f"{node.path} ({k}/{len(nodes)}), about {_duration(left)} left")
         per_step = flops[node.path] / max(1, patterns_per_layer[node.path] * settings.steps)
         result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step)
         results.append(result)
-        # Correct the prediction by how far off it was on the latest layer, the most like the next ones.
-        correction = result.seconds / predicted[node.path]
+        # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
+        # alone would scale every later layer by its overhead.
+        spent, expected = spent + result.seconds, expected + predicted[node.path]
+        correction = spent / expected
 
     dead = [(r.layer, int(r.dead.sum()), len(r.filters)) for r in results if r.dead.any()]
     if dead:

@@ -102,8 +102,9 @@ def build(analysis: Analysis) -> list[Section]:
             key_prefix = f"{sid}-{comparison.tensor.replace('_', '-')}"
             blocks.extend(_tensor_blocks(analysis, comparison, key_prefix))
             keys = {"trained": f"{key_prefix}.trained", "fresh": f"{key_prefix}.fresh"}
-            arrays[keys["trained"]] = comparison.trained.values
-            arrays[keys["fresh"]] = comparison.fresh.values
+            if analysis.options.save_arrays:  # else let the tensors go: VGG16's are 1.1 GB with the fresh copy
+                arrays[keys["trained"]] = comparison.trained.values
+                arrays[keys["fresh"]] = comparison.fresh.values
             tensors.append({
                 "tensor": comparison.tensor,
                 "shape": list(comparison.trained.values.shape),

@@ -556,10 +556,16 @@ def explain(
     for i, row in enumerate(targets):
         classes = [t.class_index for t in row]
         seed = settings.seed + i
-        shape = layer.shape[1:3] if layer else inputs.shape[1:3]
-        noise = deletion_insertion(functions.probabilities, inputs[i], random_maps(shape, len(row), seed), classes,
-                                   steps, seed)
+        # The random baseline has each method's own resolution: deleting 4x4 blocks at random is not deleting
+        # pixels at random, so layer-resolution and input-resolution (saliency) maps each get their own.
+        noise_by_shape: dict[tuple[int, ...], Any] = {}
         for method in methods:
+            shape = tuple(maps[method][i][0].shape)
+            if shape not in noise_by_shape:
+                noise_by_shape[shape] = deletion_insertion(functions.probabilities, inputs[i],
+                                                           random_maps(shape, len(row), seed), classes, steps, seed)
+        for method in methods:
+            noise = noise_by_shape[tuple(maps[method][i][0].shape)]
             curves = deletion_insertion(functions.probabilities, inputs[i], maps[method][i], classes, steps, seed)
             for t, target in enumerate(row):
                 heatmaps.append(Heatmap(

@@ -91,13 +91,30 @@ def choose_filters(channels: int, count: int, indices: Sequence[int] | None, lay
 
 
 def pattern_size(input_shape: tuple[int | None, int | None, int], requested: int | None) -> tuple[int, int]:
-    """(height, width): `--pattern-size` when given, else the model's input size when fixed, else 128."""
+    """(height, width): `--pattern-size` when given, else the model's input size when fixed, shrunk (aspect kept)
+    to at most 128 px on its longer side, else 128.
+
+    A pattern maximises a filter's mean over the whole map, so it is a texture: a 224 px canvas shows the same
+    texture as a 128 px one, repeated, for (224 / 128)^2 = 3x the work (a 13-layer VGG16 search goes from about
+    15 to about 5 minutes on 2 cores). The tutorials draw VGG16's patterns at 150 px, Lucid at 128.
+    """
     if requested is not None:
         return requested, requested
     height, width = input_shape[0], input_shape[1]
-    if height is not None and width is not None:
-        return int(height), int(width)
-    return DEFAULT_PATTERN_SIZE, DEFAULT_PATTERN_SIZE
+    if height is None or width is None:
+        return DEFAULT_PATTERN_SIZE, DEFAULT_PATTERN_SIZE
+    shrink = min(1.0, DEFAULT_PATTERN_SIZE / max(height, width))
+    return max(8, round(height * shrink)), max(8, round(width * shrink))
+
+
+def runs_at_size(model: Any, layer_path: str, height: int, width: int, channels: int) -> bool:
+    """Whether the model runs up to `layer_path` on images of this size. Convolutions and pooling take any size;
+    a Reshape or Dense before the layer pins the model's own."""
+    try:
+        run_layers(model, np.zeros((1, height, width, channels), np.float32), [layer_path], stop_early=True)
+    except Exception:  # Keras raises many types for a shape it cannot take
+        return False
+    return True
 
 
 def fast_bfloat16() -> bool:
