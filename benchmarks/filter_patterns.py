@@ -141,9 +141,9 @@ def main() -> None:
         for name, seconds, _ in rows:
             totals[name] = totals.get(name, 0.0) + seconds
         print(f"{layer}: {work:.1f} GFLOP of useful work per method")
-        print(f"  {'method':<15} {'s/filter':>9} {'speed-up':>9} {'mean act.':>10} {'GFLOP/s':>8} {'% f32 mm':>9}")
+        print(f"  {'method':<17} {'s/filter':>9} {'speed-up':>9} {'mean act.':>10} {'GFLOP/s':>8} {'% f32 mm':>9}")
         for name, seconds, activation in rows:
-            print(f"  {name:<15} {seconds / args.filters:>9.3f} {tutorial_s / seconds:>8.1f}x "
+            print(f"  {name:<17} {seconds / args.filters:>9.3f} {tutorial_s / seconds:>8.1f}x "
                   f"{activation.mean():>10.4g} {work / seconds:>8.1f} {100 * work / seconds / f32_rate:>8.0f}%")
         reach_s, reach_steps = time_to_reach(model, layer, filters, args.steps, args.size, args.seed, default_dtype,
                                              pixel_map, float(tutorial_act.mean()))

@@ -18,13 +18,10 @@ from reportgen.errors import InputError
 from reportgen.loading.images import discover_images, load_images
 from reportgen.render import write_report
 from reportgen.report import ImageEntry, Report, Section
-from reportgen.sections import available_sections
 
-# The sections a diff reads that this checkout has (predictions and cam were added alongside the diff).
-SECTIONS = tuple(s for s in ("summary", "weights", "predictions", "cam") if s in available_sections())
-OPTIONS = ReportOptions(sections=SECTIONS, cam_methods=("gradcam",), save_arrays=True, top_k=2)
-needs = {kind: pytest.mark.skipif(kind not in SECTIONS, reason=f"no {kind} section in this checkout")
-         for kind in ("predictions", "cam")}
+# Every section a diff reads, at cheap settings.
+OPTIONS = ReportOptions(sections=("summary", "weights", "predictions", "filter_patterns", "cam"),
+                        cam_methods=("gradcam",), save_arrays=True, top_k=2, steps=5, filters=2)
 
 
 def _inputs(folder: Path) -> np.ndarray:
@@ -82,7 +79,6 @@ def test_changed_weights_are_measured_per_tensor(versions):
             assert (versions["diff"] / figure).is_file()
 
 
-@needs["predictions"]
 def test_flipped_predictions_are_the_images_whose_top_class_changed(versions):
     v1, v2 = versions["models"]
     x = versions["x"]
@@ -106,7 +102,6 @@ def test_flipped_predictions_are_the_images_whose_top_class_changed(versions):
     assert "[Full report](index.html)" in summary
 
 
-@needs["cam"]
 def test_cam_changes_are_correlations_of_the_stored_maps(versions):
     manifest = _manifest(versions["diff"])
     old, new = _manifest(versions["old"]), _manifest(versions["new"])
@@ -128,6 +123,23 @@ def test_cam_changes_are_correlations_of_the_stored_maps(versions):
             assert entry["correlation"] == pytest.approx(expected, abs=1e-6) or (
                 entry["correlation"] is None and not np.isfinite(expected))
     assert manifest["diff"]["cams"]["compared"] == len(maps)
+    # Each compared map is drawn old | new | new - old beside its image, in the diff's figures.
+    figures = [f for s in manifest["sections"] if s["kind"] == "cam_diff" for f in s["figures"]]
+    assert len(figures) >= min(len(maps), 1)
+    for figure in figures:
+        assert (versions["diff"] / figure["file"]).is_file()
+        assert figure["width"] > 3 * figure["height"] / 2  # the tiles side by side
+
+
+def test_filter_patterns_of_both_versions_side_by_side(versions):
+    manifest = _manifest(versions["diff"])
+    old = _manifest(versions["old"])
+    assert manifest["diff"]["filter_patterns"]["compared"] == len(old["filter_patterns"]) > 0
+    for layer in {e["layer"] for e in old["filter_patterns"]}:
+        section = _section(manifest, f"filter-patterns-diff-{layer}")
+        assert {f["key"] for f in section["figures"]} == {
+            f"filter-patterns-diff-{layer}-{direction}-{side}" for direction in ("ascent", "descent")
+            for side in ("old", "new")}
 
 
 def _heatmap(manifest: dict, entry: dict) -> dict:
@@ -142,11 +154,9 @@ def test_a_report_against_itself_shows_no_change(versions, tmp_path):
     diff_reports(versions["new"], versions["new"], out)
     manifest = _manifest(out)
     assert manifest["diff"]["weights"]["largest"]["relative_change"] == 0
-    if "predictions" in SECTIONS:
-        assert manifest["diff"]["predictions"]["flipped"] == []
-    if "cam" in SECTIONS:
-        maps = _section(manifest, "cam-diff")["data"]["maps"]
-        assert maps and all(m["correlation"] == pytest.approx(1.0) for m in maps if m["correlation"] is not None)
+    assert manifest["diff"]["predictions"]["flipped"] == []
+    maps = _section(manifest, "cam-diff")["data"]["maps"]
+    assert maps and all(m["correlation"] == pytest.approx(1.0) for m in maps if m["correlation"] is not None)
     assert "not-compared" not in [s["id"] for s in manifest["sections"]]
 
 

@@ -18,11 +18,9 @@ from reportgen.config import ReportOptions
 from reportgen.diff import manifest as read
 from reportgen.errors import InputError
 from reportgen.publish import publish_report, version_slug
-from reportgen.sections import available_sections
 from reportgen.summary_md import escape, summary_markdown
 
-FAST = ReportOptions(sections=tuple(s for s in ("summary", "predictions") if s in available_sections()))
-HAS_PREDICTIONS = "predictions" in FAST.sections
+FAST = ReportOptions(sections=("summary", "predictions"))
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +89,15 @@ def test_site_of_two_models_and_two_versions_links_resolve(reports, tmp_path):
     html = (site / "index.html").read_text()
     for report in reports.values():
         accuracy = read.accuracy(json.loads((report / "report.json").read_text()))
-        assert (accuracy is not None) == HAS_PREDICTIONS
-        assert (accuracy.text() if accuracy else "<td>n/a</td>") in html
+        assert accuracy is not None and accuracy.text() in html
+        # Its row: version link, creation date, images, accuracy and parameters, from its own report.json.
+        manifest = json.loads((report / "report.json").read_text())
+        version = manifest["model"]["version"]
+        href = f"{manifest['model']['name']}/{version}/index.html"
+        [row] = [r for r in re.findall(r"<tr[ >](.*?)</tr>", html, re.S) if f'href="{href}"' in r]
+        assert f"<td>{manifest['created'][:10]}</td>" in row and f"<td>{len(manifest['images'])}</td>" in row
+        assert f"<td>{accuracy.text()}</td>" in row or accuracy.text() in row
+        assert f"<td>{manifest['model']['params']:,}</td>" in row
     assert html.index('href="plain/2.0/index.html"') < html.index('href="plain/1.0/index.html"')
     # Self-contained like a report: inline style and script allowed by hash, nothing else.
     csp = links.meta["Content-Security-Policy"]
@@ -160,6 +165,24 @@ def test_summary_md_lists_model_accuracy_and_links_the_report(reports):
     assert f"| Accuracy on these images | {accuracy.text() if accuracy else 'n/a'} |" in text
     assert "[Full report](index.html)" in text and "version 1\\.0" in text
     assert text == summary_markdown(manifest)
+
+
+def test_summary_md_reports_the_cam_sanity_check_and_dead_filters(plain_model, shared_images, tmp_path):
+    options = ReportOptions(sections=("predictions", "filter_patterns", "cam"), steps=3, filters=2,
+                            cam_methods=("gradcam", "saliency"))
+    result = generate_report(plain_model, [shared_images], tmp_path / "report", options)
+    manifest = json.loads(result.manifest.read_text())
+    text = (tmp_path / "report" / "summary.md").read_text()
+    checks = {s["data"]["method"]: s["data"]["sanity"] for s in manifest["sections"]
+              if s["kind"] == "cam" and s.get("data", {}).get("sanity")}
+    assert set(checks) == {"gradcam", "saliency"}
+    line = next(line for line in text.splitlines() if "randomised model" in line)
+    for method, check in checks.items():
+        verdict = "**flagged**" if check["flagged"] else "passed"
+        assert f"{escape(method)} {verdict} (rank correlation {check['correlation']:.2f}" in line
+    dead = sum(e["dead"] for e in manifest["filter_patterns"] if e["direction"] == "ascent")
+    patterns_line = next(line for line in text.splitlines() if "filter patterns:" in line)
+    assert (f"none of {len(manifest['filter_patterns']) // 2} filters" in patterns_line) == (dead == 0)
 
 
 def test_summary_md_escapes_names():
