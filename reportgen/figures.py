@@ -67,11 +67,26 @@ def tile_grid(
         y, x = pad + r * cell_h, pad + c * (w + pad)
         grid[y:y + h, x:x + w] = tiles[i]
         if labels is not None:
-            scale = 0.35
-            (tw, th), _ = cv2.getTextSize(labels[i], cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            cv2.putText(grid, labels[i], (x + max(0, (w - tw) // 2), y + h + th + 2), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (40, 40, 40), 1, cv2.LINE_AA)
+            text, (tw, th) = _fit_label(labels[i], w)
+            cv2.putText(grid, text, (x + max(0, (w - tw) // 2), y + h + th + 2), cv2.FONT_HERSHEY_SIMPLEX,
+                        LABEL_SCALE, (40, 40, 40), 1, cv2.LINE_AA)
     return grid
+
+
+LABEL_SCALE = 0.35
+
+
+def _fit_label(text: str, width: int) -> tuple[str, tuple[int, int]]:
+    """`text` shortened from the middle ("star_..._0.png") until it fits under a tile `width` px wide, so labels
+    never run into the next tile; returns the text and its (width, height) in px."""
+    size, _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)
+    keep = len(text)
+    shown = text
+    while size[0] > width and keep > 2:
+        keep -= 1
+        shown = text[:(keep + 1) // 2] + ".." + text[len(text) - keep // 2:]
+        size, _ = cv2.getTextSize(shown, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)
+    return shown, size
 
 
 def fit_width(image: np.ndarray, max_width: int = MAX_FIGURE_WIDTH) -> np.ndarray:

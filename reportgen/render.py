@@ -202,15 +202,16 @@ def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]])
     """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
     env = environment()
     css, js, csp = _page_assets()
-    # Every section and every figure is a link target (figures: `#fm-conv1-cat-1-png`).
+    # Every section, figure and table row with an id is a link target (`#fm-conv1-cat-1-png`,
+    # `#prediction-cat-1-png`); links to anything else are dropped rather than left dangling.
     anchors = {section.id for section in report.sections}
     anchors |= {figure.key for section in report.sections for figure in section.figures()}
     layer_anchors: dict[str, str] = {}
     for section in report.sections:
-        if section.kind == "summary":
-            for table in (b for b in section.blocks if _block_kind(b) == "table"):
-                for row, row_id in zip(table.rows, table.row_ids, strict=False):
-                    anchors.add(row_id)
+        for table in (b for b in section.blocks if _block_kind(b) == "table"):
+            for row, row_id in zip(table.rows, table.row_ids, strict=False):
+                anchors.add(row_id)
+                if section.kind == "summary":
                     layer_anchors[str(row[0]).lstrip("\u2003")] = row_id
 
     def layer_anchor(path: str) -> str:

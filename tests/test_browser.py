@@ -105,7 +105,7 @@ def test_demo_report_in_chromium(browser, demo_report, tmp_path):
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     if os.environ.get("REPORTGEN_UPDATE_SCREENSHOT"):
-        shutil.copy(shot, ROOT / "example_reports" / "shapes" / "screenshot.png")
+        shutil.copy(shot, ROOT / "example_reports" / "shapes-screenshot.png")
     page.close()
 
 

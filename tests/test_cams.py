@@ -426,6 +426,11 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
             section = sections[f"class-{name}"]
             assert section["kind"] == "class" and section["class"] == name
             assert f'id="class-{name}"' in html
+            # Each of its images links to that image's row of the predictions table.
+            start = html.index(f'id="class-{name}"')
+            chunk = html[start:html.index("</section>", start)]
+            for image_id in section["data"]["images"]:
+                assert f'href="#prediction-{image_id}"' in chunk and f'id="prediction-{image_id}"' in html
             # The class's average map is the mean of its images' maps, each scaled to its own maximum.
             own = [arrays[h["array_key"]] for h in heatmaps if h["class_name"] == name and h["method"] == "gradcam"]
             expected = np.mean([m / m.max() if m.max() > 0 else np.zeros_like(m) for m in own], axis=0)

@@ -50,7 +50,7 @@ def _build(keras, size, channels, blocks, classes, seed):
     return keras.Model(inputs, keras.layers.Dense(classes, activation=activation, name="out")(x), name="fuzz")
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arch=architectures())
 def test_random_cnns_always_render(keras, shared_images, tmp_path_factory, arch):
     from reportgen.graph import layer_output_shapes, walk_layers
@@ -70,6 +70,19 @@ def test_random_cnns_always_render(keras, shared_images, tmp_path_factory, arch)
     for kind, layer in expected:
         if kind in manifest["options"]["sections"]:
             assert (kind, layer) in present, (kind, layer)
+    # The model-wide sections apply to every classifier: predictions for every image, and a map per image for
+    # Grad-CAM wherever there is a spatial layer to explain, with a class section for each class explained.
+    kinds = {s["kind"] for s in manifest["sections"]}
+    assert {"summary", "weights", "predictions", "cam", "class"} <= kinds
+    assert len(manifest["predictions"]) == len(manifest["images"])
+    class_sections = {s["class"] for s in manifest["sections"] if s["kind"] == "class" and "class" in s}
+    top = {p["top_k"][0]["class_name"] for p in manifest["predictions"]}
+    if any(block in ("conv", "sepconv", "dwconv") for block in arch[2]):
+        assert {h["image"] for h in manifest["heatmaps"]} == {i["id"] for i in manifest["images"]}
+        assert top <= {h["class_name"] for h in manifest["heatmaps"]} == class_sections
+    else:  # nothing to explain at a layer: said, and the classes still get their sections
+        assert "heatmaps" not in manifest and any(w.startswith("cam: ") for w in manifest["warnings"])
+        assert top <= class_sections
     for figure in (f for s in manifest["sections"] for f in s["figures"]):
         assert (out / figure["file"]).stat().st_size > 0
     assert np.isfinite([s for s in manifest["seconds"].values()]).all()
