@@ -16,7 +16,7 @@ from reportgen.loading.labels import ClassNames
 from reportgen.loading.models import LoadedModel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import SILENT, Progress
-from reportgen.report import SlugRegistry, slugify
+from reportgen.report import EncodedImage, SlugRegistry, slugify
 
 T = TypeVar("T")
 
@@ -36,6 +36,9 @@ class Analysis:
     manifest_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Results several section kinds share (predictions feed the predictions, cam and class sections).
     shared_results: dict[str, Any] = field(default_factory=dict)
+    # The renderer's figure encoder (`render.encode_image`): builders pass each figure's pixels through it as they
+    # make them, so only compressed figures pile up. The default keeps raw pixels (render encodes them later).
+    encode: Callable[[np.ndarray], np.ndarray | EncodedImage] = lambda pixels: pixels
 
     def shared(self, key: str, compute: Callable[[], T]) -> T:
         """`compute()` once per report, whichever of the sections that need it run first."""

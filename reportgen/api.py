@@ -20,7 +20,7 @@ from reportgen.loading.labels import resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import Progress
-from reportgen.render import check_output_dir, write_report
+from reportgen.render import check_output_dir, encode_image, write_report
 from reportgen.report import ImageEntry, Report, Section
 from reportgen.sections import BUILDERS, available_sections
 
@@ -127,7 +127,7 @@ def generate_report(
         output_classes(loaded.model), options.class_names, loaded_images.labels, builtin=class_names
     )
     analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
-                        options=options, progress=progress,
+                        options=options, progress=progress, encode=encode_image,
                         warnings=[*loaded_images.warnings, *name_warnings])
 
     sections: list[Section] = []

@@ -26,7 +26,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
-from reportgen.report import Report, Section, SlugRegistry
+from reportgen.report import EncodedImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
 SUMMARY_MD = "summary.md"
@@ -101,26 +101,37 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def encode_image(pixels: np.ndarray) -> EncodedImage:
+    """A figure's pixels as PNG, for builders that make many figures (`Analysis.encode`)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"figure pixels must be (H, W, 3) uint8, got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape[:2]
+    return EncodedImage(encode_png(pixels), width, height)
+
+
 @dataclass(frozen=True)
 class EncodedFigure:
-    file: str
-    uri: str
+    file: str  # its name in figures/
     width: int
     height: int
+    png: bytes
+
+    @property
+    def uri(self) -> str:
+        """The data: URI for the page, built when the page is streamed out, one figure at a time."""
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
-def _encode_figures(report: Report) -> dict[str, tuple[EncodedFigure, bytes]]:
+def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
     files = SlugRegistry()
-    encoded: dict[str, tuple[EncodedFigure, bytes]] = {}
+    encoded: dict[str, EncodedFigure] = {}
     for section in report.sections:
         for figure in section.figures():
             if figure.key in encoded:
                 raise ValueError(f"two figures share the key {figure.key!r}")
-            png = encode_png(figure.pixels)
+            image = figure.pixels if isinstance(figure.pixels, EncodedImage) else encode_image(figure.pixels)
             name = files.take(figure.key, "figure") + ".png"  # slug again: a key can never leave figures/
-            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-            height, width = figure.pixels.shape[:2]
-            encoded[figure.key] = (EncodedFigure(name, uri, width, height), png)
+            encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png)
     return encoded
 
 
@@ -142,7 +153,7 @@ def _toc(report: Report) -> list[dict[str, Any]]:
     return groups
 
 
-def _manifest(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]], arrays_file: str | None) -> dict:
+def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: str | None) -> dict:
     def section_entry(section: Section) -> dict[str, Any]:
         entry: dict[str, Any] = {"id": section.id, "kind": section.kind, "title": section.title}
         if section.layer is not None:
@@ -150,8 +161,8 @@ def _manifest(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]], a
         if section.class_name is not None:
             entry["class"] = section.class_name
         entry["figures"] = [
-            {"key": f.key, "file": f"figures/{figures[f.key][0].file}", "title": f.title, "caption": f.caption,
-             "width": figures[f.key][0].width, "height": figures[f.key][0].height}
+            {"key": f.key, "file": f"figures/{figures[f.key].file}", "title": f.title, "caption": f.caption,
+             "width": figures[f.key].width, "height": figures[f.key].height}
             for f in section.figures()
         ]
         if section.data:
@@ -198,8 +209,10 @@ def _page_assets() -> tuple[str, str, str]:
     return css, js, csp
 
 
-def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]]) -> str:
-    """The self-contained page. The CSP allows only this page's own style and script (by hash) and data: images."""
+def render_html(report: Report, figures: dict[str, EncodedFigure], path: Path) -> None:
+    """Write the self-contained page to `path`, streamed: the page is as large as all its figures together, so it
+    is never held in memory whole. The CSP allows only this page's own style and script (by hash) and data:
+    images."""
     env = environment()
     css, js, csp = _page_assets()
     # Every section, figure and table row with an id is a link target (`#fm-conv1-cat-1-png`,
@@ -218,17 +231,17 @@ def render_html(report: Report, figures: dict[str, tuple[EncodedFigure, bytes]])
         return layer_anchors.get(path, "summary")
 
     template = env.get_template("report.html.j2")
-    return template.render(
+    template.stream(
         report=report,
         versions=report.versions,
         css=Markup(css),  # our own stylesheet, not user data
         js=Markup(js),
         csp=csp,
         toc=_toc(report),
-        figure_uris={key: encoded for key, (encoded, _) in figures.items()},
+        figure_uris=figures,
         anchors=anchors,
         layer_anchor=layer_anchor,
-    )
+    ).dump(str(path), encoding="utf-8")
 
 
 def write_report(report: Report, out: Path, force: bool = False, save_arrays: bool = False) -> Path:
@@ -244,7 +257,6 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
                     raise ValueError(f"two arrays share the key {key!r}")
                 arrays[key] = np.asarray(value)
     arrays_file = "arrays.npz" if save_arrays else None
-    html = render_html(report, figures)
     manifest = _manifest(report, figures, arrays_file)
     summary = summary_markdown(manifest)
 
@@ -252,9 +264,9 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         (staging / "figures").mkdir()
-        for encoded, png in figures.values():
-            (staging / "figures" / encoded.file).write_bytes(png)
-        (staging / "index.html").write_text(html, encoding="utf-8")
+        for encoded in figures.values():
+            (staging / "figures" / encoded.file).write_bytes(encoded.png)
+        render_html(report, figures, staging / "index.html")
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                                         encoding="utf-8")
         (staging / SUMMARY_MD).write_text(summary, encoding="utf-8")

@@ -1,7 +1,9 @@
 """The report model: sections made of figures, tables and text, as plain frozen dataclasses.
 
-Section builders produce these; `render` turns them into files. Figures hold pixels, not encoded bytes:
-encoding is the renderer's job.
+Section builders produce these; `render` turns them into files. A figure holds its pixels, or the PNG the renderer
+already made of them: builders that make hundreds of figures hand each one to the renderer's encoder as they go
+(`Analysis.encode`), so a report's memory holds compressed figures, not every figure's raw pixels at once.
+Encoding is the renderer's job either way.
 """
 
 from __future__ import annotations
@@ -17,15 +19,26 @@ SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "predi
 
 
 @dataclass(frozen=True)
+class EncodedImage:
+    """A figure's pixels as the renderer encoded them."""
+
+    png: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class Figure:
     """An image for the page and for `figures/<key>.png`."""
 
     key: str  # unique, file-name safe (see `slugify`)
     title: str
     caption: str
-    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    pixels: np.ndarray | EncodedImage  # (H, W, 3) uint8 RGB, or already encoded
 
     def __post_init__(self) -> None:
+        if isinstance(self.pixels, EncodedImage):
+            return
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
             raise ValueError(f"figure {self.key}: pixels must be (H, W, 3) uint8, got {self.pixels.shape}")
 

@@ -302,3 +302,18 @@ def test_layer_names_that_are_not_tensorflow_scopes_run_eagerly(keras, shared_im
     for section in sections:
         np.testing.assert_allclose(arrays[section["data"]["array_key"]],
                                    reference_maps(keras, model, section["layer"], x), rtol=1e-5, atol=1e-5)
+
+
+def test_figures_are_encoded_as_they_are_made(saved_models, shared_images, tmp_path):
+    """A report holds every layer's figure for every image: kept as PNG from the start, never as raw grids."""
+    from reportgen.report import EncodedImage
+
+    result = generate_report(saved_models["plain"], [shared_images], tmp_path / "out",
+                             ReportOptions(sections=("feature_maps",)))
+    made = [f for s in result.sections if s.kind == "feature_maps" for f in s.figures()]
+    assert made and all(isinstance(f.pixels, EncodedImage) for f in made)
+    for figure in made:  # the bytes in figures/ are the ones made during the pass
+        file = tmp_path / "out" / "figures" / f"{figure.key}.png"
+        assert file.read_bytes() == figure.pixels.png
+        assert cv2.imdecode(np.frombuffer(figure.pixels.png, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (
+            figure.pixels.height, figure.pixels.width)

@@ -296,7 +296,8 @@ def _image_figure(analysis: Analysis, label: str, where: str, sid: str, image: i
     caption = (f"{label} at {where} for {source.name}{labelled}. " + "; ".join(parts) + ". Left: the image; then "
                "per class the map over the image and the raw map at its own resolution.")
     return Figure(key=f"{sid}-{analysis.image_ids[image]}", title=f"{label}: {source.name}", caption=caption,
-                  pixels=figures.fit_width(figures.tile_grid(tiles, columns=len(tiles), labels=labels)))
+                  pixels=analysis.encode(figures.fit_width(figures.tile_grid(tiles, columns=len(tiles),
+                                                                             labels=labels))))
 
 
 def _sanity_row(analysis: Analysis, results: CamResults, method: str, sid: str) -> FigureRow:

@@ -159,5 +159,6 @@ def _method_figure(analysis: Analysis, bundle: CamBundle, method: str, sid: str,
                f"the {label} section.")
     figure = Figure(key=f"{sid}-{method_section_id(analysis, bundle, method).removeprefix('cam-')}",
                     title=f"{name}: {label}", caption=caption,
-                    pixels=figures.fit_width(figures.tile_grid(tiles, columns=min(len(tiles), 8), labels=labels)))
+                    pixels=analysis.encode(figures.fit_width(figures.tile_grid(tiles, columns=min(len(tiles), 8),
+                                                                               labels=labels))))
     return figure, average

@@ -189,8 +189,9 @@ def build(analysis: Analysis) -> list[Section]:
             accumulators[path].add(maps, normalised)
             per_image[path].extend(image_stats(maps, normalised))
             for j in range(len(maps)):
-                pixels[path].append(feature_map_figure(normalised.unit[j], normalised.constant[j],
-                                                       panels[batch.start + j], layouts[path]))
+                # Encoded at once: raw grids of every layer and image would dominate the report's memory.
+                pixels[path].append(analysis.encode(feature_map_figure(normalised.unit[j], normalised.constant[j],
+                                                                       panels[batch.start + j], layouts[path])))
             if options.save_arrays:
                 kept[path].append(maps)
 

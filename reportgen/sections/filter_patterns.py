@@ -77,7 +77,7 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
             caption=(f"For each filter (number below the tile), the {settings.width}x{settings.height} image that "
                      f"{verb} its mean activation most after {settings.steps} steps. Grey tiles marked dead are "
                      "filters the search could not switch on."),
-            pixels=_grid(analysis, result, patterns.direction),
+            pixels=analysis.encode(_grid(analysis, result, patterns.direction)),
         ))
         key = f"filter_patterns.{slug}.{patterns.direction}"
         if analysis.options.save_arrays:
