@@ -24,6 +24,14 @@ def test_non_image_input_is_refused(keras, cli, tmp_path, image_folder):
     assert result.exit_code == 2 and "needs images" in result.output and "Traceback" not in result.output
 
 
+def test_sequence_input_is_refused(keras, tmp_path, image_folder):
+    inputs = keras.Input((10, 3))  # a Conv1D model: (batch, steps, channels), not an image
+    model = keras.Model(inputs, keras.layers.Conv1D(2, 3, name="conv1d")(inputs))
+    with pytest.raises(ModelLoadError, match=r"input has shape \(None, 10, 3\).*needs images"):
+        generate_report(model, [image_folder], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_several_inputs_are_refused(keras, tmp_path, image_folder):
     a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
     model = keras.Model([a, b], keras.layers.Add()([a, b]))

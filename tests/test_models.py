@@ -159,6 +159,19 @@ def test_auto_preprocessing_follows_the_model(keras, saved_models):
     assert choose_preprocessing("torch", load_model(transfer)).mode == "torch"  # an explicit mode wins
 
 
+def test_lambda_layer_in_a_legacy_h5_needs_unsafe(tmp_path, tf_keras):
+    layers = tf_keras.layers
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 3)), layers.Lambda(lambda t: t * 3.0, name="triple"),
+                                 layers.Conv2D(2, 3, name="conv"), layers.GlobalAveragePooling2D(), layers.Dense(2)])
+    path = tmp_path / "lambda.h5"
+    model.save(path)
+    with pytest.raises(ModelLoadError, match=r"Lambda layer.*--unsafe"):
+        load_model(path)
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(load_model(path, unsafe=True).model.predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
 def test_lambda_layer_needs_unsafe(tmp_path, keras):
     inputs = keras.Input((8, 8, 3))
     outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
