@@ -118,7 +118,7 @@ def generate_report(
 
     progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
     loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
-                        unsafe=options.unsafe)
+                        unsafe=options.unsafe, seed=options.seed)
     sources = discover_images(images)
     progress("load", f"{len(sources)} images")
     loaded_images = load_images(sources, loaded.input_shape, options.image_size)

@@ -97,6 +97,12 @@ def test_application_name_with_random_weights():
     loaded = load_model("MobileNetV2", weights="none", image_size=(96, 96))
     assert loaded.file_format == "application" and loaded.family == "mobilenet_v2"
     assert loaded.input_shape == (96, 96, 3)
+    # Random weights are drawn from the seed: the same seed, the same model (and report); another, another.
+    again = load_model("MobileNetV2", weights="none", image_size=(96, 96))
+    other = load_model("MobileNetV2", weights="none", image_size=(96, 96), seed=1)
+    first_kernel = [w.numpy() for w in (loaded.model.weights[0], again.model.weights[0], other.model.weights[0])]
+    np.testing.assert_array_equal(first_kernel[0], first_kernel[1])
+    assert not np.array_equal(first_kernel[0], first_kernel[2])
 
 
 def test_application_imagenet_weights_never_download(tmp_path, monkeypatch):

@@ -129,8 +129,10 @@ def _no_downloads() -> Iterator[None]:
         file_utils.urlretrieve = original
 
 
-def build_application(app: Application, weights: str | None, input_shape: tuple[int, int, int] | None) -> Any:
-    """Instantiate `app` with `weights` = "imagenet", "none" (random) or a weights file, without downloading."""
+def build_application(app: Application, weights: str | None, input_shape: tuple[int, int, int] | None,
+                      seed: int = 0) -> Any:
+    """Instantiate `app` with `weights` = "imagenet", "none" (random, drawn from `seed`) or a weights file, without
+    downloading."""
     import keras
 
     constructor = getattr(getattr(keras.applications, app.family), app.constructor)
@@ -148,6 +150,8 @@ def build_application(app: Application, weights: str | None, input_shape: tuple[
         if not weights_file.is_file():
             raise ModelLoadError(f"--weights: {choice} is neither 'imagenet', 'none' nor an existing weights file")
         kwargs["weights"] = None
+    # Random weights are part of the model: seeded, so the same --seed gives the same model and the same report.
+    keras.utils.set_random_seed(seed)
     try:
         with _no_downloads():
             model = constructor(**kwargs)

@@ -45,8 +45,10 @@ def load_model(
     image_size: tuple[int, int] | None = None,
     output: str | None = None,
     unsafe: bool = False,
+    seed: int = 0,
 ) -> LoadedModel:
-    """Load `spec`: a model file, a keras.applications name, or a `keras.Model` already in memory."""
+    """Load `spec`: a model file, a keras.applications name (random weights drawn from `seed` with
+    `weights="none"`), or a `keras.Model` already in memory."""
     import keras
 
     if isinstance(spec, keras.Model):
@@ -64,7 +66,7 @@ def load_model(
     app = find_application(text)
     if app is not None:
         input_shape = (image_size[1], image_size[0], 3) if image_size else None
-        model = build_application(app, weights, input_shape)
+        model = build_application(app, weights, input_shape, seed)
         return _finish(model, f"keras.applications.{app.constructor}", "application", None, output, app.family)
     if path.suffix.lower() in MODEL_SUFFIXES or "/" in text or "\\" in text:
         raise ModelLoadError(f"{text} does not exist: give the path of a .keras or .h5 model file")
