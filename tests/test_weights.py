@@ -64,6 +64,33 @@ def test_kernel_grid_colour_first_layer_and_per_channel_later_layers(plain_model
     assert "mean over" in kernel_grid(big)[1]
 
 
+def test_kernel_grid_tiles_are_the_kernels(plain_model):
+    """Every filter gets a tile, and each weight is drawn as its own block of the tile, on the layer's scale."""
+    from reportgen.figures import diverging
+
+    kernel = plain_model.get_layer("conv1").kernel.numpy()  # (3, 3, 3, 8): colour tiles, 13 px per weight
+    pixels, _ = kernel_grid(kernel)
+    scale, zoom, pad = np.abs(kernel).max(), 13, 2
+    expected = ((kernel / scale + 1.0) * 127.5).round()
+    assert pixels.shape == (pad + 3 * zoom + pad, pad + 8 * (3 * zoom + pad), 3)
+    for f in range(8):
+        for a in range(3):
+            for b in range(3):
+                y, x = pad + a * zoom + zoom // 2, pad + f * (3 * zoom + pad) + b * zoom + zoom // 2
+                np.testing.assert_allclose(pixels[y, x], expected[a, b, :, f], atol=1)
+
+    kernel2 = plain_model.get_layer("conv2").kernel.numpy()  # (3, 3, 8, 16): a row per filter, a tile per input
+    pixels2, _ = kernel_grid(kernel2)
+    colours, zoom = diverging(kernel2 / np.abs(kernel2).max()), 8
+    tile = 3 * zoom + pad
+    assert pixels2.shape[:2] == (pad + 16 * tile, pad + 8 * tile)
+    for f in (0, 7, 15):
+        for c in (0, 5):
+            for a, b in ((0, 0), (2, 1)):
+                y, x = pad + f * tile + a * zoom + zoom // 2, pad + c * tile + b * zoom + zoom // 2
+                np.testing.assert_array_equal(pixels2[y, x], colours[a, b, c, f])
+
+
 def test_weights_sections_cover_nested_separable_depthwise(residual_model, nested_model, shared_images, tmp_path):
     for model, expected in ((residual_model, {"stem", "res_conv", "sep", "dw", "logits"}),
                             (nested_model, {"conv_base/block1_conv1", "conv_base/block2_conv1", "head"})):
@@ -87,6 +114,7 @@ def test_nan_weights_are_flagged_not_fatal(keras, plain_model, shared_images, tm
     kernel = broken.get_layer("conv2").kernel
     values = kernel.numpy()
     values[0, 0, 0, 0] = np.nan
+    values[1, 1, 1, 1] = np.inf
     kernel.assign(values)
     out = tmp_path / "nan"
     result = generate_report(broken, [shared_images], out, ReportOptions(sections=("weights",)))
@@ -94,4 +122,11 @@ def test_nan_weights_are_flagged_not_fatal(keras, plain_model, shared_images, tm
     text = (out / "report.json").read_text()
     manifest = json.loads(text, parse_constant=lambda name: pytest.fail(f"report.json holds {name}"))
     conv2 = next(s for s in manifest["sections"] if s.get("layer") == "conv2")
-    assert conv2["data"]["tensors"][0]["trained"]["non_finite"] == 1
+    trained = conv2["data"]["tensors"][0]["trained"]
+    assert trained["non_finite"] == 2
+    finite = values[np.isfinite(values)]
+    assert trained["max"] == pytest.approx(float(finite.max())) and trained["std"] == pytest.approx(finite.std())
+    # The page's table for conv2 shows the count beside the fresh copy's 0.
+    html = (out / "index.html").read_text()
+    section = html[html.index('id="weights-conv2"'):]
+    assert "<td>NaN or Inf</td><td>2</td><td>0</td>" in section[:section.index("</section>")]
