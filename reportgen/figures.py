@@ -12,6 +12,7 @@ import numpy as np
 
 MAX_FIGURE_WIDTH = 1600
 BACKGROUND = 255
+LABEL_SCALE = 0.35  # Hershey font scale of the text under grid tiles
 
 
 def _diverging_lut() -> np.ndarray:
@@ -73,11 +74,8 @@ def tile_grid(
     return grid
 
 
-LABEL_SCALE = 0.35
-
-
 def _fit_label(text: str, width: int) -> tuple[str, tuple[int, int]]:
-    """`text` shortened from the middle ("star_..._0.png") until it fits under a tile `width` px wide, so labels
+    """`text` shortened in the middle ("a_long..name.png") until it fits under a tile `width` px wide, so labels
     never run into the next tile; returns the text and its (width, height) in px."""
     size, _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)
     keep = len(text)

@@ -16,10 +16,9 @@ from reportgen.techniques.filter_patterns import (
     choose_filters,
     fast_bfloat16,
     matmul_rate,
-    pattern_size,
-    runs_at_size,
     search_flops,
     search_patterns,
+    search_size,
 )
 from reportgen.techniques.pattern_params import PixelMap
 
@@ -125,11 +124,7 @@ def build(analysis: Analysis) -> list[Section]:
     # Check every layer's filter choice before minutes of work.
     chosen = {n.path: choose_filters(int(analysis.layer_shapes[n.path][-1]), options.filters,
                                      options.filter_indices, n.path) for n in nodes}
-    height, width = pattern_size(analysis.loaded.input_shape, options.pattern_size)
-    model_height, model_width, channels = analysis.loaded.input_shape
-    if (options.pattern_size is None and (model_height, model_width) != (height, width)
-            and not runs_at_size(analysis.model, nodes[-1].path, height, width, channels)):
-        height, width = int(model_height), int(model_width)  # the model needs its own size before a conv layer
+    height, width = search_size(analysis.model, nodes[-1].path, analysis.loaded.input_shape, options.pattern_size)
     settings = PatternSettings(steps=options.steps, height=height, width=width, method=options.pattern_method,
                                seed=options.seed, directions=options.directions,
                                compute_dtype="bfloat16" if fast_bfloat16() else "float32")

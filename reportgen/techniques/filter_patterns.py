@@ -107,14 +107,19 @@ def pattern_size(input_shape: tuple[int | None, int | None, int], requested: int
     return max(8, round(height * shrink)), max(8, round(width * shrink))
 
 
-def runs_at_size(model: Any, layer_path: str, height: int, width: int, channels: int) -> bool:
-    """Whether the model runs up to `layer_path` on images of this size. Convolutions and pooling take any size;
-    a Reshape or Dense before the layer pins the model's own."""
+def search_size(model: Any, deepest_layer: str, input_shape: tuple[int | None, int | None, int],
+                requested: int | None) -> tuple[int, int]:
+    """`pattern_size`, or the model's own input size when the model cannot run up to `deepest_layer` on the
+    smaller default (convolutions and pooling take any size; a Reshape or Dense before them pins the model's)."""
+    height, width = pattern_size(input_shape, requested)
+    model_height, model_width, channels = input_shape
+    if requested is not None or (model_height, model_width) == (height, width):
+        return height, width
     try:
-        run_layers(model, np.zeros((1, height, width, channels), np.float32), [layer_path], stop_early=True)
+        run_layers(model, np.zeros((1, height, width, channels), np.float32), [deepest_layer], stop_early=True)
     except Exception:  # Keras raises many types for a shape it cannot take
-        return False
-    return True
+        return int(model_height), int(model_width)
+    return height, width
 
 
 def fast_bfloat16() -> bool:
