@@ -225,3 +225,18 @@ def _tiny_report():
     return Report(title="tiny", created="2026-01-01T00:00:00Z", model={"name": "m"}, options={"seed": 0},
                   images=(), class_names=(), sections=(section,), warnings=(), seconds={},
                   versions={"reportgen": "0", "tensorflow": "0", "keras": "0"})
+
+
+def test_summary_links_each_layer_to_every_section_that_shows_it(residual_model, shared_images, tmp_path):
+    out = tmp_path / "report"
+    generate_report(residual_model, [shared_images], out, ReportOptions(
+        sections=("summary", "weights", "feature_maps", "cam"), layers=("res_bn", "sep"), cam_methods=("gradcam",)))
+    html = (out / "index.html").read_text()
+    rows = {re.search(r"<td>(?:\u2003)*([^<]+)</td>", row).group(1): row
+            for row in re.findall(r'<tr id="layer-[^"]+">(.*?)</tr>', html, re.S)}
+    assert 'href="#feature-maps-res-bn"' in rows["res_bn"]  # chosen with --layers: not a conv or pooling layer
+    assert 'href="#weights-sep"' in rows["sep"] and 'href="#feature-maps-sep"' in rows["sep"]
+    assert 'href="#feature-maps-stem"' not in rows["stem"]  # not chosen this time: no link to nowhere
+    manifest = json.loads((out / "report.json").read_text())
+    target = next(s["layer"] for s in manifest["sections"] if s["kind"] == "cam" and s.get("layer"))
+    assert f'href="#cam-{target.replace("_", "-")}-gradcam">Grad-CAM</a>' in rows[target]

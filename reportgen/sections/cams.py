@@ -11,9 +11,9 @@ import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text, slugify
+from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text
+from reportgen.sections.anchors import cam_section_id
 from reportgen.sections.predictions import PredictionPlan, prediction_plan, shared
-from reportgen.sections.summary import section_id
 from reportgen.techniques.cam_trust import SANITY_THRESHOLD
 from reportgen.techniques.cams import (
     METHODS,
@@ -30,7 +30,6 @@ COLORMAP = "jet"
 MAX_IMAGES_SHOWN = 32  # per method; every map is still in the table, report.json and arrays.npz
 SANITY_IMAGES = 8  # images whose maps are recomputed on the freshly initialised model
 SANITY_SHOWN = 6
-METHOD_SLUGS = {"gradcam++": "gradcam-plus-plus"}  # slugify would make it "gradcam"
 HOW_TO_READ = ("Colours: jet, red high and blue low, each map scaled to its own maximum. Deletion AUC (lower is "
                "better): the area under the class probability while the pixels the map ranks highest are replaced by "
                "the image's mean colour; insertion AUC (higher is better): the same while they are put back into a "
@@ -129,10 +128,8 @@ def file_label(name: str) -> str:
 
 
 def method_section_id(analysis: Analysis, bundle: CamBundle, method: str) -> str:
-    slug = METHOD_SLUGS.get(method, slugify(method))
-    if METHODS[method].resolution == "layer" and bundle.layer is not None:
-        return f"{section_id('cam', analysis, bundle.layer.path)}-{slug}"
-    return f"cam-input-{slug}"
+    at_layer = METHODS[method].resolution == "layer" and bundle.layer is not None
+    return cam_section_id(analysis, bundle.layer.path if at_layer else None, method)
 
 
 def map_layer(bundle: CamBundle, method: str) -> str:

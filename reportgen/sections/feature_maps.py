@@ -16,7 +16,7 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SlugRegistry, Table, Text
-from reportgen.sections.summary import section_id
+from reportgen.sections.anchors import section_id
 from reportgen.techniques.feature_maps import (
     ImageMapStats,
     LayerMapStats,

@@ -9,7 +9,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.layer_kinds import PATTERN_TYPES
 from reportgen.report import Facts, Figure, Section, Table, Text
-from reportgen.sections.summary import section_id
+from reportgen.sections.anchors import section_id
 from reportgen.techniques.filter_patterns import (
     LayerPatterns,
     PatternSettings,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Section, Table
+from reportgen.sections.anchors import cam_section_id, section_id
+from reportgen.techniques.cams import METHODS
 from reportgen.techniques.summary import summarize_model
 
 SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns"}
@@ -17,9 +19,13 @@ def format_shape(shape: object) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"  # type: ignore[union-attr]
 
 
-def section_id(kind: str, analysis: Analysis, layer_path: str) -> str:
-    """The anchor of a per-layer section: `weights-conv1`, `feature-maps-conv-base-block1-conv1`."""
-    return f"{kind.replace('_', '-')}-{analysis.layer_slugs[layer_path]}"
+def _layer_links(analysis: Analysis, path: str) -> tuple[tuple[str, str], ...]:
+    """A link to every section that could show the layer; the renderer keeps those that exist, so a layer chosen
+    with --layers, or the CAM methods' target layer, links to its sections too."""
+    links = [(label, "#" + section_id(kind, analysis, path)) for kind, label in SECTION_LINK_LABELS.items()]
+    links += [(METHODS[method].label, "#" + cam_section_id(analysis, path, method))
+              for method in analysis.options.cam_methods if METHODS[method].resolution == "layer"]
+    return tuple(links)
 
 
 def build(analysis: Analysis) -> list[Section]:
@@ -45,7 +51,7 @@ def build(analysis: Analysis) -> list[Section]:
         rows.append(("\u2003" * row.depth + row.path, row.type_name, format_shape(row.output_shape),
                      f"{row.params:,}", f"{row.trainable_params:,}"))
         ids.append(analysis.layer_anchor(row.path))
-        links.append(tuple((SECTION_LINK_LABELS[k], "#" + section_id(k, analysis, row.path)) for k in row.sections))
+        links.append(_layer_links(analysis, row.path))
     table = Table(
         columns=("Layer", "Type", "Output shape", "Parameters", "Trainable"),
         rows=tuple(rows),

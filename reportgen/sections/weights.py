@@ -8,7 +8,7 @@ from dataclasses import asdict
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Figure, FigureRow, Section, Table, Text
-from reportgen.sections.summary import section_id
+from reportgen.sections.anchors import section_id
 from reportgen.techniques.weights import NEAR_ZERO_SHARE, KernelComparison, WeightStats, compare_weights
 
 TRAINED_COLOR, FRESH_COLOR = "#c0392b", "#2c7fb8"
