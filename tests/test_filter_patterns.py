@@ -15,6 +15,7 @@ from reportgen.config import ReportOptions
 from reportgen.errors import InputError
 from reportgen.example import example_model_path
 from reportgen.graph import traceable
+from reportgen.layer_kinds import PATTERN_TYPES
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.sections.filter_patterns import DEAD_GREY
 from reportgen.techniques import filter_patterns as fp
@@ -245,3 +246,25 @@ def test_an_estimate_comes_before_the_search_and_progress_after_each_layer(plain
                         r"\d+ s", lines[1]), lines
     assert re.fullmatch(r"filter_patterns: conv1 \(1/2\), about \d+ s left", lines[2])
     assert re.fullmatch(r"filter_patterns: conv2 \(2/2\), about \d+ s left", lines[3])
+
+
+def test_bfloat16_steps_only_where_they_pay(keras, example_model, monkeypatch):
+    from reportgen.graph import layer_output_shapes, walk_layers
+
+    def choice(model, size):
+        nodes = walk_layers(model)
+        shapes = layer_output_shapes(model, (size, size, 3))
+        return fp.search_dtype(nodes, shapes, [n.path for n in nodes if isinstance(n.layer, PATTERN_TYPES)])
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 1, name="stem")(inputs)
+    for i in range(4):  # MobileNet's pattern: depthwise, batch norm, ReLU, 1x1: little arithmetic per element
+        x = keras.layers.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+        x = keras.layers.Conv2D(16, 1, name=f"pw{i}")(x)
+    mobile = keras.Model(inputs, x)
+    monkeypatch.setattr(fp, "fast_bfloat16", lambda: True)
+    assert choice(example_model, 64) == "bfloat16"  # 3x3 and 5x5 convolutions over many channels
+    assert choice(mobile, 32) == "float32"
+    monkeypatch.setattr(fp, "fast_bfloat16", lambda: False)
+    assert choice(example_model, 64) == "float32"  # no native bfloat16: never

@@ -14,8 +14,9 @@ from reportgen.techniques.filter_patterns import (
     LayerPatterns,
     PatternSettings,
     choose_filters,
-    fast_bfloat16,
     matmul_rate,
+    search_dtype,
+    search_elements,
     search_flops,
     search_patterns,
     search_size,
@@ -28,7 +29,11 @@ DEAD_GREY = 128
 # Measured on a default VGG16 report (2 cores, bfloat16 matmul 830 GFLOP/s): 0.6 on block1_conv2, 0.85-1.0 from
 # block2 on; memory-bound first layers reach far less but cost little. 0.8 keeps the estimate a little pessimistic.
 SEARCH_EFFICIENCY = 0.8
-LAYER_OVERHEAD_SECONDS = 2.0  # tracing the compiled step and one Python call per step, whatever the layer size
+LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the patterns, whatever the layer size
+# Seconds per activation element per image and step, for the memory-bound part (normalisation, activations,
+# depthwise layers): fitted on MobileNetV2's 52 layers (float32, 2 cores), where it and the overhead above predict
+# every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
+ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
                "each ascent step sees it slightly jittered, scaled and rotated",
@@ -127,7 +132,8 @@ def build(analysis: Analysis) -> list[Section]:
     height, width = search_size(analysis.model, nodes[-1].path, analysis.loaded.input_shape, options.pattern_size)
     settings = PatternSettings(steps=options.steps, height=height, width=width, method=options.pattern_method,
                                seed=options.seed, directions=options.directions,
-                               compute_dtype="bfloat16" if fast_bfloat16() else "float32")
+                               compute_dtype=search_dtype(analysis.layers, analysis.layer_shapes,
+                                                          [n.path for n in nodes]))
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
 
     image_h, image_w = analysis.images.pixels.shape[1:3]
@@ -135,8 +141,11 @@ def build(analysis: Analysis) -> list[Section]:
     patterns_per_layer = {path: len(filters) * len(settings.directions) for path, filters in chosen.items()}
     flops = {n.path: search_flops(analysis.layers, analysis.layer_shapes, n.path, area_scale)
              * patterns_per_layer[n.path] * settings.steps for n in nodes}
+    elements = {n.path: search_elements(analysis.layers, analysis.layer_shapes, n.path, area_scale)
+                * patterns_per_layer[n.path] * settings.steps for n in nodes}
     rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    predicted = {path: LAYER_OVERHEAD_SECONDS + layer_flops / rate for path, layer_flops in flops.items()}
+    predicted = {path: LAYER_OVERHEAD_SECONDS + flops[path] / rate + elements[path] * ELEMENT_SECONDS
+                 for path in flops}
     analysis.progress("filter_patterns", (
         f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {width}x{height} px, "
         f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about "

@@ -150,6 +150,43 @@ def search_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path:
     return 4.0 * macs  # 2 flops per multiply-add, forward and input gradient
 
 
+# bfloat16 steps pay where the search is arithmetic-bound. Measured per step (32 patterns, 2 cores, AVX512-BF16):
+# VGG16 block3_conv1 1.7x faster, ResNet50 1.2x, the example CNN 1.2x (median 100-2,800 FLOPs per activation
+# element along the path); MobileNetV2 0.65x, slower (33: depthwise and 1x1 layers are memory-bound, and the casts
+# cost more than the arithmetic saves).
+BF16_MIN_INTENSITY = 100.0
+
+
+def search_elements(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str,
+                    area_scale: float = 1.0) -> float:
+    """Activation elements one search step computes for one image, every layer from the input to `layer_path`
+    (sizes from `shapes`, scaled by `area_scale`): what memory-bound layers (normalisation, activations,
+    depthwise) cost in time, whatever their few FLOPs."""
+    elements = 0.0
+    for node in nodes:
+        shape = shapes.get(node.path)
+        if isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
+            elements += float(np.prod(shape[1:])) * area_scale
+        if node.path == layer_path:
+            break
+    return elements
+
+
+def search_intensity(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str) -> float:
+    """FLOPs of one search step per activation element it computes, from the model input to `layer_path`
+    (scale-free: both grow with the image area)."""
+    return search_flops(nodes, shapes, layer_path, 1.0) / max(search_elements(nodes, shapes, layer_path), 1.0)
+
+
+def search_dtype(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_paths: Sequence[str]) -> str:
+    """The search steps' arithmetic for a report: bfloat16 on CPUs with native bfloat16 when the layers' median
+    `search_intensity` makes it pay, else float32. Depends only on the model and the CPU, so runs repeat."""
+    if not layer_paths or not fast_bfloat16():
+        return "float32"
+    intensity = float(np.median([search_intensity(nodes, shapes, path) for path in layer_paths]))
+    return "bfloat16" if intensity >= BF16_MIN_INTENSITY else "float32"
+
+
 def matmul_rate(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
     """The machine's matrix-multiply rate in GFLOP/s (best of `repeats`), the yardstick for the search's speed."""
     import tensorflow as tf
