@@ -225,6 +225,7 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         from reportgen.loading.images import target_size
         from reportgen.loading.models import load_model
         from reportgen.sections.summary import format_shape
+        from reportgen.techniques.cams import choose_target_layer
         from reportgen.techniques.summary import summarize_model
 
         size = parse_image_size(image_size) if image_size else None
@@ -232,7 +233,8 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         (height, width), _ = target_size(loaded.input_shape, size)
         nodes = walk_layers(loaded.model)
         shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
-        summary = summarize_model(loaded.model, nodes, shapes)
+        target = choose_target_layer(nodes, shapes)
+        summary = summarize_model(loaded.model, nodes, shapes, target.path if target else None)
         rows = [("layer", "type", "output shape", "params", "sections")]
         rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")
                  for r in summary.layers]

@@ -383,8 +383,8 @@ def test_rank_correlation_and_the_sanity_flag():
 def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_path):
     from reportgen.api import generate_report
 
-    options = ReportOptions(sections=("predictions", "cam", "class"), cam_methods=CAM_METHODS, save_arrays=True,
-                            classes=("b",), top_k=2)
+    options = ReportOptions(sections=("summary", "predictions", "cam", "class"), cam_methods=CAM_METHODS,
+                            save_arrays=True, classes=("b",), top_k=2)
     result = generate_report(saved_models["plain"], [shared_images], tmp_path / "out", options)
     manifest = json.loads(result.manifest.read_text())
     sections = {s["id"]: s for s in manifest["sections"]}
@@ -417,6 +417,8 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
         assert baselines["conv2", some_class] != baselines["input", some_class]
     cam_sections = [s for s in manifest["sections"] if s["kind"] == "cam"]
     assert {s.get("layer") for s in cam_sections[1:5]} == {"conv2"}
+    listed = {row["path"] for row in sections["summary"]["data"]["layers"] if "cam" in row["sections"]}
+    assert listed == {"conv2"}  # the summary names the layer the maps are taken at
     for s in cam_sections[1:]:
         assert s["data"]["sanity"]["correlations"]
     classes = {h["class_name"] for h in heatmaps}

@@ -64,6 +64,9 @@ def test_generate_ok_and_layers(cli, saved_models, image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("conv_base/block1_conv1"))
     assert "Conv2D" in line and "weights" in line and "(None, 30, 30, 8)" in line
+    target = next(line for line in result.output.splitlines() if line.startswith("conv_base/block2_conv1"))
+    assert target.rstrip().endswith(",cam")  # the last conv layer: where the class activation maps are taken
+    assert "cam" not in line
 
 
 @pytest.mark.parametrize(

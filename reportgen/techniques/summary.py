@@ -39,8 +39,10 @@ def _count(weights: list[Any]) -> int:
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def summarize_model(model: Any, nodes: list[LayerNode], shapes: Mapping[str, Any]) -> ModelSummary:
-    """Summarise `model` from its walked layers and measured output shapes."""
+def summarize_model(model: Any, nodes: list[LayerNode], shapes: Mapping[str, Any],
+                    cam_layer: str | None = None) -> ModelSummary:
+    """Summarise `model` from its walked layers and measured output shapes; `cam_layer`, the class activation
+    maps' target layer, lists `cam` among its sections."""
     rows = tuple(
         LayerRow(
             path=node.path,
@@ -50,7 +52,7 @@ def summarize_model(model: Any, nodes: list[LayerNode], shapes: Mapping[str, Any
             trainable_params=_count(node.layer.trainable_weights),
             depth=node.depth,
             parent=node.parent,
-            sections=sections_for(node.layer, shapes.get(node.path)),
+            sections=sections_for(node.layer, shapes.get(node.path)) + (("cam",) if node.path == cam_layer else ()),
         )
         for node in nodes
     )
