@@ -17,6 +17,7 @@ from reportgen.loading.models import LoadedModel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import SILENT, Progress
 from reportgen.report import EncodedImage, SlugRegistry, slugify
+from reportgen.techniques.cams import TargetLayer, choose_target_layer
 
 T = TypeVar("T")
 
@@ -91,6 +92,12 @@ class Analysis:
     @cached_property
     def fresh_layers(self) -> list[LayerNode]:
         return walk_layers(self.fresh_model)
+
+    @cached_property
+    def cam_target(self) -> TargetLayer | None:
+        """The layer the class activation maps are taken at (`--cam-layer`, else the last conv layer), or None;
+        shared by the cam sections and the summary that names it."""
+        return choose_target_layer(self.layers, self.layer_shapes, self.options.cam_layer)
 
     def layer_anchor(self, path: str) -> str:
         return f"layer-{self.layer_slugs.get(path) or slugify(path)}"

@@ -21,7 +21,6 @@ from reportgen.techniques.cams import (
     CamSettings,
     Heatmap,
     TargetLayer,
-    choose_target_layer,
     explain,
 )
 
@@ -53,7 +52,7 @@ def cam_bundle(analysis: Analysis) -> CamBundle:
 def _compute(analysis: Analysis) -> CamBundle:
     plan = prediction_plan(analysis)
     options = analysis.options
-    layer = choose_target_layer(analysis.layers, analysis.layer_shapes, options.cam_layer)
+    layer = analysis.cam_target
     methods = list(dict.fromkeys(options.cam_methods))
     skipped: tuple[str, ...] = ()
     if layer is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Section, Table
 from reportgen.sections.anchors import cam_section_id, section_id
-from reportgen.techniques.cams import METHODS, choose_target_layer
+from reportgen.techniques.cams import METHODS
 from reportgen.techniques.summary import summarize_model
 
 SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns"}
@@ -32,7 +32,7 @@ def build(analysis: Analysis) -> list[Section]:
     loaded = analysis.loaded
     options = analysis.options
     explained = options.sections is None or "cam" in options.sections
-    target = choose_target_layer(analysis.layers, analysis.layer_shapes, options.cam_layer) if explained else None
+    target = analysis.cam_target if explained else None
     summary = summarize_model(analysis.model, analysis.layers, analysis.layer_shapes, target.path if target else None)
     facts = [
         ("Model", summary.name),
