@@ -123,12 +123,22 @@ def test_cam_changes_are_correlations_of_the_stored_maps(versions):
             assert entry["correlation"] == pytest.approx(expected, abs=1e-6) or (
                 entry["correlation"] is None and not np.isfinite(expected))
     assert manifest["diff"]["cams"]["compared"] == len(maps)
-    # Each compared map is drawn old | new | new - old beside its image, in the diff's figures.
-    figures = [f for s in manifest["sections"] if s["kind"] == "cam_diff" for f in s["figures"]]
-    assert len(figures) >= min(len(maps), 1)
-    for figure in figures:
-        assert (versions["diff"] / figure["file"]).is_file()
-        assert figure["width"] > 3 * figure["height"] / 2  # the tiles side by side
+    # Each compared map is drawn image | old | new | new - old; further training changed some maps.
+    differences = [_difference_tile(versions["diff"], f) for f in _cam_figures(manifest)]
+    assert differences and any((np.abs(tile - tile[0, 0]).max(axis=2) > 8).mean() > 0.05 for tile in differences)
+
+
+def _cam_figures(manifest: dict) -> list[dict]:
+    return [f for s in manifest["sections"] if s["kind"] == "cam_diff" for f in s["figures"]]
+
+
+def _difference_tile(folder: Path, figure: dict) -> np.ndarray:
+    """The last tile (new - old) of a map figure: four 128 px tiles side by side, 2 px apart."""
+    import cv2
+
+    pixels = cv2.imread(str(folder / figure["file"]), cv2.IMREAD_COLOR)
+    assert pixels.shape[1] == 2 + 4 * (128 + 2)  # image, old, new, difference
+    return pixels[2:130, 2 + 3 * 130:2 + 3 * 130 + 128].astype(np.float32)
 
 
 def test_filter_patterns_of_both_versions_side_by_side(versions):
@@ -137,9 +147,12 @@ def test_filter_patterns_of_both_versions_side_by_side(versions):
     assert manifest["diff"]["filter_patterns"]["compared"] == len(old["filter_patterns"]) > 0
     for layer in {e["layer"] for e in old["filter_patterns"]}:
         section = _section(manifest, f"filter-patterns-diff-{layer}")
-        assert {f["key"] for f in section["figures"]} == {
-            f"filter-patterns-diff-{layer}-{direction}-{side}" for direction in ("ascent", "descent")
-            for side in ("old", "new")}
+        files = {f["key"]: (versions["diff"] / f["file"]).read_bytes() for f in section["figures"]}
+        assert set(files) == {f"filter-patterns-diff-{layer}-{direction}-{side}"
+                              for direction in ("ascent", "descent") for side in ("old", "new")}
+        # Further training moved the filters, so their patterns moved too.
+        key = f"filter-patterns-diff-{layer}-ascent"
+        assert files[f"{key}-old"] != files[f"{key}-new"]
 
 
 def _heatmap(manifest: dict, entry: dict) -> dict:
@@ -157,6 +170,8 @@ def test_a_report_against_itself_shows_no_change(versions, tmp_path):
     assert manifest["diff"]["predictions"]["flipped"] == []
     maps = _section(manifest, "cam-diff")["data"]["maps"]
     assert maps and all(m["correlation"] == pytest.approx(1.0) for m in maps if m["correlation"] is not None)
+    differences = [_difference_tile(out, f) for f in _cam_figures(manifest)]
+    assert differences and all((tile == tile[0, 0]).all() for tile in differences)  # no change: one flat colour
     assert "not-compared" not in [s["id"] for s in manifest["sections"]]
 
 
