@@ -221,7 +221,8 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def action() -> None:
-        from reportgen.graph import layer_output_shapes, walk_layers
+        from reportgen.api import output_classes
+        from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
         from reportgen.loading.images import target_size
         from reportgen.loading.models import load_model
         from reportgen.sections.summary import format_shape
@@ -233,7 +234,8 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         (height, width), _ = target_size(loaded.input_shape, size)
         nodes = walk_layers(loaded.model)
         shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
-        target = choose_target_layer(nodes, shapes)
+        blocks = block_outputs(loaded.model, (height, width, loaded.input_shape[2]))
+        target = choose_target_layer(nodes, shapes, blocks=blocks, classes=output_classes(loaded.model))
         summary = summarize_model(loaded.model, nodes, shapes, target.path if target else None)
         rows = [("layer", "type", "output shape", "params", "sections")]
         rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")

@@ -42,6 +42,13 @@ class Preprocessor:
             return np.zeros(c, np.float32), np.ones(c, np.float32), False
         raise ValueError(f"unknown preprocessing mode {self.mode!r}")
 
+    @property
+    def channel_order(self) -> str:
+        """The colour order of the model input: `BGR` for caffe on colour images, else `RGB` (or `gray`)."""
+        if self.channels == 1:
+            return "gray"
+        return "BGR" if self._affine()[2] else "RGB"
+
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """Display pixels (..., H, W, C) in 0-255, RGB order -> model input (float32)."""
         offset, scale, swap = self._affine()
