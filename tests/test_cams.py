@@ -115,7 +115,7 @@ def test_gradcam_equals_a_direct_tape_computation(keras, activation):
         weights = []
         for k in range(acts.shape[-1]):
             g, a = grads[:, :, k].astype(np.float64), acts[:, :, k].astype(np.float64)
-            denominator = 2 * g ** 2 + (a * g ** 3).sum()
+            denominator = 2 * g ** 2 + g ** 3 * a.sum()  # eq. 19: g at (i, j), the sum over the map of A
             alpha = np.where(denominator != 0, g ** 2 / np.where(denominator != 0, denominator, 1), 0)
             weights.append((alpha * np.maximum(g, 0)).sum())
         want_plus = np.maximum((acts * np.array(weights)).sum(-1), 0)
