@@ -241,3 +241,28 @@ def test_report_draws_caffe_models_first_kernels_in_rgb_and_says_so(keras, tmp_p
     assert "the model takes the channels as B, G, R; drawn as R, G, B" in html
     manifest = json.loads(result.manifest.read_text())
     assert manifest["model"]["preprocess"] == "caffe"
+
+
+def test_random_application_vanishing_layers_and_uniform_outputs_are_flagged(tmp_path):
+    """A MobileNetV2 with random weights computes ~1e-8 deep down and gives every class 0.001: the report says so
+    instead of stretching noise to full contrast and naming 'tench' the top class."""
+    from reportgen.api import generate_report
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    result = generate_report("mobilenetv2", [images], tmp_path / "out", ReportOptions(
+        weights="none", image_size=(32, 32), sections=("predictions", "feature_maps")))
+    manifest = json.loads(result.manifest.read_text())
+    assert any("images get a uniform output" in w for w in result.warnings)
+    assert all(p["uniform"] for p in manifest["predictions"])
+    assert "uniform: every class 0.1%" in result.index_html.read_text()
+    vanishing = [e for e in manifest["feature_maps"] if e["vanishing"]]
+    assert vanishing and any(f"activations of {len(vanishing)} layers vanish" in w for w in result.warnings)
+    for entry in vanishing:
+        section = next(s for s in manifest["sections"] if s["id"] == entry["section"])
+        # drawn blank: every channel of every image is a hatched tile, none stretched
+        assert all(image["constant_channels"] == entry["channels"] for image in section["data"]["images"])
+        assert max(abs(section["data"]["min"]), abs(section["data"]["max"])) < 1e-6
