@@ -18,7 +18,7 @@ from reportgen.loading.applications import FAMILY_PREPROCESS
 from reportgen.loading.images import discover_images, load_images
 from reportgen.loading.labels import resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
-from reportgen.loading.preprocess import Preprocessor
+from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.progress import Progress
 from reportgen.render import check_output_dir, encode_image, write_report
 from reportgen.report import ImageEntry, Report, Section
@@ -72,15 +72,21 @@ def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
 
 def choose_preprocessing(mode: str, loaded: LoadedModel) -> Preprocessor:
     """`auto`: a keras.applications model gets its own preprocessing; a model that starts by rescaling takes
-    raw pixels; anything else pixels/255."""
+    raw pixels; anything else pixels/255. The Preprocessor says why (`reason`)."""
+    reason = f"chosen with --preprocess {mode}"
     if mode == "auto":
         if loaded.family is not None:
             mode = FAMILY_PREPROCESS.get(loaded.family, "scale")
+            reason = (f"auto: a keras.applications {loaded.family} model takes what its own preprocess_input "
+                      f"does ({mode})")
         elif _starts_with_rescaling(loaded.model):
             mode = "none"
+            reason = "auto: the model starts with a Rescaling layer, so it takes raw pixels"
         else:
             mode = "scale"
-    return Preprocessor(mode, channels=loaded.input_shape[2])
+            reason = ("auto: a model of no known family takes pixels / 255, the usual choice for hand-trained "
+                      "models; set --preprocess if it was trained otherwise")
+    return Preprocessor(mode, channels=loaded.input_shape[2], reason=reason)
 
 
 def _starts_with_rescaling(model: Any) -> bool:
@@ -123,12 +129,13 @@ def generate_report(
     progress("load", f"{len(sources)} images")
     loaded_images = load_images(sources, loaded.input_shape, options.image_size)
     preprocessor = choose_preprocessing(options.preprocess, loaded)
+    mismatch = range_mismatch(preprocessor, loaded.model)
     names, name_warnings = resolve_class_names(
         output_classes(loaded.model), options.class_names, loaded_images.labels, builtin=class_names
     )
     analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
                         options=options, progress=progress, encode=encode_image,
-                        warnings=[*loaded_images.warnings, *name_warnings])
+                        warnings=[*loaded_images.warnings, *name_warnings, *([mismatch] if mismatch else [])])
 
     sections: list[Section] = []
     seconds: dict[str, float] = {}
@@ -153,14 +160,17 @@ def generate_report(
             "classes": len(names.names),
             "class_names_from": names.source,
             "preprocess": preprocessor.mode,
+            "preprocess_formula": preprocessor.formula(),
+            "preprocess_reason": preprocessor.reason,
             "params": int(loaded.model.count_params()),
         },
         options={**options.to_manifest(), "sections": list(wanted)},
         images=tuple(
             ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
-                       original_size=size)
-            for image_id, source, size in zip(analysis.image_ids, loaded_images.sources,
-                                              loaded_images.original_sizes, strict=True)
+                       original_size=size, conversion=conversion)
+            for image_id, source, size, conversion in zip(analysis.image_ids, loaded_images.sources,
+                                                          loaded_images.original_sizes, loaded_images.conversions,
+                                                          strict=True)
         ),
         class_names=names.names,
         sections=tuple(sections),

@@ -102,6 +102,7 @@ class ImageEntry:
     path: str
     label: str | None
     original_size: tuple[int, int]
+    conversion: str = ""  # what was done to the pixels besides resizing (e.g. "RGB to grey (Rec. 601 luma)")
 
 
 @dataclass(frozen=True)

@@ -266,3 +266,35 @@ def test_random_application_vanishing_layers_and_uniform_outputs_are_flagged(tmp
         # drawn blank: every channel of every image is a hatched tile, none stretched
         assert all(image["constant_channels"] == entry["channels"] for image in section["data"]["images"])
         assert max(abs(section["data"]["min"]), abs(section["data"]["max"])) < 1e-6
+
+
+def test_the_page_says_what_was_done_to_the_inputs(keras, tmp_path):
+    """Grey model, colour images of two sizes: resizing, the colour conversion, the formula and why it was chosen
+    are on the page and in report.json; a Rescaling(1/255) first layer fed pixels / 255 draws a warning."""
+    from reportgen.api import generate_report
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24, 24, 1)), keras.layers.Rescaling(1 / 255, name="rescale"),
+                              keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "big.png"), rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "small.png"), rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    auto = generate_report(model, [images], tmp_path / "auto", ReportOptions(sections=("summary",)))
+    html = auto.index_html.read_text()
+    assert "2 images to 24x24; resized from 80x64 (1)" in html and "1 already that size" in html
+    assert "RGB to grey (Rec. 601 luma) (2)" in html
+    assert "x = pixel (raw 0-255, the model rescales itself); inputs in [0, 255]" in html
+    assert "the model starts with a Rescaling layer" in html
+    assert not any(w.startswith("preprocessing:") for w in auto.warnings)
+    manifest = json.loads(auto.manifest.read_text())
+    assert {i["name"]: i["conversion"] for i in manifest["images"]} == {"big.png": "RGB to grey (Rec. 601 luma)",
+                                                                        "small.png": "RGB to grey (Rec. 601 luma)"}
+    assert manifest["model"]["preprocess_reason"].startswith("auto:")
+
+    forced = generate_report(model, [images], tmp_path / "forced", ReportOptions(sections=("summary",),
+                                                                                  preprocess="scale"))
+    warning = next(w for w in forced.warnings if w.startswith("preprocessing:"))
+    assert "rescale (Rescaling by 0.003922) expects raw pixels 0-255" in warning and "[0, 1]" in warning
