@@ -104,7 +104,8 @@ def test_a_method_worse_than_random_is_flagged_in_page_warnings_and_summary(mini
     model_path = tmp_path / "mini.keras"
     mini_xception.save(model_path)
     result = generate_report(model_path, [folder], tmp_path / "out",
-                             ReportOptions(sections=("predictions", "cam"), cam_methods=("gradcam", "layercam")))
+                             ReportOptions(sections=("predictions", "cam"), cam_methods=("gradcam", "layercam")),
+                             class_names=CLASS_NAMES)
     manifest = json.loads(result.manifest.read_text())
     rows = {row["method"]: row for row in next(s for s in manifest["sections"] if s["id"] == "cam")["data"]["methods"]}
     assert rows["gradcam"]["beats_random"] is False and rows["layercam"]["beats_random"] is True
