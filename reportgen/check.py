@@ -43,7 +43,7 @@ RULES: dict[str, RuleSpec] = {spec.name: spec for spec in (
     RuleSpec("min_accuracy", "top-1 accuracy on the report's labelled images is at least this (0-1)", "share",
              higher_is_better=True),
     RuleSpec("max_accuracy_drop", "the baseline's accuracy minus this report's, on the labelled images in both, is "
-                                  "at most this (0-1)", "number", baseline=True),
+                                  "at most this (0.05: five percentage points)", "number", baseline=True),
     RuleSpec("max_ece", "expected calibration error of the top-1 probability (15 bins) is at most this (0-1)",
              "share"),
     RuleSpec("max_dead_filters", "share of dead filters (filter patterns) and of channels zero on every image "
@@ -55,7 +55,7 @@ RULES: dict[str, RuleSpec] = {spec.name: spec for spec in (
     RuleSpec("max_flipped_predictions", "images whose top prediction changed against the baseline: at most this "
                                         "many", "count", baseline=True),
     RuleSpec("min_cam_correlation", "mean correlation between the baseline's and this report's class activation "
-                                    "maps (as reportgen diff computes it) is at least this (-1-1; needs "
+                                    "maps (as reportgen diff computes it) is at least this (from -1 to 1; needs "
                                     "--save-arrays in both)", "correlation", baseline=True, higher_is_better=True),
 )}
 DEAD_SCOPES = ("overall", "per_layer")
