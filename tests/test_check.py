@@ -56,8 +56,8 @@ def _train(keras, model, x, y, epochs):
 def reports(tmp_path_factory, keras):
     """`candidate`: a tiny CNN trained 2 epochs; `baseline`: the same model trained 60 epochs more (so the
     candidate is worse: its accuracy drops, predictions flip, maps change); `untrained`: the architecture as
-    initialised with the report's seed (its maps are a fresh copy's, so the randomisation check flags them); `dead`: the candidate with
-    four conv2 filters switched off by a large negative bias."""
+    initialised with the report's seed (its maps are a fresh copy's, so the randomisation check flags them);
+    `dead`: the candidate with four conv2 filters switched off by a large negative bias."""
     from conftest import build_plain_model
 
     folder = tmp_path_factory.mktemp("check")
@@ -243,7 +243,8 @@ def test_max_deletion_auc_increase(reports):
 
 def test_max_flipped_predictions(reports):
     old, new = _top1(_manifest(reports["baseline"])), _top1(_manifest(reports["candidate"]))
-    flipped = sorted(n for n in new if n in old and new[n]["top_k"][0]["class_index"] != old[n]["top_k"][0]["class_index"])
+    flipped = sorted(n for n in new
+                     if n in old and new[n]["top_k"][0]["class_index"] != old[n]["top_k"][0]["class_index"])
     assert flipped
     at = _pass_and_fail(reports["candidate"], "max_flipped_predictions", len(flipped), baseline=reports["baseline"],
                         step=1)
@@ -334,7 +335,6 @@ def test_generate_check_writes_the_report_then_exits_with_the_rules(cli, reports
             "summary,predictions", "--quiet")
     # generate needs a model file: the baseline's model is not kept, so save a fresh tiny one.
     import keras
-
     from conftest import build_plain_model
 
     build_plain_model(keras, input_shape=SIZE, seed=1).save(args[1])
