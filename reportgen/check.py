@@ -319,11 +319,15 @@ def _cam_sanity(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | Non
     checks = read.cam_sanity(new.manifest)
     if not checks:
         return [_not_evaluated(rule, "the report has no cam section with the model-randomisation check")]
-    flagged = [f"{c.method}" + (f" (rank correlation {c.correlation:.2f} with a randomised model)"
-                                if c.correlation is not None else "") for c in checks if not c.passed]
-    detail = (f"{len(checks) - len(flagged)} of {len(checks)} methods pass"
-              + ("; flagged maps barely change when the weights are random" if flagged else ""))
-    return [_result(rule, len(flagged), not flagged, detail, flagged)]
+    # Not passed: flagged (the maps survive re-initialisation), empty maps, or undetermined (nothing to compare).
+    failed = [f"{c.method}: {c.status}" + (f" (rank correlation {c.correlation:.2f} with a randomised model)"
+                                           if c.correlation is not None else "") for c in checks if not c.passed]
+    detail = f"{len(checks) - len(failed)} of {len(checks)} methods pass"
+    if any(c.status == "flagged" for c in checks):
+        detail += "; flagged maps barely change when the weights are random"
+    if any(c.status == "empty maps" for c in checks):
+        detail += "; empty maps explain nothing"
+    return [_result(rule, len(failed), not failed, detail, failed)]
 
 
 def _map_entries(report: read.ReportFolder) -> dict[tuple[str, str, str], dict[str, Any]]:

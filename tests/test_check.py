@@ -55,9 +55,9 @@ def _train(keras, model, x, y, epochs):
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, keras):
     """`candidate`: a tiny CNN trained 2 epochs; `baseline`: the same model trained 60 epochs more (so the
-    candidate is worse: its accuracy drops, predictions flip, maps change); `untrained`: the architecture as
-    initialised with the report's seed (its maps are a fresh copy's, so the randomisation check flags them);
-    `dead`: the candidate with four conv2 filters switched off by a large negative bias."""
+    candidate is worse: its accuracy drops, predictions flip, maps change); `dead`: the candidate with four conv2
+    filters switched off by a large negative bias; `blind`: with all of them off, so the maps at conv2 are empty
+    and the randomisation check cannot pass."""
     from conftest import build_plain_model
 
     folder = tmp_path_factory.mktemp("check")
@@ -68,8 +68,9 @@ def reports(tmp_path_factory, keras):
     baseline = keras.models.clone_model(candidate)
     baseline.set_weights(candidate.get_weights())
     _train(keras, baseline, x, y, 60)
-    # Built with the report's seed, its fresh copy is itself: the randomisation check must flag every method.
-    untrained = build_plain_model(keras, input_shape=SIZE, seed=OPTIONS.seed)
+    blind = keras.models.clone_model(candidate)  # every conv2 filter off: the maps are empty
+    blind.set_weights(candidate.get_weights())
+    blind.get_layer("conv2").bias.assign(np.full(16, -1e4, np.float32))
     dead = keras.models.clone_model(candidate)
     dead.set_weights(candidate.get_weights())
     bias = dead.get_layer("conv2").bias.numpy()
@@ -77,7 +78,7 @@ def reports(tmp_path_factory, keras):
     dead.get_layer("conv2").bias.assign(bias)
     out = {"images": images}
     for name, model, version in (("candidate", candidate, "2"), ("baseline", baseline, "1"),
-                                 ("untrained", untrained, "0"), ("dead", dead, "3")):
+                                 ("blind", blind, "0"), ("dead", dead, "3")):
         out[name] = folder / name
         generate_report(model, [images], out[name], dataclasses.replace(OPTIONS, model_version=version))
     out["no_predictions"] = folder / "no_predictions"
@@ -202,18 +203,18 @@ def test_max_dead_filters_overall_and_per_layer(reports):
 
 
 def test_cam_sanity(reports):
-    def flagged_by_hand(folder):
+    def not_passed_by_hand(folder):
         return [s["data"]["method"] for s in _manifest(folder)["sections"]
                 if s["kind"] == "cam" and (s.get("data") or {}).get("sanity") and s["data"]["sanity"]["flagged"]]
 
-    assert flagged_by_hand(reports["baseline"]) == []
+    assert not_passed_by_hand(reports["baseline"]) == []
     passed = _one(reports["baseline"], "cam_sanity", True)
     assert passed.status == "pass" and passed.value == 0
-    flagged = flagged_by_hand(reports["untrained"])
-    assert flagged  # an untrained model's maps are a fresh copy's
-    failed = _one(reports["untrained"], "cam_sanity", True)
-    assert failed.status == "fail" and failed.value == len(flagged)
-    assert [item.split(" ")[0] for item in failed.items] == flagged
+    failing = not_passed_by_hand(reports["blind"])
+    assert failing == ["gradcam", "gradcam++"]  # nothing in the maps to survive or not survive
+    failed = _one(reports["blind"], "cam_sanity", True)
+    assert failed.status == "fail" and failed.value == len(failing)
+    assert [item.split(":")[0] for item in failed.items] == failing
     assert parse_rules({"cam_sanity": False}) == ()  # false: not checked
     missing = _one(reports["no_predictions"], "cam_sanity", True)
     assert missing.status == "not evaluated"
