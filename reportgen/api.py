@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ class ReportResult:
     @property
     def manifest(self) -> Path:
         return self.out_dir / "report.json"
+
+    @cached_property
+    def manifest_data(self) -> dict[str, Any]:
+        """report.json, parsed: every number behind the page."""
+        from reportgen.diff.manifest import read_report
+
+        return read_report(self.out_dir).manifest
+
+    def _repr_html_(self) -> str:
+        """The whole report inline in Jupyter: an iframe whose srcdoc is the page (so its CSP holds)."""
+        from reportgen.notebook import inline_frame
+
+        return inline_frame(self.index_html.read_text(encoding="utf-8"))
+
+    def show(self, section: str) -> Any:
+        """One part of the report inline in Jupyter: a section id (`weights-conv1`), a kind (`cam`) or a layer."""
+        from reportgen.notebook import InlineReport, section_ids, section_page
+
+        ids = section_ids(self.manifest_data, section)
+        return InlineReport(section_page(self.index_html.read_text(encoding="utf-8"), ids))
 
 
 def versions() -> dict[str, str]:

@@ -129,6 +129,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name == "check" and isinstance(value, dict):  # the rules of `--check` (reportgen.check reads them)
+            continue
         if name not in known:
             raise InputError(f"--config: {path} has an unknown key {key!r}; keys are the flags' names, e.g. 'seed'")
         values[name] = value
