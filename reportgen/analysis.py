@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from reportgen.config import ReportOptions
 from reportgen.graph import LayerNode, block_outputs, layer_output_shapes, walk_layers
-from reportgen.loading.images import LoadedImages
+from reportgen.loading.images import ImageSource, LoadedImages
 from reportgen.loading.labels import ClassNames
 from reportgen.loading.models import LoadedModel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import SILENT, Progress
 from reportgen.report import EncodedImage, SlugRegistry, slugify
 from reportgen.techniques.cams import TargetLayer, choose_target_layer
+
+if TYPE_CHECKING:
+    from reportgen.dataset import DatasetResult
 
 T = TypeVar("T")
 
@@ -40,6 +43,34 @@ class Analysis:
     # The renderer's figure encoder (`render.encode_image`): builders pass each figure's pixels through it as they
     # make them, so only compressed figures pile up. The default keeps raw pixels (render encodes them later).
     encode: Callable[[np.ndarray], np.ndarray | EncodedImage] = lambda pixels: pixels
+    # Validation-set scale: `images` is the detail sample (per-image figures); `dataset` holds what every image of
+    # `all_sources` contributed in the dataset pass, and `detail_indices` where the sample sits among them.
+    dataset: DatasetResult | None = None
+    all_sources: tuple[ImageSource, ...] = ()
+    detail_indices: tuple[int, ...] = ()
+    input_size: tuple[int, int] | None = None  # (height, width) the images are resized to
+    reader: Any = None  # the `ImageReader` of `all_sources`: a few images are read again (thumbnails, examples)
+
+    def read_images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Images of `all_sources` at `indices` as RGB uint8 at the model's size (grey ones repeated)."""
+        if not indices:
+            return []
+        wanted = list(dict.fromkeys(int(i) for i in indices))
+        loaded = self.reader.load(wanted)
+        kept = [i for i in wanted if i not in self.reader.skipped]  # load keeps the order, skips unreadable files
+        by_index = dict(zip(kept, loaded.pixels, strict=True))
+        out = []
+        for i in indices:
+            pixels = np.clip(by_index[int(i)], 0, 255).round().astype(np.uint8)
+            out.append(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
+        return out
+
+    def use_detail(self, images: LoadedImages, indices: Sequence[int]) -> None:
+        """Make `images` (the sources at `indices`) the detail sample, after the dataset pass."""
+        self.images = images
+        self.detail_indices = tuple(int(i) for i in indices)
+        for name in ("inputs", "display_images", "image_ids"):
+            self.__dict__.pop(name, None)
 
     def shared(self, key: str, compute: Callable[[], T]) -> T:
         """`compute()` once per report, whichever of the sections that need it run first."""
@@ -55,9 +86,14 @@ class Analysis:
     def layers(self) -> list[LayerNode]:
         return walk_layers(self.model)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the model inputs."""
+        return self.input_size or tuple(self.images.pixels.shape[1:3])  # type: ignore[return-value]
+
     @cached_property
     def layer_shapes(self) -> dict[str, Any]:
-        height, width = self.images.pixels.shape[1:3]
+        height, width = self.size
         return layer_output_shapes(self.model, (height, width, self.loaded.input_shape[2]))
 
     @cached_property
@@ -67,9 +103,17 @@ class Analysis:
         return {node.path: registry.take(node.path, "layer") for node in self.layers}
 
     @cached_property
-    def image_ids(self) -> list[str]:
+    def all_image_ids(self) -> list[str]:
+        """An anchor-safe id for every image of the set, in list order."""
         registry = SlugRegistry()
-        return [registry.take(source.name, "image") for source in self.images.sources]
+        return [registry.take(source.name, "image") for source in self.all_sources or self.images.sources]
+
+    @cached_property
+    def image_ids(self) -> list[str]:
+        """The detail images' ids (the same as in `all_image_ids`)."""
+        if not self.all_sources:
+            return self.all_image_ids
+        return [self.all_image_ids[i] for i in self.detail_indices]
 
     @cached_property
     def inputs(self) -> np.ndarray:
@@ -103,7 +147,7 @@ class Analysis:
     @cached_property
     def block_outputs(self) -> set[str]:
         """Layers the whole computation passes through (`graph.block_outputs`)."""
-        height, width = self.images.pixels.shape[1:3]
+        height, width = self.size
         return block_outputs(self.model, (height, width, self.loaded.input_shape[2]))
 
     @property

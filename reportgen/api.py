@@ -12,18 +12,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reportgen.analysis import Analysis
 from reportgen.config import ReportOptions
-from reportgen.errors import InputError
+from reportgen.dataset import DatasetPass, PassPlan, pass_batch_size
+from reportgen.errors import ImageError, InputError
 from reportgen.loading.applications import FAMILY_PREPROCESS
-from reportgen.loading.images import discover_images, load_images
+from reportgen.loading.images import LoadedImages, discover_images
 from reportgen.loading.labels import resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor, range_mismatch
+from reportgen.loading.stream import ImageReader
 from reportgen.progress import Progress
 from reportgen.render import check_output_dir, encode_image, write_report
 from reportgen.report import ImageEntry, Report, Section
 from reportgen.sections import BUILDERS, available_sections
+from reportgen.techniques.detail import choose_detail
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,98 @@ def output_classes(model: Any) -> int:
     return 2 if units == 1 else units
 
 
+PASS_SECTIONS = ("feature_maps", "dataset_examples", "predictions", "evaluation", "cam", "class")
+
+
+def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[str]) -> None:
+    """Stream every image through the model once for the dataset sections, then load the detail sample."""
+    options = analysis.options
+    labels = np.array([-1 if (i := analysis.class_names.index_of(s.label)) is None else i
+                       for s in analysis.all_sources], np.int64)
+    if not any(kind in PASS_SECTIONS for kind in wanted):  # no section needs every image: read the sample only
+        detail = list(range(min(options.detail, len(reader.sources))))
+        analysis.use_detail(*_load_detail(reader, detail))
+        return
+    plan = pass_plan(analysis, wanted)
+    shapes = analysis.layer_shapes
+    paths = [*(n.path for n in plan.stat_layers), *(p for p, _ in plan.example_layers),
+             *([plan.cam_layer] if plan.cam_layer else [])]
+    batch_size = pass_batch_size(shapes, paths, options.batch_size)
+    from reportgen.techniques.predictions import final_layer
+
+    dataset_pass = DatasetPass(analysis.model, analysis.preprocessor, len(analysis.class_names.names), plan, shapes,
+                               final_layer(analysis.model).activation)
+    counter = analysis.progress.counter("dataset", len(reader.sources))
+    result = dataset_pass.run(reader, labels, batch_size, counter)
+    counter.close()
+    if result.images == 0:
+        raise ImageError("no usable image: every file failed to decode (" + "; ".join(reader.warnings[-3:]) + ")")
+    analysis.dataset = result
+    names = [s.name for s in analysis.all_sources]
+    detail = choose_detail(names, result.labels, result.predicted, result.confidence, options.detail, options.seed,
+                           options.detail_images)
+    analysis.use_detail(*_load_detail(reader, detail))
+    analysis.manifest_lists["dataset"] = {  # type: ignore[assignment]
+        "images": result.images, "listed": result.listed, "labelled": int(np.count_nonzero(result.labels >= 0)),
+        "detail_images": [analysis.all_image_ids[i] for i in analysis.detail_indices],
+        "seconds": round(result.seconds, 3), "images_per_second": round(result.images_per_second, 2),
+        "batch_size": batch_size, "probabilities": result.probability_method}
+
+
+def _load_detail(reader: ImageReader, indices: Sequence[int]) -> tuple[LoadedImages, list[int]]:
+    images = reader.load(indices)
+    kept = [i for i in indices if i not in reader.skipped]
+    return images, kept
+
+
+def pass_plan(analysis: Analysis, wanted: Sequence[str]) -> PassPlan:
+    """Which layers the dataset pass reduces, for the sections that will run."""
+    from reportgen.layer_kinds import PATTERN_TYPES
+    from reportgen.layer_kinds import is_spatial as spatial
+    from reportgen.techniques.feature_maps import select_layers
+    from reportgen.techniques.filter_patterns import choose_filters
+
+    options = analysis.options
+    shapes = analysis.layer_shapes
+    stat_layers = tuple(select_layers(analysis.layers, shapes, options.layers)) if "feature_maps" in wanted else ()
+    examples: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    if "dataset_examples" in wanted:
+        examples = tuple((node.path, choose_filters(shapes[node.path][3], options.filters, options.filter_indices,
+                                                    node.path))
+                         for node in analysis.layers
+                         if isinstance(node.layer, PATTERN_TYPES) and spatial(shapes.get(node.path)))
+    target = analysis.cam_target if "class" in wanted else None
+    return PassPlan(stat_layers, examples, target.path if target else None, options.examples, options.batch_size)
+
+
+def image_entries(analysis: Analysis) -> tuple[ImageEntry, ...]:
+    """Every image of the set for report.json: its id, label and, after a dataset pass, its prediction."""
+    dataset = analysis.dataset
+    names = analysis.class_names.names
+    detail = set(analysis.detail_indices)
+    entries = []
+    for i, (image_id, source) in enumerate(zip(analysis.all_image_ids, analysis.all_sources, strict=True)):
+        if dataset is None and i not in detail:
+            continue
+        if dataset is not None and i in dataset.skipped:
+            continue
+        if dataset is not None:
+            size = tuple(int(v) for v in dataset.sizes[i])
+            conversion = dataset.conversions[i]
+        else:
+            position = analysis.detail_indices.index(i)
+            size, conversion = analysis.images.original_sizes[position], analysis.images.conversions[position]
+        prediction = None
+        if dataset is not None:
+            predicted = int(dataset.predicted[i])
+            prediction = {"class_index": predicted, "class_name": names[predicted],
+                          "probability": float(dataset.confidence[i])}
+        entries.append(ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
+                                  original_size=size, conversion=conversion, prediction=prediction,
+                                  detail=i in detail))
+    return tuple(entries)
+
+
 def generate_report(
     model: str | Path | Any,
     images: Sequence[str | Path],
@@ -148,18 +245,22 @@ def generate_report(
                         unsafe=options.unsafe, seed=options.seed)
     sources = discover_images(images)
     progress("load", f"{len(sources)} images")
-    loaded_images = load_images(sources, loaded.input_shape, options.image_size)
+    reader = ImageReader(sources, loaded.input_shape, options.image_size)
     preprocessor = choose_preprocessing(options.preprocess, loaded)
     mismatch = range_mismatch(preprocessor, loaded.model)
     names, name_warnings = resolve_class_names(
-        output_classes(loaded.model), options.class_names, loaded_images.labels, builtin=class_names
+        output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
     )
-    analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
+    empty = LoadedImages((), np.zeros((0, reader.height, reader.width, reader.channels), np.float32), (), ())
+    analysis = Analysis(loaded=loaded, images=empty, preprocessor=preprocessor, class_names=names,
                         options=options, progress=progress, encode=encode_image,
-                        warnings=[*loaded_images.warnings, *name_warnings, *([mismatch] if mismatch else [])])
+                        warnings=[*name_warnings, *([mismatch] if mismatch else [])],
+                        all_sources=tuple(sources), input_size=(reader.height, reader.width), reader=reader)
+    run_dataset_pass(analysis, reader, wanted)
+    analysis.warnings[:0] = reader.warnings  # skipped files first, as before
+    seconds: dict[str, float] = {}
 
     sections: list[Section] = []
-    seconds: dict[str, float] = {}
     for kind in wanted:
         started = time.perf_counter()
         progress(kind, "start")
@@ -186,13 +287,7 @@ def generate_report(
             "params": int(loaded.model.count_params()),
         },
         options={**options.to_manifest(), "sections": list(wanted)},
-        images=tuple(
-            ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
-                       original_size=size, conversion=conversion)
-            for image_id, source, size, conversion in zip(analysis.image_ids, loaded_images.sources,
-                                                          loaded_images.original_sizes, loaded_images.conversions,
-                                                          strict=True)
-        ),
+        images=image_entries(analysis),
         class_names=names.names,
         sections=tuple(sections),
         warnings=tuple(dict.fromkeys(analysis.warnings)),

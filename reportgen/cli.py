@@ -30,7 +30,8 @@ from reportgen.config import (
 )
 from reportgen.errors import InputError, ReportgenError
 
-SECTION_NAMES = ("summary", "weights", "feature_maps", "filter_patterns", "predictions", "cam", "class")
+SECTION_NAMES = ("summary", "weights", "feature_maps", "filter_patterns", "dataset_examples", "predictions",
+                 "evaluation", "cam", "class")
 
 
 def _import_tensorflow_quietly() -> None:
@@ -118,6 +119,11 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"Class activation methods: {', '.join(CAM_METHODS)}."),
         click.option("--cam-layer", help="Layer for class activation maps (default: the last conv layer)."),
         click.option("--classes", metavar="LIST", help="Extra classes (names or indices) to explain per image."),
+        click.option("--detail", type=int, default=12, show_default=True,
+                     help="Images that get per-image figures (all images feed the dataset sections)."),
+        click.option("--detail-images", metavar="LIST", help="Pick the detail images by name or glob instead."),
+        click.option("--examples", type=int, default=6, show_default=True,
+                     help="Dataset examples per filter: the images that drive it most (and least)."),
         click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report."),
         click.option("--quiet", is_flag=True, help="No progress on stderr."),
     ]
@@ -126,7 +132,7 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-_LIST_FIELDS = {"sections", "layers", "directions", "cam_methods", "classes"}
+_LIST_FIELDS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}
 
 
 def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOptions, bool, bool]:

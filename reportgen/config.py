@@ -51,6 +51,10 @@ class ReportOptions:
     cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
     cam_layer: str | None = None
     classes: tuple[str, ...] = ()
+    # validation-set scale: every image feeds the dataset sections, a sample gets per-image figures
+    detail: int = 12
+    detail_images: tuple[str, ...] = ()
+    examples: int = 6
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -64,7 +68,8 @@ class ReportOptions:
         for method in self.cam_methods:
             if method not in CAM_METHODS:
                 raise InputError(f"--cam-methods: {method!r} is not one of {', '.join(CAM_METHODS)}")
-        minimums = (("--top-k", self.top_k, 1), ("--filters", self.filters, 1), ("--steps", self.steps, 0))
+        minimums = (("--top-k", self.top_k, 1), ("--filters", self.filters, 1), ("--steps", self.steps, 0),
+                    ("--detail", self.detail, 1), ("--examples", self.examples, 1))
         for name, value, low in minimums:
             if value < low:
                 raise InputError(f"{name}: must be at least {low}, got {value}")

@@ -292,3 +292,36 @@ def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], column_labels: Se
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     return figure_pixels(figure)
+
+
+def plot_reliability(confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, edges: np.ndarray,
+                     title: str) -> np.ndarray:
+    """A reliability diagram: accuracy against confidence per bin, the diagonal of perfect calibration, and the
+    share of images per bin below; returns RGB pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(4.8, 4.8), dpi=100)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = float(edges[1] - edges[0])
+    filled = counts > 0
+    top.bar(centres[filled], np.nan_to_num(accuracy[filled]), width=width * 0.95, color="#2c7fb8", label="accuracy")
+    top.bar(centres[filled], np.nan_to_num(confidence[filled] - accuracy[filled]), bottom=np.nan_to_num(
+        accuracy[filled]), width=width * 0.95, color="#c0392b", alpha=0.35, label="gap to confidence")
+    top.plot([0, 1], [0, 1], color="#555555", linewidth=1, linestyle="--")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy", fontsize=9)
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=8, frameon=False, loc="upper left")
+    share = counts / max(1, counts.sum())
+    bottom.bar(centres, share, width=width * 0.95, color="#888888")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (top-1 probability)", fontsize=9)
+    bottom.set_ylabel("images", fontsize=9)
+    for axes in (top, bottom):
+        axes.tick_params(labelsize=8)
+    figure.tight_layout()
+    return figure_pixels(figure)

@@ -24,4 +24,60 @@ class Progress:
         stream.flush()
 
 
+    def counter(self, stage: str, total: int, unit: str = "images", every: float = 5.0) -> ProgressCounter:
+        """A progress bar for `total` items (a line redrawn in place on a terminal, a line every `every` seconds
+        otherwise), with the rate and the time left."""
+        return ProgressCounter(self, stage, total, unit, every)
+
+
+class ProgressCounter:
+    """`counter(done)` as items complete; `close()` prints the final line."""
+
+    WIDTH = 24
+
+    def __init__(self, progress: Progress, stage: str, total: int, unit: str, every: float) -> None:
+        self.progress, self.stage, self.total, self.unit, self.every = progress, stage, max(1, total), unit, every
+        self.started = time.perf_counter()
+        self.last = -float("inf")
+        self.done = 0
+
+    @property
+    def _tty(self) -> bool:
+        stream = self.progress.stream or sys.stderr
+        return bool(getattr(stream, "isatty", lambda: False)())
+
+    def line(self, done: int) -> str:
+        elapsed = time.perf_counter() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        filled = int(self.WIDTH * done / self.total)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        eta = f"{left:.0f} s left" if left == left else "starting"
+        return f"[{bar}] {done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, {eta}"
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.done = done
+        if total:
+            self.total = max(1, total)
+        if not self.progress.enabled:
+            return
+        now = time.perf_counter()
+        if self._tty:
+            if now - self.last >= 0.2 or done >= self.total:
+                stream = self.progress.stream or sys.stderr
+                stream.write(f"\r{self.stage}: {self.line(done)}\033[K")
+                stream.flush()
+                self.last = now
+        elif now - self.last >= self.every:
+            self.progress(self.stage, self.line(done))
+            self.last = now
+
+    def close(self) -> None:
+        if not self.progress.enabled:
+            return
+        if self._tty:
+            (self.progress.stream or sys.stderr).write("\n")
+        self.progress(self.stage, self.line(self.done).split("] ", 1)[1])
+
+
 SILENT = Progress(enabled=False)

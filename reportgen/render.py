@@ -242,7 +242,8 @@ def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: st
         "options": report.options,
         "images": [
             {"id": image.id, "name": image.name, "path": image.path, "label": image.label,
-             "original_size": list(image.original_size), "conversion": image.conversion}
+             "original_size": list(image.original_size), "conversion": image.conversion,
+             "prediction": image.prediction, "detail": image.detail}
             for image in report.images
         ],
         "class_names": list(report.class_names),

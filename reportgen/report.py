@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "predictions", "cam", "class")
+SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "dataset_examples", "predictions",
+                 "evaluation", "cam", "class")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class ImageEntry:
     label: str | None
     original_size: tuple[int, int]
     conversion: str = ""  # what was done to the pixels besides resizing (e.g. "RGB to grey (Rec. 601 luma)")
+    prediction: dict[str, Any] | None = None  # top-1 class and probability, from the dataset pass
+    detail: bool = True  # in the detail sample (per-image figures)
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ def test_logits_are_found_behind_a_nested_head(keras):
     assert final.path == "top/out" and scores.feeder == "gap"
     x = RNG.random((2, 12, 12, 3), dtype=np.float32)
     functions = ModelFunctions(model, scores, "conv", lambda values: values)
-    logits, _ = functions._scores(tf.constant(x), [])
+    logits, _ = functions.scores(tf.constant(x), [])
     kernel, bias = head.get_layer("out").get_weights()
     gap = keras.Model(model.inputs, model.get_layer("gap").output)(x).numpy()
     np.testing.assert_allclose(logits.numpy(), gap @ kernel + bias, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,17 @@ from collections.abc import Callable
 
 from reportgen.analysis import Analysis
 from reportgen.report import Section
-from reportgen.sections import cams, classes, feature_maps, filter_patterns, predictions, summary, weights
+from reportgen.sections import (
+    cams,
+    classes,
+    dataset_examples,
+    evaluation,
+    feature_maps,
+    filter_patterns,
+    predictions,
+    summary,
+    weights,
+)
 
 SectionBuilder = Callable[[Analysis], list[Section]]
 
@@ -18,7 +28,9 @@ BUILDERS: dict[str, SectionBuilder] = {
     "weights": weights.build,
     "feature_maps": feature_maps.build,
     "filter_patterns": filter_patterns.build,
+    "dataset_examples": dataset_examples.build,
     "predictions": predictions.build,
+    "evaluation": evaluation.build,
     "cam": cams.build,
     "class": classes.build,
 }

@@ -60,6 +60,8 @@ def pattern_tiles(analysis: Analysis, inputs: np.ndarray, dead: np.ndarray) -> n
 
 def _grid(analysis: Analysis, result: LayerPatterns, direction: str) -> np.ndarray:
     tiles = pattern_tiles(analysis, result.direction(direction).inputs, result.dead)
+    # The dataset examples show each filter's patterns beside the natural images that drive it.
+    analysis.shared_results.setdefault("pattern_tiles", {})[(result.layer, direction)] = (result.filters, tiles)
     zoom = max(1, round(128 / max(tiles.shape[1:3])))  # small patterns are enlarged to ~128 px, pixels kept crisp
     tiles = np.stack([figures.upscale(tile, zoom) for tile in tiles])
     labels = [f"{f} dead" if dead else str(f) for f, dead in zip(result.filters, result.dead, strict=True)]

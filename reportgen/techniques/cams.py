@@ -278,7 +278,7 @@ class ModelFunctions:
         self._input_gradients = compiled(self._input_gradients_graph, model)
         self._raw = compiled(lambda x: model(x, training=False), model)
 
-    def _scores(self, x: Any, capture: Sequence[str]) -> tuple[Any, Any]:
+    def scores(self, x: Any, capture: Sequence[str]) -> tuple[Any, Any]:
         """Class scores (B, classes) and the run, with `capture` recorded."""
         import tensorflow as tf
 
@@ -311,7 +311,7 @@ class ModelFunctions:
         import tensorflow as tf
 
         with tf.GradientTape(persistent=not self.traced) as tape:
-            scores, run = self._scores(x, [self.layer])
+            scores, run = self.scores(x, [self.layer])
             activations = run.captured[self.layer]
             selected = tf.gather(scores, slots, batch_dims=1)  # (B, T): the score of each image's class slots
         return activations, self._jacobian(tape, selected, activations)  # (B, T, h, w, K)
@@ -321,7 +321,7 @@ class ModelFunctions:
 
         with tf.GradientTape(persistent=not self.traced) as tape:
             tape.watch(x)
-            scores, _ = self._scores(x, [])
+            scores, _ = self.scores(x, [])
             selected = tf.gather(scores, slots, batch_dims=1)
         return self._jacobian(tape, selected, x)  # (B, T, H, W, C)
 

@@ -249,6 +249,20 @@ class LayerStatsAccumulator:
         self.count += int(maps.size)
         self.images += len(maps)
 
+    def update_reduced(self, low: np.ndarray, high: np.ndarray, total: float, zeros: int, count: int, images: int,
+                       non_finite: int = 0, non_finite_channels: np.ndarray | None = None) -> None:
+        """Add a batch already reduced where it was computed: per image and channel min and max (B, C) over the
+        finite values, the sum of the finite values, the counts of zeros, values and non-finite values."""
+        self.channel_low = np.minimum(self.channel_low, np.asarray(low, np.float32).min(axis=0))
+        self.channel_high = np.maximum(self.channel_high, np.asarray(high, np.float32).max(axis=0))
+        if non_finite_channels is not None:
+            self.non_finite_channels |= np.asarray(non_finite_channels, bool)
+        self.total += float(total)
+        self.zeros += int(zeros)
+        self.count += int(count)
+        self.images += int(images)
+        self.non_finite += int(non_finite)
+
     def merge(self, other: LayerStatsAccumulator) -> None:
         """Fold in the statistics of `other` (the same layer over other images)."""
         self.channel_low = np.minimum(self.channel_low, other.channel_low)

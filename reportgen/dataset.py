@@ -1,0 +1,192 @@
+"""The dataset pass: every image once through the model, in streamed batches, feeding every dataset-level
+accumulator from one forward pass (and one backward pass to the CAM layer, for the class-average maps).
+
+Per batch a single compiled function returns only reductions — predictions, per-channel minima, maxima, sums and
+zero counts of the feature-map layers, each chosen filter's mean and extreme cells, the Grad-CAM map of each
+image's own class and the CAM layer's channel means — so what crosses back to Python is a few numbers per image,
+whatever the model. The accumulators (`update`, `merge`, `result`) are the same classes a distributed engine can
+run on several workers and merge.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reportgen.graph import LayerNode, traceable
+from reportgen.loading.preprocess import Preprocessor
+from reportgen.loading.stream import ImageReader
+from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
+from reportgen.techniques.dataset_examples import FilterExamples, FilterExtremes, filter_statistics
+from reportgen.techniques.evaluation import Evaluation, EvaluationAccumulator
+from reportgen.techniques.feature_maps import ACTIVATION_BUDGET, LayerMapStats, LayerStatsAccumulator
+
+PASS_BATCH = 32  # images per batch when the layers' activations allow it
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What the pass computes besides predictions."""
+
+    stat_layers: tuple[LayerNode, ...] = ()  # feature-map statistics over every image
+    example_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (layer, filters) for dataset examples
+    cam_layer: str | None = None  # class-average Grad-CAM maps and class x filter means
+    examples: int = 6
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """What every image contributed, in a few numbers each."""
+
+    images: int  # read successfully
+    listed: int  # found
+    labels: np.ndarray  # (N listed,) class index, -1 unknown or unread
+    predicted: np.ndarray  # (N listed,) top-1 class, -1 for an unreadable image
+    confidence: np.ndarray  # (N listed,) top-1 probability, NaN for an unreadable image
+    probability_method: str
+    evaluation: Evaluation
+    classes: list[ClassSummary]
+    layer_stats: dict[str, LayerMapStats]
+    examples: list[FilterExamples]
+    seconds: float
+    sizes: np.ndarray  # (N listed, 2) width, height before resizing (0 for an unreadable image)
+    conversions: tuple[str, ...]  # per listed image
+    skipped: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def pass_batch_size(shapes: dict[str, Any], paths: Sequence[str], requested: int | None) -> int:
+    """`requested`, else PASS_BATCH images or fewer, so one batch's captured activations stay within budget (the
+    backward pass to the CAM layer keeps what it needs of them)."""
+    if requested:
+        return requested
+    per_image = sum(4 * math.prod(shapes[p][1:]) for p in paths if p in shapes) or 1
+    return max(1, min(PASS_BATCH, ACTIVATION_BUDGET // (2 * per_image)))
+
+
+class DatasetPass:
+    """One compiled step per batch and the accumulators it feeds; `run` streams a reader through it."""
+
+    def __init__(self, model: Any, preprocessor: Preprocessor, classes: int, plan: PassPlan,
+                 shapes: dict[str, Any], activation: str) -> None:
+        from reportgen.techniques.cams import ModelFunctions, score_head
+        from reportgen.techniques.predictions import compiled, final_layer
+
+        self.model, self.preprocessor, self.classes, self.plan = model, preprocessor, classes, plan
+        self.activation = activation
+        units = int(model.outputs[0].shape[-1] or 1)
+        self.functions = ModelFunctions(model, score_head(model, final_layer(model), units), plan.cam_layer,
+                                        lambda raw: raw)
+        self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers), *(p for p, _ in plan.example_layers),
+                                           *([plan.cam_layer] if plan.cam_layer else [])]))
+        cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
+        cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
+        self.evaluation = EvaluationAccumulator(classes)
+        self.class_stats = ClassAccumulator(classes, cam_shape, cam_channels)
+        self.layer_stats = {n.path: LayerStatsAccumulator(n, tuple(int(d) for d in shapes[n.path][1:]))
+                            for n in plan.stat_layers}
+        self.extremes = [FilterExtremes(path, filters, plan.examples) for path, filters in plan.example_layers]
+        self._step = compiled(self._step_graph, model)
+        self.traced = traceable(model)
+
+    def _step_graph(self, x: Any, labels: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        plan = self.plan
+        with tf.GradientTape() as tape:
+            scores, run = self.functions.scores(x, self.capture)
+            owner = tf.where(labels >= 0, labels, tf.argmax(scores, axis=1, output_type=tf.int32))
+            selected = tf.reduce_sum(tf.gather(scores, owner, batch_dims=1))
+        out: dict[str, Any] = {"raw": tf.reshape(run.output, (tf.shape(x)[0], -1))}
+        if plan.cam_layer:
+            acts = run.captured[plan.cam_layer]
+            gradients = tape.gradient(selected, acts)  # images are independent: one backward pass for the batch
+            weights = tf.reduce_mean(gradients, axis=(1, 2))
+            out["cam"] = tf.nn.relu(tf.einsum("bhwk,bk->bhw", acts, weights))  # Grad-CAM, eq. 1-2
+            out["cam_channels"] = tf.reduce_mean(acts, axis=(1, 2))
+        for node in plan.stat_layers:
+            maps = tf.cast(run.captured[node.path], tf.float32)
+            finite = tf.math.is_finite(maps)
+            out[f"low/{node.path}"] = tf.reduce_min(tf.where(finite, maps, np.inf), axis=(1, 2))
+            out[f"high/{node.path}"] = tf.reduce_max(tf.where(finite, maps, -np.inf), axis=(1, 2))
+            out[f"sum/{node.path}"] = tf.reduce_sum(tf.where(finite, maps, 0.0), axis=(1, 2))
+            out[f"zeros/{node.path}"] = tf.reduce_sum(tf.cast(tf.equal(maps, 0.0), tf.int64))
+            out[f"bad/{node.path}"] = tf.reduce_any(~finite, axis=(0, 1, 2))
+            out[f"nonfinite/{node.path}"] = tf.reduce_sum(tf.cast(~finite, tf.int64))
+        for path, filters in plan.example_layers:
+            means, strongest, weakest = filter_statistics(run.captured[path], filters)
+            out[f"mean/{path}"], out[f"max/{path}"], out[f"min/{path}"] = means, strongest, weakest
+        return out
+
+    def run(self, reader: ImageReader, labels: np.ndarray, batch_size: int,
+            progress: Callable[[int, int], None] | None = None) -> DatasetResult:
+        """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
+        import tensorflow as tf
+
+        from reportgen.techniques.predictions import convert, probability_method
+
+        started = time.perf_counter()
+        listed = len(reader.sources)
+        names = [s.name for s in reader.sources]
+        predicted = np.full(listed, -1, np.int64)
+        confidence = np.full(listed, np.nan)
+        sizes = np.zeros((listed, 2), np.int64)
+        conversions = [""] * listed
+        method: str | None = None
+        done = 0
+        for batch in reader.batches(batch_size):
+            x = self.preprocessor.apply(batch.pixels)
+            batch_labels = np.asarray(labels, np.int64)[batch.indices]
+            out = self._step(tf.constant(x, tf.float32), tf.constant(batch_labels, tf.int32))
+            raw = np.asarray(out["raw"], np.float64)
+            if method is None:  # decided on the first batch, then kept: every image is read the same way
+                method, _ = probability_method(raw, self.activation)
+            probabilities = convert(raw, method)
+            batch_names = [names[i] for i in batch.indices]
+            top = np.argmax(probabilities, axis=1)
+            predicted[batch.indices] = top
+            sizes[batch.indices] = batch.sizes
+            for i, conversion in zip(batch.indices, batch.conversions, strict=True):
+                conversions[i] = conversion
+            confidence[batch.indices] = probabilities[np.arange(len(top)), top]
+            self._update(batch.indices, batch_names, batch_labels, probabilities, out)
+            done += len(batch.indices)
+            if progress:
+                progress(done + len(reader.skipped), listed)
+        seconds = time.perf_counter() - started
+        return DatasetResult(
+            images=done, listed=listed, labels=np.asarray(labels, np.int64), predicted=predicted,
+            confidence=confidence, probability_method=method or "softmax applied",
+            evaluation=self.evaluation.result(), classes=self.class_stats.result(),
+            layer_stats={path: acc.result() for path, acc in self.layer_stats.items()},
+            examples=[e for extremes in self.extremes for e in extremes.result()], seconds=seconds,
+            sizes=sizes, conversions=tuple(conversions),
+            skipped=tuple(sorted(reader.skipped)), warnings=tuple(reader.warnings))
+
+    def _update(self, indices: np.ndarray, names: list[str], labels: np.ndarray, probabilities: np.ndarray,
+                out: dict[str, Any]) -> None:
+        """Feed one batch's reductions to every accumulator."""
+        self.evaluation.update(indices, names, labels, probabilities)
+        cam = np.asarray(out["cam"], np.float32) if "cam" in out else None
+        channels = np.asarray(out["cam_channels"], np.float32) if "cam_channels" in out else None
+        self.class_stats.update(indices, names, labels, probabilities, cam, channels)
+        for path, acc in self.layer_stats.items():
+            low, high = np.asarray(out[f"low/{path}"]), np.asarray(out[f"high/{path}"])
+            bad = np.asarray(out[f"bad/{path}"])
+            count = len(indices) * int(np.prod(acc.shape))
+            acc.update_reduced(low, high, float(np.asarray(out[f"sum/{path}"], np.float64).sum()),
+                               int(out[f"zeros/{path}"]), count, len(indices), int(out[f"nonfinite/{path}"]), bad)
+        for extremes in self.extremes:
+            path = extremes.layer
+            extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"max/{path}"]),
+                            np.asarray(out[f"min/{path}"]))

@@ -1,0 +1,119 @@
+"""Dataset examples (OpenAI Microscope's idea): for each chosen filter, the images of the whole set that drive it
+most and least, by the filter's mean activation over the map (the quantity its pattern maximises), each with the
+patch of the image at the receptive field of the filter's strongest (weakest) position.
+
+`FilterExtremes` streams: per filter it keeps only the k best and k worst images seen so far (ties by image name),
+so memory does not grow with the number of images, and partial results from several workers merge exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reportgen.graph import run_layers
+from reportgen.techniques.streaming import Ranked, TopK
+
+DEFAULT_EXAMPLES = 6
+
+
+@dataclass(frozen=True)
+class FilterExamples:
+    layer: str
+    filter: int
+    top: tuple[Ranked, ...]  # extra: ((row, col) of the strongest cell,)
+    bottom: tuple[Ranked, ...]  # extra: ((row, col) of the weakest cell,)
+
+
+class FilterExtremes:
+    """Top-k and bottom-k images per filter of one layer, by the filter's spatial mean activation."""
+
+    def __init__(self, layer: str, filters: Sequence[int], k: int = DEFAULT_EXAMPLES) -> None:
+        self.layer = layer
+        self.filters = tuple(int(f) for f in filters)
+        self.top = [TopK(k, largest=True) for _ in self.filters]
+        self.bottom = [TopK(k, largest=False) for _ in self.filters]
+
+    def update(self, indices: np.ndarray, names: list[str], means: np.ndarray, strongest: np.ndarray,
+               weakest: np.ndarray) -> None:
+        """means (B, F): each filter's mean over the map; strongest / weakest (B, F, 2): (row, col) of its
+        highest / lowest cell."""
+        for f in range(len(self.filters)):
+            self.top[f].update(means[:, f], names, indices, [(tuple(int(v) for v in p),) for p in strongest[:, f]])
+            self.bottom[f].update(means[:, f], names, indices, [(tuple(int(v) for v in p),) for p in weakest[:, f]])
+
+    def merge(self, other: FilterExtremes) -> None:
+        for mine, theirs in zip(self.top + self.bottom, other.top + other.bottom, strict=True):
+            mine.merge(theirs)
+
+    def result(self) -> list[FilterExamples]:
+        return [FilterExamples(self.layer, f, self.top[i].result(), self.bottom[i].result())
+                for i, f in enumerate(self.filters)]
+
+
+def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any, Any]:
+    """For a batch of maps (B, h, w, C) (a tensor): the chosen filters' spatial means (B, F) and the (row, col)
+    of each one's highest and lowest cell (B, F, 2)."""
+    import tensorflow as tf
+
+    chosen = tf.gather(tf.cast(maps, tf.float32), list(filters), axis=3)  # (B, h, w, F)
+    width = tf.shape(chosen)[2]
+    flat = tf.reshape(tf.transpose(chosen, (0, 3, 1, 2)), (tf.shape(chosen)[0], len(filters), -1))
+    means = tf.reduce_mean(flat, axis=2)
+
+    def cell(index: Any) -> Any:
+        index = tf.cast(index, tf.int32)
+        return tf.stack([index // width, index % width], axis=-1)
+
+    return means, cell(tf.argmax(flat, axis=2)), cell(tf.argmin(flat, axis=2))
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Where a layer's cell (row, col) looks in the input: a box of `size` pixels around the cell's centre."""
+
+    stride: tuple[float, float]  # input pixels per map cell (rows, cols)
+    size: tuple[int, int]  # (height, width) in input pixels
+    input_size: tuple[int, int]
+
+    def box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """[x0, y0, x1, y1] in model-input pixels (x1, y1 exclusive), clipped to the image."""
+        height, width = self.input_size
+        cy, cx = (row + 0.5) * self.stride[0], (col + 0.5) * self.stride[1]
+        y0, x0 = round(cy - self.size[0] / 2), round(cx - self.size[1] / 2)
+        # A field that reaches past the border (padding) is moved inside the image, not cut, so every patch shows
+        # the field's full size.
+        y0, x0 = min(max(0, y0), max(0, height - self.size[0])), min(max(0, x0), max(0, width - self.size[1]))
+        return x0, y0, min(width, x0 + self.size[1]), min(height, y0 + self.size[0])
+
+
+def receptive_field(model: Any, layer: str, input_shape: tuple[int, int, int], seed: int = 0) -> ReceptiveField:
+    """The receptive field of the centre cell of `layer`, measured: the input pixels whose gradient is non-zero
+    for that cell (summed over channels), over a few random inputs. Works for any graph (residual, nested,
+    dilated) where the convolution arithmetic would need every layer's kernel, stride and padding."""
+    import tensorflow as tf
+
+    height, width, channels = input_shape
+    rng = np.random.default_rng(seed)
+    support = np.zeros((height, width), bool)
+    map_size = (1, 1)
+    for _ in range(2):
+        x = tf.Variable(rng.normal(size=(1, height, width, channels)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            out = run_layers(model, x, capture=[layer], stop_early=True).captured[layer]
+            h, w = int(out.shape[1]), int(out.shape[2])
+            map_size = (h, w)
+            centre = tf.reduce_sum(out[0, h // 2, w // 2, :])
+        gradient = tape.gradient(centre, x)
+        if gradient is not None:
+            support |= np.abs(np.asarray(gradient)[0]).sum(axis=-1) > 0
+    stride = (height / map_size[0], width / map_size[1])
+    rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
+    if rows.size == 0:  # nothing reaches the cell (a dead path): fall back to one cell's own footprint
+        size = (max(1, round(stride[0])), max(1, round(stride[1])))
+    else:
+        size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+    return ReceptiveField(stride, size, (height, width))

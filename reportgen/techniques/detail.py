@@ -1,0 +1,56 @@
+"""The detail sample: the few images that get per-image figures, chosen after the dataset pass.
+
+Deterministic from the seed and the image names (not from the order files were listed in): the most confidently
+wrong images first, then the rest stratified over classes, round robin, each class's images in an order drawn
+from the seed. `--detail-images` picks them by hand instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+from reportgen.errors import InputError
+
+DEFAULT_DETAIL = 12
+DETAIL_IMAGES_FLAG = "--detail-images"
+# Up to this share of the sample goes to the most confident mistakes: the images a reviewer most needs to see.
+MISTAKE_SHARE = 0.25
+
+
+def _draw(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest(), "little")
+
+
+def choose_detail(names: Sequence[str], labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
+                  count: int, seed: int, requested: Sequence[str] = ()) -> list[int]:
+    """Indices (in list order) of the detail sample among the readable images (predicted >= 0)."""
+    readable = [i for i in range(len(names)) if predicted[i] >= 0]
+    if requested:
+        chosen = [i for i in readable if any(fnmatchcase(names[i], p) or names[i] == p for p in requested)]
+        missing = [p for p in requested if not any(fnmatchcase(names[i], p) or names[i] == p for i in readable)]
+        if missing:
+            raise InputError(f"{DETAIL_IMAGES_FLAG}: {', '.join(repr(m) for m in missing)} matches no readable image "
+                             f"(names look like {', '.join(names[i] for i in readable[:3])})")
+        return chosen
+    if len(readable) <= count:
+        return readable
+    wrong = [i for i in readable if labels[i] >= 0 and predicted[i] != labels[i]]
+    wrong.sort(key=lambda i: (-float(confidence[i]), names[i]))
+    chosen = wrong[:int(MISTAKE_SHARE * count)]
+    taken = set(chosen)
+    by_class: dict[int, list[int]] = {}
+    for i in readable:
+        if i not in taken:
+            owner = int(labels[i]) if labels[i] >= 0 else int(predicted[i])
+            by_class.setdefault(owner, []).append(i)
+    queues = [sorted(members, key=lambda i: (_draw(seed, names[i]), names[i])) for _, members in
+              sorted(by_class.items())]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return sorted(chosen)
