@@ -114,6 +114,7 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
 
     arrays: dict[str, np.ndarray] = {}
     averages: dict[str, Any] = {}
+    dataset_data = _dataset_blocks(analysis, index, sid, blocks, arrays)
     results = bundle.results
     if results is None:
         blocks.append(Text("No class activation maps were computed for this report."))
@@ -133,9 +134,64 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
             "labelled": len(labelled_as), "predicted": len(predicted_as),
             "accuracy": correct / len(labelled_as) if len(labelled_as) else None,
             "precision": correct / predicted_labelled if predicted_labelled else None,
-            "mean_probability": float(probability.mean()) if images else None, "average_maps": averages}
+            "mean_probability": float(probability.mean()) if images else None, "average_maps": averages,
+            "dataset": dataset_data}
     return Section(id=sid, kind="class", title=f"Class: {name}", blocks=tuple(blocks), class_name=name, data=data,
                    arrays=arrays)
+
+
+FILTERS_LISTED = 8
+
+
+def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arrays: dict[str, np.ndarray]
+                    ) -> dict[str, Any] | None:
+    """What every image of the set says about the class: accuracy, its Grad-CAM map averaged over all its images,
+    the images the model is most and least sure of, and the CAM-layer filters it uses most."""
+    dataset = analysis.dataset
+    if dataset is None:
+        return None
+    summary = dataset.classes[index]
+    name = analysis.class_names.names[index]
+    accuracy = summary.accuracy
+    facts = [("Images of the whole set", f"{summary.images} (labelled {summary.labelled}, or predicted as {name} "
+                                         "when unlabelled)"),
+             ("Accuracy over the set", "n/a" if accuracy is None else _percent(summary.correct, summary.labelled))]
+    data: dict[str, Any] = {"images": summary.images, "labelled": summary.labelled, "accuracy": accuracy}
+    target = analysis.cam_target
+    if summary.filter_means is not None and target is not None:
+        others = np.mean([c.filter_means for c in dataset.classes if c.filter_means is not None], axis=0)
+        ratio = summary.filter_means / np.where(others > 0, others, np.inf)
+        order = np.argsort(-ratio, kind="stable")[:FILTERS_LISTED]
+        facts.append((f"Filters of {target.path} it uses most", ", ".join(
+            f"{int(k)} ({ratio[k]:.1f}x)" for k in order if np.isfinite(ratio[k]) and ratio[k] > 0) or "none"))
+        data["filter_means"] = summary.filter_means.tolist()
+        data["filters_used_most"] = [int(k) for k in order]
+    blocks.append(Text(f"Over all {dataset.images} images of the set:"))
+    blocks.append(Facts(tuple(facts)))
+    tiles, labels = [], []
+    if summary.mean_map is not None and unit(summary.mean_map) is not None:
+        tiles.append(figures.heatmap_tile(unit(summary.mean_map), (128, 128), COLORMAP))
+        labels.append(f"mean Grad-CAM of {summary.images}")
+        key = f"{sid}.dataset.average"
+        arrays[key] = summary.mean_map
+        data["average_map"] = {"array_key": key if analysis.options.save_arrays else None,
+                               "layer": target.path if target else None}
+    ranked = [*summary.most_confident, *summary.least_confident]
+    for entry, pixels in zip(ranked, analysis.read_images([r.index for r in ranked]), strict=True):
+        tiles.append(figures.fit_box(pixels, 128))
+        labels.append(f"{short(entry.name.rsplit('/', 1)[-1], 12)} {entry.score:.0%}")
+    if tiles:
+        most, least = len(summary.most_confident), len(summary.least_confident)
+        where = target.path if target else "the CAM layer"
+        caption = (f"First: the Grad-CAM map of {name} at {where} averaged over all {summary.images} of its images "
+                   f"(each scaled to its maximum); then the {most} images the model gives the highest p({name}), "
+                   f"then the {least} it gives the lowest.")
+        blocks.append(Figure(key=f"{sid}-dataset", title=f"{name}: over the whole set", caption=caption,
+                             pixels=analysis.encode(figures.fit_width(figures.tile_grid(
+                                 tiles, columns=min(len(tiles), 9), labels=labels)))))
+    data["most_confident"] = [{"image": r.name, "probability": r.score} for r in summary.most_confident]
+    data["least_confident"] = [{"image": r.name, "probability": r.score} for r in summary.least_confident]
+    return data
 
 
 def _method_figure(analysis: Analysis, bundle: CamBundle, method: str, sid: str, name: str,

@@ -45,6 +45,12 @@ GAP = 8
 PAD = 2
 LABEL_MARGIN = 34  # room for the first channel index left of each row
 DEAD_WARNING_SHARE = 0.5
+# Layers with more channels than this show, on the page, only their strongest channels for every detail image in
+# one figure; each image's grid of all channels is still written to figures/ and linked. (MobileNetV2's 52 conv
+# layers with up to 960 channels made a 186 MB page of full grids for 10 images.)
+FULL_GRID_CHANNELS = 64
+STRONGEST = 16
+STRONG_TILE = 40
 HOW_TO_READ = (
     "One figure per image: the input on the left, then every channel of the layer in order, {columns} per row (the "
     "number left of a row is its first channel index). Each channel is scaled by its own minimum (dark) and maximum "
@@ -118,6 +124,27 @@ def feature_map_figure(unit: np.ndarray, constant: np.ndarray, panel: np.ndarray
     return figures.fit_width(figures.hstack([panel, _with_row_labels(grid, layout, channels)], gap=GAP))
 
 
+def strongest_figure(rows: list[np.ndarray], panels: list[np.ndarray], channels: tuple[int, ...],
+                     names: list[str]) -> np.ndarray:
+    """Every detail image (a row: the image, then the chosen channels' maps, viridis) in one grid."""
+    tiles, labels = [], []
+    for row, panel, name in zip(rows, panels, names, strict=True):
+        tiles.append(figures.fit_box(panel, STRONG_TILE))
+        labels.append(name.rsplit("/", 1)[-1][:8])
+        tiles.extend(row)
+        labels.extend(f"ch {c}" for c in channels)
+    return figures.fit_width(figures.tile_grid(tiles, columns=1 + len(channels), pad=2, labels=labels))
+
+
+def _strong_tiles(unit: np.ndarray, constant: np.ndarray, channels: tuple[int, ...]) -> list[np.ndarray]:
+    stack = figures.resize_stack(np.moveaxis(unit[:, :, list(channels)], -1, 0), (STRONG_TILE, STRONG_TILE))
+    tiles = list(figures.colormap(stack, "viridis"))
+    for k, c in enumerate(channels):
+        if constant[c]:
+            tiles[k] = figures.hatched(STRONG_TILE, STRONG_TILE)
+    return tiles
+
+
 def _fmt(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.4g}"
 
@@ -184,6 +211,11 @@ def build(analysis: Analysis) -> list[Section]:
     keys = {path: [registry.take(f"fm-{analysis.layer_slugs[path]}-{image_id}", "figure")
                    for image_id in analysis.image_ids] for path in paths}
     accumulators = {node.path: LayerStatsAccumulator(node, shapes[node.path]) for node in nodes}
+    # Statistics over every image of the set when the dataset pass ran, else over the detail images.
+    whole = analysis.dataset.layer_stats if analysis.dataset is not None else {}
+    strongest = {path: whole[path].strongest_channels(STRONGEST) for path in paths
+                 if path in whole and shapes[path][2] > FULL_GRID_CHANNELS}
+    strong_rows: dict[str, list[list[np.ndarray]]] = {path: [] for path in strongest}
     pixels: dict[str, list[np.ndarray]] = {path: [] for path in paths}
     per_image: dict[str, list[ImageMapStats]] = {path: [] for path in paths}
     kept: dict[str, list[np.ndarray]] = {path: [] for path in paths}
@@ -201,10 +233,16 @@ def build(analysis: Analysis) -> list[Section]:
                 # Encoded at once: raw grids of every layer and image would dominate the report's memory.
                 pixels[path].append(analysis.encode(feature_map_figure(normalised.unit[j], normalised.constant[j],
                                                                        panels[batch.start + j], layouts[path])))
+                if path in strongest:
+                    strong_rows[path].append(_strong_tiles(normalised.unit[j], normalised.constant[j],
+                                                           strongest[path]))
             if options.save_arrays:
                 kept[path].append(maps)
 
-    stats = {path: accumulators[path].result() for path in paths}
+    stats = {path: whole[path] if path in whole else accumulators[path].result() for path in paths}
+    names = [source.name for source in analysis.images.sources]
+    strong_figures = {path: analysis.encode(strongest_figure(strong_rows[path], panels, strongest[path], names))
+                      for path in strongest if strongest[path]}
     sections: list[Section] = []
     manifest: list[dict] = []
     for path in paths:
@@ -212,8 +250,16 @@ def build(analysis: Analysis) -> list[Section]:
         sid = section_id(KIND, analysis, path)
         array_key = f"feature_maps.{analysis.layer_slugs[path]}" if options.save_arrays else None
         data = _layer_data(s, layout, array_key, analysis.image_ids, keys[path], per_image[path])
+        strong = None
+        if path in strong_figures:
+            strong = Figure(key=f"{sid}-strongest", title=f"{path}: the {len(strongest[path])} strongest channels",
+                            caption=(f"Each detail image (a row) at the {len(strongest[path])} of {s.channels} "
+                                     "channels with the widest range of values over the whole set; each tile min-max "
+                                     "scaled over its image. Every channel of every image is in the linked grids."),
+                            pixels=strong_figures[path])
+            data["strongest_channels"] = list(strongest[path])
         sections.append(_layer_section(analysis, path, sid, s, layout, keys[path], pixels[path], per_image[path],
-                                       data, {array_key: np.concatenate(kept[path])} if array_key else {}))
+                                       data, {array_key: np.concatenate(kept[path])} if array_key else {}, strong))
         manifest.append({"layer": path, "section": sid, "type": s.type_name, "shape": list(s.shape),
                          "channels": s.channels, "dead_channels": len(s.dead_channels), "dead_share": s.dead_share,
                          "mean_activation": s.mean_activation, "sparsity": s.sparsity, "rectified": s.rectified,
@@ -240,7 +286,7 @@ def build(analysis: Analysis) -> list[Section]:
 
 def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats, layout: GridLayout,
                    keys: list[str], pixels: list[np.ndarray], per_image: list[ImageMapStats], data: dict,
-                   arrays: dict[str, np.ndarray]) -> Section:
+                   arrays: dict[str, np.ndarray], strong: Figure | None = None) -> Section:
     height, width, channels = stats.shape
     facts = Facts((
         ("Layer type", stats.type_name),
@@ -261,6 +307,8 @@ def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats
         caption="This layer on each image; constant channels are hatched in the image's figure.",
     )
     blocks: list = [facts, Text(HOW_TO_READ.format(columns=layout.columns)), table]
+    if strong is not None:
+        blocks.append(strong)
     for source, key, image_pixels, s in zip(sources, keys, pixels, per_image, strict=True):
         label = f" (label {source.label})" if source.label else ""
         hatched = f"; {s.constant_channels} constant, hatched" if s.constant_channels else ""
@@ -271,6 +319,7 @@ def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats
                      + (f", {s.sparsity:.0%} zeros" if stats.rectified else " (signed output)")
                      + "; each channel min-max scaled over this image."),
             pixels=image_pixels,
+            embed=strong is None,  # with the strongest channels on the page, the full grids are linked files
         ))
     return Section(id=sid, kind=KIND, title=f"Feature maps: {path}", blocks=tuple(blocks), layer=path, data=data,
                    arrays=arrays)

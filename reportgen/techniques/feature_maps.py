@@ -76,6 +76,16 @@ class LayerMapStats:
     min: float
     max: float
     non_finite: int
+    channel_spread: tuple[float, ...] = ()  # per channel max - min over every image and position
+
+    def strongest_channels(self, count: int) -> tuple[int, ...]:
+        """The `count` channels with the widest range of values over the set (dead ones never), in index order:
+        the ones whose maps show the most."""
+        spread = np.nan_to_num(np.asarray(self.channel_spread, np.float64), nan=0.0, posinf=0.0)
+        if spread.size == 0:
+            return tuple(range(min(count, self.channels)))
+        order = np.argsort(-spread, kind="stable")[:count]
+        return tuple(sorted(int(c) for c in order if spread[c] > 0))
 
     @property
     def rectified(self) -> bool:
@@ -294,6 +304,7 @@ class LayerStatsAccumulator:
             min=low if math.isfinite(low) else float("nan"),
             max=high if math.isfinite(high) else float("nan"),
             non_finite=self.non_finite,
+            channel_spread=tuple(float(v) for v in np.where(np.isfinite(span), span, 0.0)),
         )
 
 
