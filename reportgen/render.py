@@ -109,8 +109,13 @@ def _json_safe(value: Any) -> Any:
 WEBP_QUALITY = 90
 WEBP_SHARE = 0.8
 # What the page may embed, in bytes of base64: figures past it are linked from figures/ instead, and the
-# report says which. GitHub refuses files over 100 MB and browsers struggle with pages of 80 MB.
-PAGE_BUDGET = 9 * 1024 * 1024
+# report says which. GitHub refuses files over 100 MB and browsers struggle with pages of 80 MB; with the tables
+# and text this keeps index.html under 10 MB.
+PAGE_BUDGET = int(7.5 * 1024 * 1024)
+# Which figures the budget serves first: what the model does on the data before how its insides look. Within a
+# kind, report order.
+EMBED_PRIORITY = ("summary", "evaluation", "predictions", "cam", "class", "dataset_examples", "filter_patterns",
+                  "feature_maps", "weights")
 
 
 def encode_webp(pixels: np.ndarray, quality: int = WEBP_QUALITY) -> bytes | None:
@@ -168,19 +173,28 @@ def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
             page, page_type = (image.page, image.page_type) if image.page else (image.png, "image/png")
             encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png, page, page_type,
                                                 figure.embed)
-    return _within_budget(encoded)
+    kinds = {figure.key: section.kind for section in report.sections for figure in section.figures()}
+    return _within_budget(encoded, kinds)
 
 
-def _within_budget(encoded: dict[str, EncodedFigure], budget: int | None = None) -> dict[str, EncodedFigure]:
-    """Embed figures in report order until the page budget is spent; later ones are linked, not embedded."""
+def _within_budget(encoded: dict[str, EncodedFigure], kinds: dict[str, str] | None = None,
+                   budget: int | None = None) -> dict[str, EncodedFigure]:
+    """Embed figures by section priority (EMBED_PRIORITY, then report order) until the page budget is spent;
+    the rest are linked, not embedded."""
     budget = PAGE_BUDGET if budget is None else budget
+    kinds = kinds or {}
+    rank = {kind: i for i, kind in enumerate(EMBED_PRIORITY)}
+    keys = list(encoded)
+    order = sorted(range(len(keys)), key=lambda i: (rank.get(kinds.get(keys[i], ""), len(rank)), i))
     spent = 0
-    out = {}
-    for key, figure in encoded.items():
+    decided: dict[str, bool] = {}
+    for i in order:
+        figure = encoded[keys[i]]
         fits = figure.embedded and spent + figure.page_bytes <= budget
         spent += figure.page_bytes if fits else 0
-        out[key] = figure if fits == figure.embedded else dataclasses.replace(figure, embedded=fits)
-    return out
+        decided[keys[i]] = fits
+    return {key: figure if decided[key] == figure.embedded else dataclasses.replace(figure, embedded=decided[key])
+            for key, figure in encoded.items()}
 
 
 def budget_note(encoded: dict[str, EncodedFigure], report: Report) -> str | None:
@@ -191,7 +205,7 @@ def budget_note(encoded: dict[str, EncodedFigure], report: Report) -> str | None
         return None
     size = sum(encoded[key].page_bytes for key in left) / 1e6
     return (f"page size: {len(left)} figures ({size:.1f} MB) are linked from figures/ instead of embedded, to keep "
-            f"index.html under {PAGE_BUDGET / 2**20:.0f} MiB: {', '.join(left[:5])}"
+            f"index.html under 10 MB: {', '.join(left[:5])}"
             + (f" and {len(left) - 5} more" if len(left) > 5 else "")
             + "; use --sections, --layers or fewer --detail images for a page that holds them all")
 

@@ -178,7 +178,7 @@ def test_figures_past_the_page_budget_are_linked_not_embedded(monkeypatch):
     encoded = render._encode_figures(report)
     assert [f.embedded for f in encoded.values()] == [True, True, True, False, False, False]
     note = render.budget_note(encoded, report)
-    assert note.startswith("page size: 3 figures") and "noise-3" in note
+    assert note.startswith("page size: 3 figures") and "noise-3" in note and "10 MB" in note
 
 
 def test_anchors_for_sections_and_layers(hostile_report):

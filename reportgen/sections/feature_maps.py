@@ -359,5 +359,9 @@ def _overview(analysis: Analysis, paths: list[str], stats: dict[str, LayerMapSta
     choice = "chosen with --layers" if analysis.options.layers else "every convolution and pooling layer"
     intro = Text(f"Activations of {len(paths)} layers ({choice}) on {len(analysis.images.sources)} images, from one "
                  f"forward pass in batches of {batch_size}.")
+    if analysis.dataset is not None and analysis.dataset.images > len(analysis.images.sources):
+        intro = Text(f"Activations of {len(paths)} layers ({choice}). The statistics (dead channels, mean, sparsity) "
+                     f"are over all {analysis.dataset.images} images, from the dataset pass; the figures show the "
+                     f"{len(analysis.images.sources)} images of the detail sample.")
     return Section(id=OVERVIEW_ID, kind=KIND, title="Feature maps", blocks=(intro, layers, images),
                    data={"layers": paths, "batch_size": batch_size})

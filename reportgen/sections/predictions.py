@@ -106,6 +106,10 @@ def build(analysis: Analysis) -> list[Section]:
         ("Class names", f"{len(names)} classes, names from {analysis.class_names.source}"),
         ("Images", f"{n} ({predictions.labelled} with a label that is a class name)"),
     ]
+    if analysis.dataset is not None and analysis.dataset.images > n:
+        facts[-1] = ("Images", f"the {n} images of the detail sample ({predictions.labelled} labelled) of "
+                               f"{analysis.dataset.images}; the evaluation section and report.json's images cover "
+                               "every one")
     if predictions.accuracy is not None:
         correct = round(predictions.accuracy * predictions.labelled)
         facts.append(("Accuracy (top-1)", f"{_percent(predictions.accuracy)} ({correct} of {predictions.labelled})"))

@@ -1,0 +1,147 @@
+"""Validation-set scale: a whole default report over many images, against the physical floor of a forward pass.
+
+    python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR]
+
+For the bundled model on generated shapes images (64 px) at each size: the report's wall time and images/s, the
+dataset pass's own images/s (decoding included, from report.json), peak resident memory (/usr/bin/time -v) and
+index.html's size, against a bare `model.predict` over the same images already decoded and preprocessed (the
+floor of one forward pass). `--vgg N`: VGG16 with random weights on N images at 224 px, reported as the whole
+report's marginal cost per image against one forward and backward pass per image. `--baseline-src DIR`: a
+checkout of an older reportgen, run on the smallest size for "today's way".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def write_shapes(folder: Path, count: int, size: int = 64) -> None:
+    import cv2
+
+    from reportgen.example.shapes import CLASS_NAMES, generate
+
+    data = generate(count, seed=7, size=size)
+    for name in CLASS_NAMES:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        cv2.imwrite(str(folder / CLASS_NAMES[label] / f"{i:06d}.png"), image[:, :, ::-1])
+
+
+def run_report(model: str, images: Path, out: Path, extra: list[str], source: str | None = None) -> dict:
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "reportgen", "generate", model, str(images), "-o",
+               str(out), "--quiet", "--force", *extra]
+    env = dict(os.environ, PYTHONPATH=source) if source else None
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        sys.exit(f"reportgen failed:\n{run.stderr[-3000:]}")
+    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1)) / 1024
+    manifest = json.loads((out / "report.json").read_text())
+    return {"seconds": seconds, "peak_mib": peak, "page_mb": (out / "index.html").stat().st_size / 1e6,
+            "pass_images_per_second": (manifest.get("dataset") or {}).get("images_per_second")}
+
+
+def predict_floor(model, images: Path, size: int, preprocess) -> float:
+    """Images/s of a bare model.predict over the images decoded and preprocessed beforehand."""
+    import cv2
+    import numpy as np
+
+    files = sorted(images.rglob("*.png"))
+    x = np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size)) for f in files]).astype("float32")
+    x = preprocess(x)
+    model.predict(x[:64], batch_size=32, verbose=0)  # trace
+    started = time.perf_counter()
+    model.predict(x, batch_size=32, verbose=0)
+    return len(x) / (time.perf_counter() - started)
+
+
+def forward_backward_seconds(model, size: int, batch: int = 8, repeats: int = 3) -> float:
+    """Seconds per image of one forward and one backward pass (gradient of the top logit to the input)."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).random((batch, size, size, 3), np.float32) * 255)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            top = tf.reduce_max(model(x, training=False), axis=1)
+        return tape.gradient(tf.reduce_sum(top), x)
+
+    step(x)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step(x).numpy()
+    return (time.perf_counter() - started) / (batch * repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,5000,20000")
+    parser.add_argument("--vgg", type=int, default=0, help="images for the VGG16 run (0: skip)")
+    parser.add_argument("--baseline-src", default=None, help="an older checkout for today's way, smallest size")
+    args = parser.parse_args()
+
+    import keras
+
+    from reportgen.example import example_model_path
+
+    work = Path(tempfile.mkdtemp(prefix="reportgen-dataset-"))
+    model_path = str(example_model_path())
+    model = keras.models.load_model(model_path)
+    rows = []
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    for count in sizes:
+        images = work / f"shapes-{count}"
+        write_shapes(images, count)
+        result = run_report(model_path, images, work / f"report-{count}", [])
+        floor = predict_floor(model, images, 64, lambda x: x / 255.0)
+        rows.append((count, result, floor))
+        print(f"{count:>6} images: report {result['seconds']:.1f} s ({count / result['seconds']:.0f} images/s), "
+              f"pass {result['pass_images_per_second']:.0f} images/s = "
+              f"{result['pass_images_per_second'] / floor:.2f}x bare model.predict ({floor:.0f} images/s), "
+              f"peak {result['peak_mib']:.0f} MiB, index.html {result['page_mb']:.1f} MB", flush=True)
+    if len(rows) > 1:
+        ratio = rows[-1][1]["peak_mib"] / rows[0][1]["peak_mib"]
+        print(f"peak memory at {rows[-1][0]} images / at {rows[0][0]}: {ratio:.2f}")
+    if args.baseline_src:
+        count = sizes[0]
+        old = run_report(model_path, work / f"shapes-{count}", work / "baseline", [], args.baseline_src)
+        new = rows[0][1]
+        print(f"today's way ({args.baseline_src}) on {count} images: {old['seconds']:.1f} s, peak "
+              f"{old['peak_mib']:.0f} MiB, index.html {old['page_mb']:.1f} MB; now {new['seconds']:.1f} s, "
+              f"{new['peak_mib']:.0f} MiB, {new['page_mb']:.1f} MB ({old['seconds'] / new['seconds']:.1f}x faster)")
+    if args.vgg:
+        from reportgen.loading.preprocess import Preprocessor
+
+        images = work / "vgg"
+        write_shapes(images, args.vgg, size=224)
+        small = work / "vgg-small"
+        write_shapes(small, 24, size=224)
+        big = run_report("vgg16", images, work / "vgg-report", ["--weights", "none"])
+        base = run_report("vgg16", small, work / "vgg-small-report", ["--weights", "none"])
+        vgg = keras.applications.VGG16(weights=None)
+        per_image = forward_backward_seconds(vgg, 224)
+        floor = predict_floor(vgg, images, 224, Preprocessor("caffe").apply)
+        marginal = (big["seconds"] - base["seconds"]) / (args.vgg - 24)
+        print(f"VGG16 (random weights) on {args.vgg} images at 224 px: {big['seconds']:.0f} s, peak "
+              f"{big['peak_mib']:.0f} MiB, index.html {big['page_mb']:.1f} MB; pass "
+              f"{big['pass_images_per_second']:.1f} images/s vs bare predict {floor:.1f} images/s")
+        print(f"marginal cost per image {marginal:.3f} s = {marginal / per_image:.2f}x one forward + backward pass "
+              f"({per_image:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
