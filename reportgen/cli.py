@@ -147,11 +147,15 @@ def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOp
     for name, value in values.items():
         if name not in fields or value is None:
             continue
-        if name in _LIST_FIELDS:
-            value = split_list(value)
-        elif name == "filter_indices":
+        if name in _LIST_FIELDS or name == "filter_indices":
+            items = split_list(value)
+            if not items:  # `--sections ",,,"` is a mistake, not "every section"
+                flag = "--" + name.replace("_", "-")
+                raise InputError(f"{flag}: the list {value!r} is empty; give at least one value or leave {flag} out")
+            value = items
+        if name == "filter_indices":
             try:
-                value = tuple(int(v) for v in split_list(value))
+                value = tuple(int(v) for v in value)
             except ValueError:
                 raise InputError(f"--filter-indices: expected integers such as 0,3,7, got {value!r}") from None
         elif name == "image_size":

@@ -9,13 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from reportgen.config import MAX_PIXELS
 from reportgen.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DEFAULT_SIZE = (224, 224)  # (width, height) for models without a fixed input size and no --image-size
 # Decoding allocates width x height x channels bytes at once; a 20000x20000 PNG compresses to kilobytes but would
-# take 1.2 GB. Files declaring more pixels than this are skipped before decoding.
-MAX_PIXELS = 80_000_000
+# take 1.2 GB. Files declaring more than MAX_PIXELS (config.py) are skipped before decoding.
 
 
 @dataclass(frozen=True)
