@@ -13,14 +13,14 @@ from typing import Any
 
 from reportgen.analysis import Analysis
 from reportgen.config import ReportOptions
-from reportgen.errors import InputError
+from reportgen.errors import ImageError, InputError
 from reportgen.loading.applications import FAMILY_PREPROCESS
-from reportgen.loading.images import discover_images, load_images
-from reportgen.loading.labels import resolve_class_names
+from reportgen.loading.images import discover_images, display_text, load_images
+from reportgen.loading.labels import read_class_names_file, resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import Progress
-from reportgen.render import check_output_dir, encode_image, write_report
+from reportgen.render import check_output_dir, encode_image, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section
 from reportgen.sections import BUILDERS, available_sections
 
@@ -98,6 +98,30 @@ def output_classes(model: Any) -> int:
     return 2 if units == 1 else units
 
 
+def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
+    """The options that need the model and the images, checked before any section runs: the input size fits the
+    model's layers, and --layers, --cam-layer and --classes name what the model has."""
+    from reportgen.techniques.feature_maps import select_layers
+    from reportgen.techniques.predictions import resolve_classes
+
+    options = analysis.options
+    try:
+        analysis.layer_shapes  # noqa: B018 - computes every layer's output shape at the images' size
+    except InputError:
+        raise
+    except Exception as exc:
+        height, width = analysis.images.pixels.shape[1:3]
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ImageError(f"--image-size: {width}x{height} is too small for {analysis.loaded.name} (its layers "
+                         f"cannot run on it: {cause[:300]}); choose a larger size") from None
+    if options.layers and "feature_maps" in wanted:
+        select_layers(analysis.layers, analysis.layer_shapes, options.layers)
+    if options.cam_layer and {"cam", "class", "summary"} & set(wanted):
+        analysis.cam_target  # noqa: B018 - raises InputError naming --cam-layer
+    if options.classes and {"predictions", "cam", "class"} & set(wanted):
+        resolve_classes(options.classes, analysis.class_names.names)
+
+
 def generate_report(
     model: str | Path | Any,
     images: Sequence[str | Path],
@@ -112,14 +136,19 @@ def generate_report(
     (files or folders) and write the report folder `out_dir`."""
     options = options or ReportOptions()
     progress = progress or Progress(enabled=False)
-    out = Path(out_dir)
-    check_output_dir(out, force)  # fail before minutes of work, not after
+    # Every check that needs no model comes first, then those that need the model and images: a typo in any
+    # option fails in seconds, before the first section, never after minutes of work.
+    out = check_output_dir(Path(out_dir), force)
+    sweep_leftovers(out)
     wanted = resolve_sections(options.sections)
+    if options.class_names is not None:
+        read_class_names_file(options.class_names)
+    discovery_warnings: list[str] = []
+    sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
     progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
     loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                         unsafe=options.unsafe, seed=options.seed)
-    sources = discover_images(images)
     progress("load", f"{len(sources)} images")
     loaded_images = load_images(sources, loaded.input_shape, options.image_size)
     preprocessor = choose_preprocessing(options.preprocess, loaded)
@@ -128,7 +157,8 @@ def generate_report(
     )
     analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
                         options=options, progress=progress, encode=encode_image,
-                        warnings=[*loaded_images.warnings, *name_warnings])
+                        warnings=[*discovery_warnings, *loaded_images.warnings, *name_warnings])
+    check_options(analysis, wanted)
 
     sections: list[Section] = []
     seconds: dict[str, float] = {}
@@ -157,7 +187,7 @@ def generate_report(
         },
         options={**options.to_manifest(), "sections": list(wanted)},
         images=tuple(
-            ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
+            ImageEntry(id=image_id, name=source.name, path=display_text(str(source.path)), label=source.label,
                        original_size=size)
             for image_id, source, size in zip(analysis.image_ids, loaded_images.sources,
                                               loaded_images.original_sizes, strict=True)
@@ -172,4 +202,4 @@ def generate_report(
     progress("render", str(out))
     write_report(report, out, force=force, save_arrays=options.save_arrays)
     progress("done", f"{out / 'index.html'}")
-    return ReportResult(out, report.sections, report.warnings)
+    return ReportResult(Path(out_dir), report.sections, report.warnings)

@@ -55,6 +55,18 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, a CI timeout) ends a run as Ctrl-C does: staging folders removed, OUT as it was."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True) -> Any:
     """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback.
 
@@ -62,6 +74,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True)
     """
     debug = bool(ctx.find_root().params.get("debug"))
     try:
+        _sigterm_as_interrupt()
         if tensorflow and not debug:
             _import_tensorflow_quietly()
         return action()
@@ -70,8 +83,9 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True)
             traceback.print_exc()
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; nothing was written.", err=True)
+    except KeyboardInterrupt as exc:
+        # Raised after the final swap (render._replace holds signals during it), the report is complete.
+        click.echo(f"Interrupted {exc.args[0]}." if exc.args else "Interrupted; nothing was written.", err=True)
         ctx.exit(130)
     except Exception as exc:
         if debug:

@@ -150,3 +150,24 @@ def test_unreadable_model_file_exits_2(cli, saved_models, image_folder, tmp_path
     result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet")
     assert result.exit_code == 2 and "cannot be read" in result.output and str(saved_models["plain"]) in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "duplicates", "binary"])
+def test_class_names_file_is_read_bounded(cli, saved_models, image_folder, tmp_path, kind):
+    import os
+
+    names = tmp_path / "names.txt"
+    if kind == "fifo":
+        os.mkfifo(names)  # opening it would wait for a writer forever
+    elif kind == "zero":
+        names = "/dev/zero"
+    elif kind == "duplicates":
+        names.write_text("cat\ndog\ncat\n")
+    else:
+        names.write_bytes(b"\xff\xfe\x00\x00" * 10)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--class-names", names)
+    assert result.exit_code == 2, result.output
+    assert "--class-names" in result.output and "Traceback" not in result.output
+    if kind == "duplicates":
+        assert "'cat'" in result.output
+    assert not (tmp_path / "out").exists()

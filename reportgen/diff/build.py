@@ -596,7 +596,7 @@ def diff_reports(old: str | Path, new: str | Path, out: str | Path, *, title: st
                  force: bool = False, progress: Callable[[str, str], None] | None = None) -> Any:
     """Compare the report folders OLD and NEW (both made with --save-arrays) and write the diff report to OUT."""
     from reportgen.api import ReportResult
-    from reportgen.render import check_output_dir, write_report
+    from reportgen.render import check_output_dir, sweep_leftovers, write_report
 
     out = Path(out)
     old_folder = read.read_report(old, "OLD", need_arrays=True)
@@ -604,7 +604,7 @@ def diff_reports(old: str | Path, new: str | Path, out: str | Path, *, title: st
     for role, folder in (("OLD", old_folder), ("NEW", new_folder)):
         if out.resolve() == folder.path.resolve():
             raise InputError(f"-o/--output-dir: {out} is the {role} report; write the diff to another folder")
-    check_output_dir(out, force)
+    sweep_leftovers(check_output_dir(out, force))
     report = build_diff(old_folder, new_folder, title, progress)
     write_report(report, out, force=force)
     return ReportResult(out, report.sections, report.warnings)
