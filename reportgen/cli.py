@@ -282,6 +282,8 @@ def publish(ctx: click.Context, report: Path, site: Path, name: str | None, vers
         from reportgen.publish import publish_report
 
         result = publish_report(report, site, name=name, version=version, force=force)
+        for warning in result.warnings:
+            click.echo(f"Warning: {warning}", err=True)
         if not quiet:
             state = "published to" if result.changed else "already published, unchanged:"
             click.echo(f"{report} {state} {result.report_html}", err=True)

@@ -489,11 +489,34 @@ def write_site(site: Path, index_html: str, report: Path | None = None, target: 
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.publishing-", dir=target.parent))
         try:
-            shutil.copytree(report, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+            _copy_plain_tree(report, staging)
             staging.chmod(0o755)
             _replace(staging, target)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise_if_disk_full(exc, target)
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    _write_if_changed(site / "index.html", index_html.encode("utf-8"))
-    _write_if_changed(site / ".nojekyll", b"")
+    try:
+        _write_if_changed(site / "index.html", index_html.encode("utf-8"))
+        _write_if_changed(site / ".nojekyll", b"")
+    except OSError as exc:
+        raise_if_disk_full(exc, site)
+        raise
+
+
+def _copy_plain_tree(source: Path, destination: Path) -> None:
+    """Copy the folders and regular files of `source` (hidden ones aside) into the existing `destination`,
+    stopping at the first error. Links are never followed (publish refuses reports holding any beforehand)."""
+    for root, dirs, files in os.walk(source, followlinks=False):
+        here = Path(root)
+        relative = here.relative_to(source)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        (destination / relative).mkdir(exist_ok=True)
+        for name in sorted(files):
+            file = here / name
+            if name.startswith(".") or file.is_symlink() or not file.is_file():
+                continue
+            shutil.copy2(file, destination / relative / name, follow_symlinks=False)
