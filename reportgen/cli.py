@@ -298,11 +298,14 @@ def publish(ctx: click.Context, report: Path, site: Path, name: str | None, vers
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder to write the diff report to (replaced atomically).")
 @click.option("--title", help="Report title.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="The images folder both reports were made on: shows each image beside its maps (the paths a "
+                   "report.json names are never read).")
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
-def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str | None, force: bool,
-         quiet: bool) -> None:
+def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str | None, images_dir: Path | None,
+         force: bool, quiet: bool) -> None:
     """Compare two reports of a model (OLD and NEW folders, both made with --save-arrays) on the same images:
     weights, predictions, class activation maps and filter patterns, side by side."""
 
@@ -310,7 +313,8 @@ def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str 
         from reportgen.diff.build import diff_reports
         from reportgen.progress import Progress
 
-        result = diff_reports(old, new, output_dir, title=title, force=force, progress=Progress(not quiet))
+        result = diff_reports(old, new, output_dir, title=title, force=force, progress=Progress(not quiet),
+                              images=images_dir)
         _print_result(result, quiet)
 
     _run(ctx, action)

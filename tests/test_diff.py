@@ -47,7 +47,7 @@ def versions(tmp_path_factory, keras, shared_images):
         reports[name] = folder / name
         generate_report(model, [shared_images], reports[name], dataclasses.replace(OPTIONS, model_version=version))
     reports["diff"] = folder / "diff"
-    diff_reports(reports["old"], reports["new"], reports["diff"])
+    diff_reports(reports["old"], reports["new"], reports["diff"], images=shared_images)
     return {"models": (v1, v2), "x": x, **reports}
 
 
@@ -162,9 +162,9 @@ def _heatmap(manifest: dict, entry: dict) -> dict:
                 (image, entry["class_index"], entry["method"]))
 
 
-def test_a_report_against_itself_shows_no_change(versions, tmp_path):
+def test_a_report_against_itself_shows_no_change(versions, tmp_path, shared_images):
     out = tmp_path / "same"
-    diff_reports(versions["new"], versions["new"], out)
+    diff_reports(versions["new"], versions["new"], out, images=shared_images)
     manifest = _manifest(out)
     assert manifest["diff"]["weights"]["largest"]["relative_change"] == 0
     assert manifest["diff"]["predictions"]["flipped"] == []
@@ -289,8 +289,17 @@ def test_the_diff_shows_images_only_from_the_folder_given(versions, tmp_path, cl
                  shared_images)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "diff" / "report.json").read_text())
-    captions = [f for s in manifest["sections"] if s["kind"] == "cam_diff" for f in s["figures"]]
-    assert captions  # maps with the image beside them
+    figures = _cam_figures(manifest)
+    assert figures and all(_tile_count(tmp_path / "diff", f) == 4 for f in figures)  # image, old, new, change
+    bare = tmp_path / "bare"
+    assert cli("diff", versions["old"], versions["new"], "-o", bare, "--quiet").exit_code == 0
+    assert all(_tile_count(bare, f) == 3 for f in _cam_figures(_manifest(bare)))  # no image without --images
+
+
+def _tile_count(folder: Path, figure: dict) -> int:
+    import cv2
+
+    return (cv2.imread(str(folder / figure["file"]), cv2.IMREAD_COLOR).shape[1] - 2) // 130
 
 
 def test_a_diff_of_unrelated_models_warns_at_the_top(tmp_path):
