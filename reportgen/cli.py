@@ -232,14 +232,18 @@ def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--image-size", metavar="WxH", help="Input size for models without a fixed one (default 224x224).")
-@click.option("--weights", help="keras.applications names only: imagenet, none, or FILE.")
+@click.option("--weights", help="keras.applications names only: imagenet, none, or FILE (default none: listing "
+                                "the layers needs no weights).")
+@click.option("--output", "output_name", help="Output layer to explain when the model has several.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file).")
 @click.pass_context
-def layers(ctx: click.Context, model: str, image_size: str | None, weights: str | None, unsafe: bool) -> None:
+def layers(ctx: click.Context, model: str, image_size: str | None, weights: str | None, output_name: str | None,
+           unsafe: bool) -> None:
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def action() -> None:
         from reportgen.graph import layer_output_shapes, walk_layers
+        from reportgen.loading.applications import find_application
         from reportgen.loading.images import target_size
         from reportgen.loading.models import load_model
         from reportgen.sections.summary import format_shape
@@ -247,7 +251,12 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         from reportgen.techniques.summary import summarize_model
 
         size = parse_image_size(image_size) if image_size else None
-        loaded = load_model(model, weights=weights, image_size=size, unsafe=unsafe)
+        if size is not None:
+            ReportOptions(image_size=size)  # the same bounds as generate
+        chosen = weights
+        if chosen is None and not Path(model).exists() and find_application(model) is not None:
+            chosen = "none"  # the architecture is the same whatever the weights: nothing to fetch to list it
+        loaded = load_model(model, weights=chosen, image_size=size, output=output_name, unsafe=unsafe)
         (height, width), _ = target_size(loaded.input_shape, size)
         nodes = walk_layers(loaded.model)
         shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))

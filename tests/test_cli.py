@@ -171,3 +171,43 @@ def test_class_names_file_is_read_bounded(cli, saved_models, image_folder, tmp_p
     if kind == "duplicates":
         assert "'cat'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,flag", [(["--classes", "cta"], "--classes"), (["--layers", "conv9"], "--layers"),
+                                       (["--cam-layer", "conv9"], "--cam-layer"),
+                                       (["--layers", "predictions"], "--layers")])
+def test_every_option_is_checked_before_the_first_section(cli, saved_models, image_folder, tmp_path, monkeypatch,
+                                                          args, flag):
+    import reportgen.api
+
+    ran = []
+    monkeypatch.setattr(reportgen.api, "BUILDERS", {k: (lambda a, k=k: ran.append(k) or [])
+                                                    for k in reportgen.api.BUILDERS})
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and "Traceback" not in result.output
+    assert ran == [] and ": start" not in result.stderr
+
+
+def _two_output_model(keras, path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    model = keras.Model(inputs, [keras.layers.Dense(2, name="left")(x), keras.layers.Dense(3, name="right")(x)])
+    model.save(path)
+    return path
+
+
+def test_layers_offers_output_for_a_model_with_several(cli, keras, tmp_path):
+    path = _two_output_model(keras, tmp_path / "two.keras")
+    refused = cli("layers", path)
+    assert refused.exit_code == 2 and "--output" in refused.output
+    result = cli("layers", path, "--output", "right")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("conv") for line in result.output.splitlines())
+
+
+def test_layers_lists_an_application_without_its_weights(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache: no ImageNet weights here
+    result = cli("layers", "mobilenetv2", "--image-size", "96x96")
+    assert result.exit_code == 0, result.output
+    assert "Conv1" in result.output and "parameters" in result.output
