@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from reportgen.config import ReportOptions
-from reportgen.graph import LayerNode, layer_output_shapes, walk_layers
+from reportgen.graph import LayerNode, block_outputs, layer_output_shapes, walk_layers
 from reportgen.loading.images import LoadedImages
 from reportgen.loading.labels import ClassNames
 from reportgen.loading.models import LoadedModel
@@ -97,7 +97,18 @@ class Analysis:
     def cam_target(self) -> TargetLayer | None:
         """The layer the class activation maps are taken at (`--cam-layer`, else the last conv layer), or None;
         shared by the cam sections and the summary that names it."""
-        return choose_target_layer(self.layers, self.layer_shapes, self.options.cam_layer)
+        return choose_target_layer(self.layers, self.layer_shapes, self.options.cam_layer,
+                                   blocks=self.block_outputs, classes=self.output_units)
+
+    @cached_property
+    def block_outputs(self) -> set[str]:
+        """Layers the whole computation passes through (`graph.block_outputs`)."""
+        height, width = self.images.pixels.shape[1:3]
+        return block_outputs(self.model, (height, width, self.loaded.input_shape[2]))
+
+    @property
+    def output_units(self) -> int:
+        return len(self.class_names.names)
 
     def layer_anchor(self, path: str) -> str:
         return f"layer-{self.layer_slugs.get(path) or slugify(path)}"

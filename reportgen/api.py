@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from reportgen.loading.applications import FAMILY_PREPROCESS
 from reportgen.loading.images import discover_images, display_text, load_images
 from reportgen.loading.labels import read_class_names_file, resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
-from reportgen.loading.preprocess import Preprocessor
+from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.progress import Progress
 from reportgen.render import check_output_dir, encode_image, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section
@@ -40,6 +41,26 @@ class ReportResult:
     @property
     def manifest(self) -> Path:
         return self.out_dir / "report.json"
+
+    @cached_property
+    def manifest_data(self) -> dict[str, Any]:
+        """report.json, parsed: every number behind the page."""
+        from reportgen.diff.manifest import read_report
+
+        return read_report(self.out_dir).manifest
+
+    def _repr_html_(self) -> str:
+        """The whole report inline in Jupyter: an iframe whose srcdoc is the page (so its CSP holds)."""
+        from reportgen.notebook import inline_frame
+
+        return inline_frame(self.index_html.read_text(encoding="utf-8"))
+
+    def show(self, section: str) -> Any:
+        """One part of the report inline in Jupyter: a section id (`weights-conv1`), a kind (`cam`) or a layer."""
+        from reportgen.notebook import InlineReport, section_ids, section_page
+
+        ids = section_ids(self.manifest_data, section)
+        return InlineReport(section_page(self.index_html.read_text(encoding="utf-8"), ids))
 
 
 def versions() -> dict[str, str]:
@@ -72,15 +93,21 @@ def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
 
 def choose_preprocessing(mode: str, loaded: LoadedModel) -> Preprocessor:
     """`auto`: a keras.applications model gets its own preprocessing; a model that starts by rescaling takes
-    raw pixels; anything else pixels/255."""
+    raw pixels; anything else pixels/255. The Preprocessor says why (`reason`)."""
+    reason = f"chosen with --preprocess {mode}"
     if mode == "auto":
         if loaded.family is not None:
             mode = FAMILY_PREPROCESS.get(loaded.family, "scale")
+            reason = (f"auto: a keras.applications {loaded.family} model takes what its own preprocess_input "
+                      f"does ({mode})")
         elif _starts_with_rescaling(loaded.model):
             mode = "none"
+            reason = "auto: the model starts with a Rescaling layer, so it takes raw pixels"
         else:
             mode = "scale"
-    return Preprocessor(mode, channels=loaded.input_shape[2])
+            reason = ("auto: a model of no known family takes pixels / 255, the usual choice for hand-trained "
+                      "models; set --preprocess if it was trained otherwise")
+    return Preprocessor(mode, channels=loaded.input_shape[2], reason=reason)
 
 
 def _starts_with_rescaling(model: Any) -> bool:
@@ -152,12 +179,14 @@ def generate_report(
     progress("load", f"{len(sources)} images")
     loaded_images = load_images(sources, loaded.input_shape, options.image_size)
     preprocessor = choose_preprocessing(options.preprocess, loaded)
+    mismatch = range_mismatch(preprocessor, loaded.model)
     names, name_warnings = resolve_class_names(
         output_classes(loaded.model), options.class_names, loaded_images.labels, builtin=class_names
     )
     analysis = Analysis(loaded=loaded, images=loaded_images, preprocessor=preprocessor, class_names=names,
                         options=options, progress=progress, encode=encode_image,
-                        warnings=[*discovery_warnings, *loaded_images.warnings, *name_warnings])
+                        warnings=[*discovery_warnings, *loaded_images.warnings, *name_warnings,
+                                  *([mismatch] if mismatch else [])])
     check_options(analysis, wanted)
 
     sections: list[Section] = []
@@ -183,14 +212,17 @@ def generate_report(
             "classes": len(names.names),
             "class_names_from": names.source,
             "preprocess": preprocessor.mode,
+            "preprocess_formula": preprocessor.formula(),
+            "preprocess_reason": preprocessor.reason,
             "params": int(loaded.model.count_params()),
         },
         options={**options.to_manifest(), "sections": list(wanted)},
         images=tuple(
             ImageEntry(id=image_id, name=source.name, path=display_text(str(source.path)), label=source.label,
-                       original_size=size)
-            for image_id, source, size in zip(analysis.image_ids, loaded_images.sources,
-                                              loaded_images.original_sizes, strict=True)
+                       original_size=size, conversion=conversion)
+            for image_id, source, size, conversion in zip(analysis.image_ids, loaded_images.sources,
+                                                          loaded_images.original_sizes, loaded_images.conversions,
+                                                          strict=True)
         ),
         class_names=names.names,
         sections=tuple(sections),

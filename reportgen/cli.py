@@ -191,20 +191,58 @@ def main(debug: bool) -> None:
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
 @report_options
+@click.option("--check", "run_check", is_flag=True,
+              help="Then evaluate the rules (--rules FILE, else the config's [check] table) as `reportgen check` "
+                   "does: exit 3 when one fails.")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --check: TOML file of rules.")
+@click.option("--baseline", type=click.Path(path_type=Path), help="With --check: the previous version's report.")
+@click.option("--strict", is_flag=True, help="With --check: a rule the report cannot evaluate fails.")
 @click.pass_context
 def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir: Path, **params: Any) -> None:
     """Write a report for MODEL (.keras, .h5 or a keras.applications name) on IMAGES (files or folders;
     subfolders named after classes label their images)."""
+    checking = {name: params.pop(name) for name in ("run_check", "rules_file", "baseline", "strict")}
 
-    def action() -> None:
+    def action() -> int:
         from reportgen.api import generate_report
         from reportgen.progress import Progress
 
+        rules = _check_rules(checking, params.get("config_file"))  # bad rules fail before minutes of work
         options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
         result = generate_report(model, images, output_dir, options, force=force, progress=Progress(not quiet))
         _print_result(result, quiet)
+        if rules is None:
+            return 0
+        from reportgen.check import check_report
+        from reportgen.check_render import table_text
 
-    _run(ctx, action)
+        outcome = check_report(output_dir, rules, checking["baseline"], checking["strict"])
+        click.echo(table_text(outcome), err=True)
+        return outcome.exit_code
+
+    ctx.exit(_run(ctx, action))
+
+
+def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[Any, ...] | None:
+    """generate --check: the rules from --rules, else from the config's [check] table; None without --check."""
+    from reportgen.check import read_baseline, read_config_rules, read_rules_file
+
+    if not checking["run_check"]:
+        given = [flag for flag, key in (("--rules", "rules_file"), ("--baseline", "baseline"), ("--strict", "strict"))
+                 if checking[key]]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --check")
+        return None
+    if checking["rules_file"] is not None:
+        rules = read_rules_file(checking["rules_file"])
+    elif config_file is not None:
+        rules = read_config_rules(config_file)
+    else:
+        raise InputError("--check: give --rules FILE or a --config file with a [check] table of rules")
+    if checking["baseline"] is not None:
+        read_baseline(checking["baseline"])
+    return rules
 
 
 @main.command()
@@ -242,7 +280,8 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def action() -> None:
-        from reportgen.graph import layer_output_shapes, walk_layers
+        from reportgen.api import output_classes
+        from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
         from reportgen.loading.applications import find_application
         from reportgen.loading.images import target_size
         from reportgen.loading.models import load_model
@@ -260,7 +299,8 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         (height, width), _ = target_size(loaded.input_shape, size)
         nodes = walk_layers(loaded.model)
         shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
-        target = choose_target_layer(nodes, shapes)
+        blocks = block_outputs(loaded.model, (height, width, loaded.input_shape[2]))
+        target = choose_target_layer(nodes, shapes, blocks=blocks, classes=output_classes(loaded.model))
         summary = summarize_model(loaded.model, nodes, shapes, target.path if target else None)
         rows = [("layer", "type", "output shape", "params", "sections")]
         rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")
@@ -327,6 +367,47 @@ def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str 
         _print_result(result, quiet)
 
     _run(ctx, action)
+
+
+@main.command()
+@click.argument("report", type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="The previous version's report, for the rules that compare (max_accuracy_drop, ...).")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file of rules, at the top level or in a [check] table (so a --config file serves).")
+@click.option("--strict", is_flag=True, help="A rule the report holds no number for fails instead of being "
+                                              "reported as not evaluated.")
+@click.option("--markdown", "markdown_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the result as Markdown (under 1 MiB: fit for $GITHUB_STEP_SUMMARY or a PR comment).")
+@click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the result as JSON.")
+@click.option("--quiet", is_flag=True, help="Print nothing; the exit code says it.")
+@click.pass_context
+def check(ctx: click.Context, report: Path, baseline: Path | None, rules_file: Path | None, strict: bool,
+          markdown_file: Path | None, json_file: Path | None, quiet: bool) -> None:
+    """Evaluate rules on the report folder REPORT and print a table of rule, value, threshold and result.
+    Exit 0 when every rule passes, 3 when one fails, 2 on bad input."""
+
+    def action() -> int:
+        import json
+
+        from reportgen.check import check_report, read_rules_file
+        from reportgen.check_render import as_json, markdown, table_text
+
+        rules = read_rules_file(rules_file) if rules_file is not None else ()
+        outcome = check_report(report, rules, baseline, strict)
+        for path, text in ((markdown_file, lambda: markdown(outcome)),
+                           (json_file, lambda: json.dumps(as_json(outcome), indent=2, ensure_ascii=False) + "\n")):
+            if path is not None:
+                try:
+                    path.write_text(text(), encoding="utf-8")
+                except OSError as exc:
+                    raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if not quiet:
+            click.echo(table_text(outcome))
+        return outcome.exit_code
+
+    ctx.exit(_run(ctx, action))
 
 
 def _print_result(result: Any, quiet: bool) -> None:

@@ -214,6 +214,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name == "check" and isinstance(value, dict):  # the rules of `--check` (reportgen.check reads them)
+            continue
         if name in _NOT_CONFIG:
             raise InputError(f"--config: {path}: key {key!r} cannot be set in a config file; {_NOT_CONFIG[name]}")
         if name not in known:

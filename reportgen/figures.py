@@ -108,11 +108,13 @@ def hstack(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
     return out
 
 
-def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024) -> tuple[np.ndarray, str]:
+def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024, channel_order: str = "RGB") -> tuple[np.ndarray, str]:
     """Every filter of a conv kernel (kh, kw, in, out) as tiles; returns pixels and how to read them.
 
     A 3-channel first layer is shown in colour; otherwise each input channel of each filter gets a tile when
     that fits in `max_tiles`, else the mean over input channels. 1x1 kernels are shown as an in x out matrix.
+    `channel_order` is the order in which the layer takes the colours (`BGR` for caffe-preprocessed models such
+    as VGG16 and ResNet50): colour tiles are drawn with each weight on the colour it really sees.
     """
     kh, kw, n_in, n_out = kernel.shape
     finite = np.nan_to_num(kernel.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -128,8 +130,11 @@ def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024) -> tuple[np.ndarray, 
     zoom = max(1, 24 // max(kh, kw))
     if n_in == 3:
         zoom = max(1, 40 // max(kh, kw))  # few, colourful tiles: draw them large enough to read
-        tiles = ((normalised.transpose(3, 0, 1, 2) + 1.0) * 127.5).round().astype(np.uint8)
-        caption = (f"{n_out} filters in colour (the 3 input channels as RGB, grey = 0), scaled by the layer's "
+        as_rgb = normalised[:, :, [channel_order.upper().index(c) for c in "RGB"]]  # input channel of R, G, B
+        tiles = ((as_rgb.transpose(3, 0, 1, 2) + 1.0) * 127.5).round().astype(np.uint8)
+        order = ("the 3 input channels as RGB" if channel_order.upper() == "RGB" else
+                 f"the model takes the channels as {', '.join(channel_order.upper())}; drawn as R, G, B")
+        caption = (f"{n_out} filters in colour ({order}, grey = 0), scaled by the layer's "
                    f"largest |w| = {scale:.3g}")
         columns = 16
     elif n_in * n_out <= max_tiles:

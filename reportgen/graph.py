@@ -67,6 +67,21 @@ def walk_layers(model: Any) -> list[LayerNode]:
     return nodes
 
 
+@dataclass(frozen=True)
+class LayerCall:
+    """One layer call of a run: which tensors (by identity) it read and wrote. `output` keeps them alive, so the
+    identities stay unique for the whole run."""
+
+    path: str
+    reads: tuple[int, ...]
+    writes: tuple[int, ...]
+    output: Any
+
+
+def _tensor_ids(structure: Any) -> tuple[int, ...]:
+    return tuple(id(t) for t in keras.tree.flatten(structure) if hasattr(t, "shape") and hasattr(t, "dtype"))
+
+
 class _AllCaptured(Exception):
     """Raised inside a run to stop once every requested layer output has been recorded."""
 
@@ -79,11 +94,13 @@ class LayerRun:
     captured: dict[str, Any]
 
 
-def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early: bool = False) -> LayerRun:
+def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early: bool = False,
+               calls: list[LayerCall] | None = None) -> LayerRun:
     """Run `model` on `inputs` in inference mode, recording the outputs of the layers at the `capture` paths.
 
     With `stop_early`, the run ends as soon as every requested output exists (for truncated models such as the
-    input-to-layer model of a filter-pattern search); the model output is then None.
+    input-to-layer model of a filter-pattern search); the model output is then None. `calls`, when given, receives
+    every (non-container) layer call in execution order with the tensors it read and wrote.
     """
     wanted = set(capture)
     captured: dict[str, Any] = {}
@@ -94,6 +111,8 @@ def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early:
             output = run_container(layer, args[0], f"{path}/")
         else:
             output = layer(*args, **kwargs)
+            if calls is not None:
+                calls.append(LayerCall(path, _tensor_ids((args, kwargs)), _tensor_ids(output), output))
         if path in wanted:
             captured[path] = output
             if stop_early and len(captured) == len(wanted):
@@ -142,6 +161,42 @@ def layer_output_shapes(model: Any, input_shape: tuple[int, int, int]) -> dict[s
         else:
             shapes[path] = (None, *tuple(value.shape)[1:])
     return shapes
+
+
+def block_outputs(model: Any, input_shape: tuple[int, int, int]) -> set[str]:
+    """Paths of the layers through whose output the whole computation passes: once such a layer has run, nothing
+    computed before it is read again. In a chain every layer is one; in a residual network only the block outputs
+    (the add, or the activation after it) are, not the layers inside a block that a shortcut bypasses. A nested
+    model's own path counts as its last layer's.
+    """
+    import numpy as np
+
+    calls: list[LayerCall] = []
+    run_layers(model, np.zeros((1, *input_shape), dtype="float32"), calls=calls)
+    written_at: dict[int, int] = {}
+    last_read: dict[int, int] = {}
+    for position, call in enumerate(calls):
+        for tensor in call.reads:
+            written_at.setdefault(tensor, -1)  # read before any call wrote it: an input
+            last_read[tensor] = position
+        for tensor in call.writes:
+            written_at.setdefault(tensor, position)
+    # A tensor written at w and last read at r is still pending at every position strictly between them.
+    pending = np.zeros(len(calls) + 1, dtype=np.int64)
+    for tensor, read in last_read.items():
+        written = written_at[tensor]
+        if read > written + 1:
+            pending[written + 1] += 1
+            pending[read] -= 1
+    open_tensors = np.cumsum(pending)
+    outputs = {call.path for position, call in enumerate(calls) if open_tensors[position] == 0}
+    nodes = walk_layers(model)
+    for node in reversed(nodes):  # innermost containers first
+        if node.is_model:
+            inner = [n.path for n in nodes if n.parent == node.path]
+            if inner and inner[-1] in outputs:
+                outputs.add(node.path)
+    return outputs
 
 
 def traceable(model: Any) -> bool:

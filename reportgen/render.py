@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -178,12 +179,38 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# The page embeds a lossy WebP of a figure when it is at most this share of the PNG. Measured on the example
+# report: heat-map overlays and feature-map grids are 3-4x smaller as WebP at quality 90 with no visible change,
+# while plots, kernel grids and tables of flat colour are smaller as PNG (and stay exact). Lossless WebP was
+# 25% smaller than PNG but 7x slower to encode. Chromium, Firefox and Safari decode WebP data URIs.
+WEBP_QUALITY = 90
+WEBP_SHARE = 0.8
+# What the page may embed, in bytes of base64: figures past it are linked from figures/ instead, and the
+# report says which. GitHub refuses files over 100 MB and browsers struggle with pages of 80 MB.
+PAGE_BUDGET = 9 * 1024 * 1024
+
+
+def encode_webp(pixels: np.ndarray, quality: int = WEBP_QUALITY) -> bytes | None:
+    """RGB uint8 -> lossy WebP bytes, or None when this OpenCV has no WebP encoder."""
+    try:
+        ok, buffer = cv2.imencode(".webp", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_WEBP_QUALITY,
+                                                                                      quality])
+    except cv2.error:
+        return None
+    return buffer.tobytes() if ok else None
+
+
 def encode_image(pixels: np.ndarray) -> EncodedImage:
-    """A figure's pixels as PNG, for builders that make many figures (`Analysis.encode`)."""
+    """A figure's pixels as PNG for figures/ and, for the page, the smaller of that PNG and a WebP
+    (`Analysis.encode` hands every figure here as it is drawn)."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"figure pixels must be (H, W, 3) uint8, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
-    return EncodedImage(encode_png(pixels), width, height)
+    png = encode_png(pixels)
+    webp = encode_webp(pixels)
+    if webp is not None and len(webp) <= WEBP_SHARE * len(png):
+        return EncodedImage(png, width, height, webp, "image/webp")
+    return EncodedImage(png, width, height, png, "image/png")
 
 
 @dataclass(frozen=True)
@@ -192,11 +219,18 @@ class EncodedFigure:
     width: int
     height: int
     png: bytes
+    page: bytes
+    page_type: str
+    embedded: bool
 
     @property
     def uri(self) -> str:
         """The data: URI for the page, built when the page is streamed out, one figure at a time."""
-        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+        return f"data:{self.page_type};base64," + base64.b64encode(self.page).decode("ascii")
+
+    @property
+    def page_bytes(self) -> int:
+        return 4 * -(-len(self.page) // 3)  # base64
 
 
 def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
@@ -208,8 +242,35 @@ def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
                 raise ValueError(f"two figures share the key {figure.key!r}")
             image = figure.pixels if isinstance(figure.pixels, EncodedImage) else encode_image(figure.pixels)
             name = files.take(figure.key, "figure") + ".png"  # slug again: a key can never leave figures/
-            encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png)
-    return encoded
+            page, page_type = (image.page, image.page_type) if image.page else (image.png, "image/png")
+            encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png, page, page_type,
+                                                figure.embed)
+    return _within_budget(encoded)
+
+
+def _within_budget(encoded: dict[str, EncodedFigure], budget: int | None = None) -> dict[str, EncodedFigure]:
+    """Embed figures in report order until the page budget is spent; later ones are linked, not embedded."""
+    budget = PAGE_BUDGET if budget is None else budget
+    spent = 0
+    out = {}
+    for key, figure in encoded.items():
+        fits = figure.embedded and spent + figure.page_bytes <= budget
+        spent += figure.page_bytes if fits else 0
+        out[key] = figure if fits == figure.embedded else dataclasses.replace(figure, embedded=fits)
+    return out
+
+
+def budget_note(encoded: dict[str, EncodedFigure], report: Report) -> str | None:
+    """The warning for figures the page budget left out (not those a builder chose to link)."""
+    wanted = {figure.key for section in report.sections for figure in section.figures() if figure.embed}
+    left = [key for key, figure in encoded.items() if key in wanted and not figure.embedded]
+    if not left:
+        return None
+    size = sum(encoded[key].page_bytes for key in left) / 1e6
+    return (f"page size: {len(left)} figures ({size:.1f} MB) are linked from figures/ instead of embedded, to keep "
+            f"index.html under {PAGE_BUDGET / 2**20:.0f} MiB: {', '.join(left[:5])}"
+            + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            + "; use --sections, --layers or fewer --detail images for a page that holds them all")
 
 
 def _toc(report: Report) -> list[dict[str, Any]]:
@@ -239,7 +300,7 @@ def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: st
             entry["class"] = section.class_name
         entry["figures"] = [
             {"key": f.key, "file": f"figures/{figures[f.key].file}", "title": f.title, "caption": f.caption,
-             "width": figures[f.key].width, "height": figures[f.key].height}
+             "width": figures[f.key].width, "height": figures[f.key].height, "embedded": figures[f.key].embedded}
             for f in section.figures()
         ]
         if section.data:
@@ -258,7 +319,7 @@ def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: st
         "options": report.options,
         "images": [
             {"id": image.id, "name": image.name, "path": image.path, "label": image.label,
-             "original_size": list(image.original_size)}
+             "original_size": list(image.original_size), "conversion": image.conversion}
             for image in report.images
         ],
         "class_names": list(report.class_names),
@@ -325,6 +386,9 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
     """Write the report folder atomically; an earlier report at `out` is replaced as a whole."""
     out = check_output_dir(Path(out), force)
     figures = _encode_figures(report)
+    note = budget_note(figures, report)
+    if note:
+        report = dataclasses.replace(report, warnings=(*report.warnings, note))
     arrays: dict[str, np.ndarray] = {}
     if save_arrays:
         for section in report.sections:

@@ -20,11 +20,14 @@ SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "predi
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """A figure's pixels as the renderer encoded them."""
+    """A figure's pixels as the renderer encoded them: PNG for figures/, and what the page embeds (the smaller of
+    the PNG and a WebP, `page_type` says which)."""
 
     png: bytes
     width: int
     height: int
+    page: bytes = b""
+    page_type: str = "image/png"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Figure:
     title: str
     caption: str
     pixels: np.ndarray | EncodedImage  # (H, W, 3) uint8 RGB, or already encoded
+    embed: bool = True  # False: only in figures/, the page links to it (detail a reader rarely needs inline)
 
     def __post_init__(self) -> None:
         if isinstance(self.pixels, EncodedImage):
@@ -102,6 +106,7 @@ class ImageEntry:
     path: str
     label: str | None
     original_size: tuple[int, int]
+    conversion: str = ""  # what was done to the pixels besides resizing (e.g. "RGB to grey (Rec. 601 luma)")
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,28 @@ def _cam_sanity(manifest: Mapping[str, Any]) -> str | None:
     if not results:
         return None
     text = ", ".join(
-        f"{escape(r.method)} {'passed' if r.passed else '**flagged**'}"
+        f"{escape(r.method)} {'passed' if r.passed else '**' + escape(r.status) + '**'}"
         + (f" (rank correlation {r.correlation:.2f} with a randomised model)" if r.correlation is not None else "")
         for r in results
     )
-    if not all(r.passed for r in results):
+    if any(r.status == "flagged" for r in results):
         text += "; flagged maps barely change when the weights are random"
+    if any(r.status == "empty maps" for r in results):
+        text += "; empty maps explain nothing"
     return text
+
+
+def _cam_faithfulness(manifest: Mapping[str, Any]) -> str | None:
+    methods = read.cam_faithfulness(manifest)
+    if not methods:
+        return None
+    parts = []
+    for m in methods:
+        verdict = "beats random" if m["beats_random"] else "**no better than a random map**"
+        same = f", same maps as {', '.join(escape(x) for x in m['same_maps_as'] if x != m['method'])}" \
+            if m["same_maps_as"] else ""
+        parts.append(f"{escape(m['method'])} {verdict} (margin {m['margin_over_random']:+.3f}{same})")
+    return "; ".join(parts)
 
 
 def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -82,6 +97,9 @@ def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
     sanity = _cam_sanity(manifest)
     if sanity:
         rows.append(("CAM sanity check", sanity))
+    faith = _cam_faithfulness(manifest)
+    if faith:
+        rows.append(("CAM deletion / insertion", faith))
     return rows
 
 

@@ -20,6 +20,17 @@
       try { window.localStorage.setItem("reportgen-theme", next); } catch (e) { /* storage may be disabled */ }
     });
   }
+  // In a notebook the page is an iframe's srcdoc, where "#id" links resolve against the notebook's address and
+  // would leave the page: scroll to the target here instead.
+  if (window.location.protocol === "about:") {
+    document.addEventListener("click", function (event) {
+      var link = event.target && event.target.closest ? event.target.closest("a[href^='#']") : null;
+      if (!link) { return; }
+      event.preventDefault();
+      var target = document.getElementById(decodeURIComponent(link.getAttribute("href").slice(1)));
+      if (target) { target.scrollIntoView(); }
+    });
+  }
   // On phones the contents start folded so the report itself is visible first.
   var toc = document.querySelector(".toc details");
   if (toc && window.matchMedia && window.matchMedia("(max-width: 800px)").matches) { toc.removeAttribute("open"); }

@@ -115,7 +115,7 @@ def test_gradcam_equals_a_direct_tape_computation(keras, activation):
         weights = []
         for k in range(acts.shape[-1]):
             g, a = grads[:, :, k].astype(np.float64), acts[:, :, k].astype(np.float64)
-            denominator = 2 * g ** 2 + (a * g ** 3).sum()
+            denominator = 2 * g ** 2 + g ** 3 * a.sum()  # eq. 19: g at (i, j), the sum over the map of A
             alpha = np.where(denominator != 0, g ** 2 / np.where(denominator != 0, denominator, 1), 0)
             weights.append((alpha * np.maximum(g, 0)).sum())
         want_plus = np.maximum((acts * np.array(weights)).sum(-1), 0)
@@ -377,7 +377,21 @@ def test_rank_correlation_and_the_sanity_flag():
     unchanged = sanity_check("gradcam", [a, a], [a, a ** 2])
     assert unchanged.flagged and unchanged.correlation == pytest.approx(1.0)
     changed = sanity_check("gradcam", [a, a], [RNG.random((6, 6)), np.zeros((6, 6))])
-    assert changed.constant_maps == 1 and not changed.flagged
+    assert changed.fresh_empty == 1 and changed.compared == 1 and changed.status == "passes"
+
+
+def test_empty_maps_fail_the_sanity_check_never_pass():
+    """An empty map has no ranking: counting its undefined correlation as 0 once made all-empty maps 'pass'."""
+    a = RNG.random((6, 6))
+    empty = np.zeros((6, 6))
+    all_empty = sanity_check("gradcam", [empty, empty], [a, empty])
+    assert all_empty.status == "empty maps" and all_empty.flagged and all_empty.trained_empty == 2
+    assert "fails" in all_empty.describe()
+    nothing_to_compare = sanity_check("gradcam", [a, a], [empty, np.full((6, 6), 3.0)])
+    assert nothing_to_compare.status == "undetermined" and nothing_to_compare.flagged
+    assert np.isnan(nothing_to_compare.correlation)
+    # Tiny float noise over a constant is still one value: no ranking.
+    assert sanity_check("gradcam", [np.full((6, 6), 1.0) + 1e-9 * a], [a]).status == "empty maps"
 
 
 def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_path):

@@ -83,9 +83,13 @@ def test_stored_maps_equal_keras_submodel_outputs(keras, request, saved_models, 
         # statistics agree with the stored maps
         maps = arrays[key]
         data = section["data"]
-        assert data["sparsity"] == pytest.approx(np.mean(maps == 0))
+        # Zeros mean "off" only for a rectified output; a signed one (res_conv before its batch norm) has none.
+        if maps.min() >= 0:
+            assert data["sparsity"] == pytest.approx(np.mean(maps == 0)) and data["rectified"]
+        else:
+            assert data["sparsity"] is None and not data["rectified"]
         assert data["mean_activation"] == pytest.approx(float(maps.mean()), rel=1e-5, abs=1e-7)
-        dead = np.flatnonzero(np.abs(maps).max(axis=(0, 1, 2)) == 0).tolist()
+        dead = np.flatnonzero(np.ptp(maps, axis=(0, 1, 2)) == 0).tolist()  # one value everywhere
         assert data["dead_channel_indices"] == dead and data["dead_channels"] == len(dead)
     overview = next(s for s in manifest["sections"] if s["id"] == "feature-maps")
     assert overview["data"]["layers"] == CONV_AND_POOL[name]
@@ -218,7 +222,8 @@ def test_normalise_channels_is_per_channel_min_max_and_flags_constants():
 
 
 def test_dead_and_constant_channels(keras, shared_images, tmp_path):
-    """Zero kernels: dead channels are counted, constant tiles are drawn hatched, nothing is NaN."""
+    """Zero kernels: dead channels are counted, constant tiles are drawn hatched, nothing is NaN. A channel that
+    is 0.5 on every image carries no more information than one that is 0: both are dead."""
     keras.utils.set_random_seed(1)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inputs)
@@ -227,7 +232,7 @@ def test_dead_and_constant_channels(keras, shared_images, tmp_path):
     model = keras.Model(inputs, outputs)
     kernel, bias = model.get_layer("conv1").get_weights()
     kernel[..., [1, 5]] = 0.0
-    bias[1], bias[5] = 0.0, 0.5  # channel 1 dead, channel 5 constant 0.5 (not dead)
+    bias[1], bias[5] = 0.0, 0.5  # channel 1 zero, channel 5 constant 0.5: both dead
     model.get_layer("conv1").set_weights([kernel, bias])
     model.get_layer("silent").set_weights([np.zeros_like(w) for w in model.get_layer("silent").get_weights()])
     path = tmp_path / "zeros.keras"
@@ -235,7 +240,7 @@ def test_dead_and_constant_channels(keras, shared_images, tmp_path):
 
     manifest, arrays = run_report(path, shared_images, tmp_path / "out")
     conv1, silent = layer_sections(manifest)
-    assert conv1["data"]["dead_channel_indices"] == [1] and conv1["data"]["dead_share"] == pytest.approx(1 / 8)
+    assert conv1["data"]["dead_channel_indices"] == [1, 5] and conv1["data"]["dead_share"] == pytest.approx(2 / 8)
     assert all(image["constant_channels"] == 2 for image in conv1["data"]["images"])
     assert silent["data"]["dead_channels"] == 4 and silent["data"]["dead_share"] == 1.0
     assert silent["data"]["sparsity"] == 1.0 and silent["data"]["mean_activation"] == 0.0
@@ -317,3 +322,38 @@ def test_figures_are_encoded_as_they_are_made(saved_models, shared_images, tmp_p
         assert file.read_bytes() == figure.pixels.png
         assert cv2.imdecode(np.frombuffer(figure.pixels.png, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (
             figure.pixels.height, figure.pixels.width)
+
+
+def test_layer_statistics_merged_over_random_splits_equal_the_statistics_at_once():
+    """The accumulator streams: any split of the images, merged in any order, gives the statistics of all of them
+    computed at once with numpy, for a rectified and a signed layer."""
+    from reportgen.graph import LayerNode
+    from reportgen.techniques.feature_maps import LayerStatsAccumulator
+
+    rng = np.random.default_rng(0)
+    signed = rng.normal(size=(11, 5, 4, 6)).astype(np.float32)
+    signed[..., 2] = 0.25  # one value everywhere: dead although not zero
+    rectified = np.maximum(signed, 0)
+    rectified[..., 4] = 0.0
+    for maps in (signed, rectified):
+        node = LayerNode("layer", None, 0, None)
+        whole = LayerStatsAccumulator(node, maps.shape[1:])
+        whole.update(maps, normalise_channels(maps))
+        cuts = np.sort(rng.choice(np.arange(1, 11), size=3, replace=False))
+        parts = []
+        for chunk in np.split(maps, cuts):
+            part = LayerStatsAccumulator(node, maps.shape[1:])
+            part.update(chunk, normalise_channels(chunk))
+            parts.append(part)
+        merged = parts.pop()
+        for part in parts:
+            merged.merge(part)
+        for got in (whole.result(), merged.result()):
+            assert got.images == 11
+            assert got.mean_activation == pytest.approx(float(maps.mean(dtype=np.float64)), rel=1e-6)
+            assert got.min == maps.min() and got.max == maps.max()
+            assert list(got.dead_channels) == np.flatnonzero(np.ptp(maps, axis=(0, 1, 2)) == 0).tolist()
+            if maps.min() >= 0:
+                assert got.sparsity == pytest.approx(float(np.mean(maps == 0))) and got.rectified
+            else:
+                assert np.isnan(got.sparsity) and not got.rectified

@@ -79,7 +79,9 @@ def test_html_is_self_contained(hostile_report):
             if key in ("src", "href", "action", "srcset", "poster", "data")]
     assert urls, "expected some links and images"
     for url in urls:
-        assert url.startswith(("data:image/png;base64,", "#")), url
+        assert url.startswith(("data:image/png;base64,", "data:image/webp;base64,", "#", "figures/")), url
+        if url.startswith("figures/"):  # a linked figure: a plain file name inside figures/
+            assert re.fullmatch(r"figures/[A-Za-z0-9._-]+\.png", url) and ".." not in url, url
     assert {tag for tag, _ in parser.tags}.isdisjoint({"link", "iframe", "object", "embed", "form", "svg"})
     assert not re.search(r"(?:https?|ftp|wss?)://", html, re.I)
     assert "@import" not in html and "url(" not in html
@@ -142,17 +144,41 @@ def test_manifest_has_the_documented_keys_and_real_array_keys(hostile_report):
 
 
 def test_every_figure_is_a_png_with_a_readable_name_and_inline(hostile_report):
+    """figures/ holds lossless PNGs; the page embeds each figure as that PNG or, where it is much smaller, a WebP
+    that decodes to nearly the same pixels."""
+    import base64
+
     manifest = json.loads((hostile_report / "report.json").read_text())
     html = (hostile_report / "index.html").read_text()
     figures = [f for s in manifest["sections"] for f in s["figures"]]
     assert figures
+    embedded = dict(re.findall(r'<figure class="figure" id="([^"]+)">\s*<img src="data:image/[a-z]+;base64,([^"]+)"',
+                               html))
     for figure in figures:
         png = (hostile_report / figure["file"]).read_bytes()
         decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
         assert decoded.shape[:2] == (figure["height"], figure["width"])
-        import base64
+        assert figure["embedded"]
+        page = cv2.imdecode(np.frombuffer(base64.b64decode(embedded[figure["key"]]), np.uint8), cv2.IMREAD_COLOR)
+        assert page.shape == decoded.shape
+        assert np.abs(page.astype(int) - decoded.astype(int)).mean() < 3
 
-        assert base64.b64encode(png).decode() in html
+
+def test_figures_past_the_page_budget_are_linked_not_embedded(monkeypatch):
+    from reportgen import render
+    from reportgen.report import Figure, Report, Section
+
+    rng = np.random.default_rng(0)
+    noise = [Figure(f"noise-{i}", f"noise {i}", "", render.encode_image(rng.integers(0, 255, (64, 64, 3), np.uint8)))
+             for i in range(6)]
+    report = Report(title="t", created="", model={}, options={}, images=(), class_names=(), sections=(
+        Section(id="s", kind="summary", title="s", blocks=tuple(noise)),), warnings=(), seconds={}, versions={})
+    size = render._encode_figures(report)["noise-0"].page_bytes
+    monkeypatch.setattr(render, "PAGE_BUDGET", int(3.5 * size))
+    encoded = render._encode_figures(report)
+    assert [f.embedded for f in encoded.values()] == [True, True, True, False, False, False]
+    note = render.budget_note(encoded, report)
+    assert note.startswith("page size: 3 figures") and "noise-3" in note
 
 
 def test_anchors_for_sections_and_layers(hostile_report):

@@ -25,6 +25,7 @@ from reportgen.diff.compare import (
     common_size,
     compare_predictions,
     compare_tensor,
+    map_key,
     match_keys,
     unit_range,
 )
@@ -260,17 +261,9 @@ def _probability_delta(change: PredictionChange) -> str:
 # ---------------------------------------------------------------------------------------------------- heatmaps
 
 
-def _map_key(report: dict[str, str], entry: dict[str, Any]) -> tuple[str, str, str] | None:
-    image, method = entry.get("image"), entry.get("method")
-    klass = entry.get("class_index", entry.get("class_name"))
-    if not isinstance(image, str) or not isinstance(method, str) or klass is None:
-        return None
-    return report.get(image, image), str(klass), method
-
-
 def _cams(ctx: DiffContext) -> list[Section]:
-    old_e = {k: e for e in read.entries(ctx.old.manifest, "heatmaps") if (k := _map_key(ctx.old_names, e))}
-    new_e = {k: e for e in read.entries(ctx.new.manifest, "heatmaps") if (k := _map_key(ctx.new_names, e))}
+    old_e = {k: e for e in read.entries(ctx.old.manifest, "heatmaps") if (k := map_key(ctx.old_names, e))}
+    new_e = {k: e for e in read.entries(ctx.new.manifest, "heatmaps") if (k := map_key(ctx.new_names, e))}
     title = "Class activation map changes"
     if not old_e or not new_e:
         return [_absent("cam-diff", title, bool(old_e), bool(new_e), "class activation maps",

@@ -127,6 +127,16 @@ def compare_predictions(old: Mapping[str, ImagePrediction], new: Mapping[str, Im
 # ------------------------------------------------------------------------------------------------- heatmaps
 
 
+def map_key(names: Mapping[str, str], entry: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """A "heatmaps" entry's match key: (image name, class index or name, method); None when the entry lacks one.
+    `names` maps the report's image ids to their names."""
+    image, method = entry.get("image"), entry.get("method")
+    klass = entry.get("class_index", entry.get("class_name"))
+    if not isinstance(image, str) or not isinstance(method, str) or klass is None:
+        return None
+    return names.get(image, image), str(klass), method
+
+
 def as_map(array: np.ndarray | None) -> np.ndarray | None:
     """A heatmap as a 2-D float array: channel axes of size 1 dropped, several channels averaged."""
     if array is None:

@@ -287,6 +287,7 @@ class SanityResult:
     method: str
     passed: bool
     correlation: float | None
+    status: str  # "passes", "flagged", "empty maps" or "undetermined"
 
 
 def cam_sanity(manifest: Mapping[str, Any]) -> list[SanityResult]:
@@ -298,8 +299,19 @@ def cam_sanity(manifest: Mapping[str, Any]) -> list[SanityResult]:
         data = section.get("data", {})
         sanity = data.get("sanity")
         if sanity is not None:
-            results.append(SanityResult(data["method"], not sanity["flagged"], sanity["correlation"]))
+            status = sanity.get("status") or ("flagged" if sanity["flagged"] else "passes")
+            results.append(SanityResult(data["method"], not sanity["flagged"], sanity["correlation"], status))
     return results
+
+
+def cam_faithfulness(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per CAM method, deletion / insertion against random maps, from the cam overview's `data["methods"]` (rows
+    with `margin_over_random`, `beats_random` and `same_maps_as`; reports older than those keys give none)."""
+    for section in sections_of(manifest, "cam"):
+        rows = section.get("data", {}).get("methods")
+        if rows is not None:
+            return [row for row in rows if "beats_random" in row]
+    return []
 
 
 @dataclass(frozen=True)

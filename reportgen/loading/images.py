@@ -36,6 +36,7 @@ class LoadedImages:
     pixels: np.ndarray  # (N, H, W, C) float32 in [0, 255]
     original_sizes: tuple[tuple[int, int], ...]  # (width, height) before resizing
     warnings: tuple[str, ...]
+    conversions: tuple[str, ...] = ()  # per image, what was done besides resizing ("" when nothing)
 
     @property
     def labels(self) -> list[str | None]:
@@ -109,6 +110,12 @@ def discover_images(inputs: Sequence[str | Path], exclude: Sequence[str | Path] 
 def decode_image(path: Path) -> np.ndarray:
     """Decode a file to RGB or gray uint8 (H, W, 3|1): EXIF rotation applied, alpha composited on white,
     16-bit scaled to 8-bit, palette and CMYK expanded. Raises ValueError when it is not a readable image."""
+    return decode_with_notes(path)[0]
+
+
+def decode_with_notes(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """`decode_image`, and what was done to the file's pixels on the way (for the report)."""
+    notes: list[str] = []
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise ValueError("the file is empty")
@@ -127,16 +134,30 @@ def decode_image(path: Path) -> np.ndarray:
         raise ValueError("not a readable image (truncated, corrupt or not an image)")
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+        notes.append("16-bit scaled to 8-bit")
     elif image.dtype != np.uint8:
         image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        notes.append(f"{image.dtype} values stretched to 0-255")
     if image.ndim == 2:
-        return image[:, :, None]
+        return image[:, :, None], tuple(notes)
     if image.shape[2] == 4:
         alpha = image[:, :, 3:4].astype(np.float32) / 255.0
         image = (image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+        notes.append("alpha composited on white")
     if image.shape[2] == 1:
-        return image
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image, tuple(notes)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), tuple(notes)
+
+
+def channel_conversion(decoded: int, channels: int) -> str:
+    """What `fit_to_model` does to the colours: "" when nothing."""
+    if decoded == channels:
+        return ""
+    if channels == 3 and decoded == 1:
+        return "grey repeated to 3 channels"
+    if channels == 1 and decoded == 3:
+        return "RGB to grey (Rec. 601 luma)"
+    return f"{decoded} to {channels} channels"
 
 
 def _declared_size(path: Path) -> tuple[int, int] | None:
@@ -203,18 +224,20 @@ def load_images(
     kept: list[ImageSource] = []
     arrays: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
+    conversions: list[str] = []
     warnings: list[str] = [size_warning] if size_warning else []
     for source in sources:
         try:
-            image = decode_image(source.path)
+            image, notes = decode_with_notes(source.path)
         except (ValueError, OSError, cv2.error) as exc:
             warnings.append(f"skipped {display_text(str(source.path))}: {exc}")
             continue
         kept.append(source)
         sizes.append((image.shape[1], image.shape[0]))
+        conversions.append(", ".join(n for n in (*notes, channel_conversion(image.shape[2], channels)) if n))
         arrays.append(fit_to_model(image, height, width, channels))
     if not kept:
         raise ImageError(
             "no usable image: every file failed to decode (" + "; ".join(warnings[-3:]) + ")"
         )
-    return LoadedImages(tuple(kept), np.stack(arrays), tuple(sizes), tuple(warnings))
+    return LoadedImages(tuple(kept), np.stack(arrays), tuple(sizes), tuple(warnings), tuple(conversions))

@@ -22,6 +22,8 @@ from reportgen.techniques.cams import (
     Heatmap,
     TargetLayer,
     explain,
+    faithfulness,
+    same_maps,
 )
 
 TILE = 128  # px, longer side of every image tile
@@ -79,10 +81,24 @@ def _compute(analysis: Analysis) -> CamBundle:
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
     )
     for method, check in results.sanity.items():
-        if check.flagged:
+        if check.status == "flagged":
             analysis.warnings.append(
                 f"cam: {METHODS[method].label} maps barely change when the model's weights are re-initialised "
                 f"(rank correlation {check.correlation:.2f}); they show the image more than what the model learned")
+        elif check.flagged:
+            analysis.warnings.append(f"cam: {METHODS[method].label} sanity check {check.describe()}")
+    where = f" at {layer.path}" if layer else ""
+    for method, scores in faithfulness(results).items():
+        if not scores.beats_random:
+            analysis.warnings.append(
+                f"cam: {METHODS[method].label}{where if METHODS[method].resolution == 'layer' else ''} does no better "
+                f"than a random map (deletion AUC {scores.deletion_auc:.3f} vs {scores.random_deletion_auc:.3f} "
+                f"random, insertion {scores.insertion_auc:.3f} vs {scores.random_insertion_auc:.3f}): its maps do "
+                "not show what the model uses; try another --cam-layer")
+    for group, difference in same_maps(results):
+        analysis.warnings.append(
+            f"cam: {', '.join(METHODS[m].label for m in group)} give the same maps (largest difference "
+            f"{difference:.1g} of a map's maximum){where}: they add no independent evidence")
     return CamBundle(plan, layer, results, skipped)
 
 
@@ -158,10 +174,6 @@ def build(analysis: Analysis) -> list[Section]:
     return sections
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
 def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Section:
     layer = bundle.layer
     facts = []
@@ -178,36 +190,51 @@ def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Sec
                   f"{results.sanity_images} images per method"),
     ]
     rows, links, data = [], [], []
+    scores = faithfulness(results)
+    identical = {m: group for group, _ in same_maps(results) for m in group}
     for method in results.methods:
-        maps = results.for_method(method)
-        deletion = _mean([h.deletion_auc for h in maps])
-        insertion = _mean([h.insertion_auc for h in maps])
-        beats = sum(h.deletion_auc < h.random_deletion_auc for h in maps)
+        faith = scores[method]
         check = results.sanity.get(method)
-        verdict = "n/a" if check is None else ("flagged" if check.flagged else "passes")
+        same = [METHODS[m].label for m in identical.get(method, ()) if m != method]
         rows.append((METHODS[method].label, map_layer(bundle, method),
-                     f"{deletion:.3f} ({_mean([h.random_deletion_auc for h in maps]):.3f})",
-                     f"{insertion:.3f} ({_mean([h.random_insertion_auc for h in maps]):.3f})",
-                     f"{beats} of {len(maps)}",
-                     "n/a" if check is None else f"{check.correlation:.2f}", verdict))
+                     f"{faith.deletion_auc:.3f} ({faith.random_deletion_auc:.3f})",
+                     f"{faith.insertion_auc:.3f} ({faith.random_insertion_auc:.3f})",
+                     f"{faith.beats_random_deletion} of {faith.maps}",
+                     f"{faith.margin:+.3f} " + ("beats random" if faith.beats_random else "NO BETTER THAN RANDOM"),
+                     "n/a" if check is None or check.compared == 0 else f"{check.correlation:.2f}",
+                     "n/a" if check is None else check.status,
+                     ("same maps as " + ", ".join(same)) if same else ""))
         links.append((("details", "#" + method_section_id(analysis, bundle, method)),))
-        data.append({"method": method, "mean_deletion_auc": deletion, "mean_insertion_auc": insertion,
-                     "beats_random_deletion": beats, "maps": len(maps),
-                     "sanity_correlation": None if check is None else check.correlation,
+        data.append({"method": method, "mean_deletion_auc": faith.deletion_auc,
+                     "mean_insertion_auc": faith.insertion_auc,
+                     "mean_random_deletion_auc": faith.random_deletion_auc,
+                     "mean_random_insertion_auc": faith.random_insertion_auc,
+                     "beats_random_deletion": faith.beats_random_deletion, "maps": faith.maps,
+                     "empty_maps": faith.empty_maps, "margin_over_random": faith.margin,
+                     "beats_random": faith.beats_random, "same_maps_as": sorted(identical.get(method, ())),
+                     "sanity_correlation": None if check is None or check.compared == 0 else check.correlation,
+                     "sanity_status": None if check is None else check.status,
                      "sanity_flagged": None if check is None else check.flagged})
     table = Table(
         columns=("Method", "Maps at", "Deletion AUC (random)", "Insertion AUC (random)", "Deletion beats random",
-                 "Rank correlation with fresh model", "Sanity check"),
+                 "Margin over random", "Rank correlation with fresh model", "Sanity check", "Note"),
         rows=tuple(rows),
-        caption=(f"Means over every map. {HOW_TO_READ} Sanity check (Adebayo et al. 2018): Spearman rank correlation "
-                 "between the maps of the trained model and of the same architecture freshly initialised; above "
-                 f"{SANITY_THRESHOLD} the method is flagged, its maps show the image rather than what the model "
-                 "learned."),
+        caption=(f"Means over every map. {HOW_TO_READ} Margin over random: (insertion - deletion) of the method's "
+                 "maps minus that of the random maps; a method at or below 0 does no better than a random map and "
+                 "is flagged. Sanity check (Adebayo et al. 2018): Spearman rank correlation between the maps of the "
+                 f"trained model and of the same architecture freshly initialised; above {SANITY_THRESHOLD} the "
+                 "method is flagged, its maps show the image rather than what the model learned; a method whose "
+                 "trained maps are empty fails, and one with nothing to compare is undetermined, never passed."),
         row_links=tuple(links),
     )
-    return Section(id="cam", kind="cam", title="Class activation maps", blocks=(Facts(tuple(facts)), table),
-                   data={"layer": layer.path if layer else None, "scores": results.head.description,
-                         "methods": data})
+    blocks: list = [Facts(tuple(facts)), table]
+    failing = [METHODS[m].label for m in results.methods if not scores[m].beats_random]
+    if failing:
+        blocks.insert(1, Text(f"Warning: {', '.join(failing)} do no better than a random map on deletion and "
+                              "insertion here: their maps do not show what the model uses. Try another --cam-layer."))
+    return Section(id="cam", kind="cam", title="Class activation maps", blocks=tuple(blocks),
+                   data={"layer": layer.path if layer else None, "layer_reason": layer.reason if layer else None,
+                         "scores": results.head.description, "methods": data})
 
 
 def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, method: str,
@@ -222,11 +249,7 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
 
     facts = [("Method", f"{info.label} ({info.reference})"), ("Maps at", where), ("Cost", info.cost)]
     if check is not None:
-        verdict = ("flagged: the maps barely depend on the trained weights" if check.flagged else
-                   "passes: the maps change when the weights are re-initialised")
-        constant = f"; {check.constant_maps} fresh maps were empty and count as 0" if check.constant_maps else ""
-        facts.append(("Sanity check", f"rank correlation {check.correlation:.2f} with the freshly initialised model "
-                                      f"over {len(check.correlations)} maps ({verdict}){constant}"))
+        facts.append(("Sanity check", check.describe()))
     blocks: list = [Facts(tuple(facts))]
     if check is not None and method in results.fresh_maps:
         blocks.append(_sanity_row(analysis, results, method, sid))
@@ -266,9 +289,10 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
         layer=bundle.layer.path if info.resolution == "layer" and bundle.layer else None,
         data={"method": method, "label": info.label, "reference": info.reference, "maps_at": where,
               "sanity": None if check is None else {
-                  "correlation": check.correlation, "flagged": check.flagged, "threshold": check.threshold,
+                  "correlation": None if check.compared == 0 else check.correlation, "status": check.status,
+                  "flagged": check.flagged, "threshold": check.threshold,
                   "correlations": [None if c != c else c for c in check.correlations],
-                  "constant_maps": check.constant_maps}},
+                  "trained_empty": check.trained_empty, "fresh_empty": check.fresh_empty}},
         arrays=arrays,
     )
 

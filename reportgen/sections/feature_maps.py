@@ -18,6 +18,7 @@ from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SlugRegistry, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.feature_maps import (
+    VANISHING,
     ImageMapStats,
     LayerMapStats,
     LayerStatsAccumulator,
@@ -121,6 +122,12 @@ def _fmt(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.4g}"
 
 
+def _sparsity_text(stats: LayerMapStats) -> str:
+    if math.isfinite(stats.sparsity):
+        return f"{stats.sparsity:.1%}"
+    return "n/a (signed output: no ReLU, zeros do not mean off)" if stats.images else "n/a"
+
+
 def _dead_text(stats: LayerMapStats, limit: int = 24) -> str:
     dead = stats.dead_channels
     text = f"{len(dead)} of {stats.channels} ({stats.dead_share:.1%})"
@@ -141,6 +148,8 @@ def _layer_data(stats: LayerMapStats, layout: GridLayout, array_key: str | None,
         "dead_channel_indices": list(stats.dead_channels),
         "mean_activation": stats.mean_activation,
         "sparsity": stats.sparsity,
+        "rectified": stats.rectified,
+        "vanishing": stats.vanishing,
         "min": stats.min,
         "max": stats.max,
         "non_finite": stats.non_finite,
@@ -149,8 +158,8 @@ def _layer_data(stats: LayerMapStats, layout: GridLayout, array_key: str | None,
         "columns": layout.columns,
         "array_key": array_key,
         "images": [
-            {"image": image_id, "figure": key, "mean": s.mean, "min": s.min, "max": s.max, "sparsity": s.sparsity,
-             "constant_channels": s.constant_channels}
+            {"image": image_id, "figure": key, "mean": s.mean, "min": s.min, "max": s.max,
+             "sparsity": s.sparsity if stats.rectified else None, "constant_channels": s.constant_channels}
             for image_id, key, s in zip(image_ids, keys, per_image, strict=True)
         ],
     }
@@ -186,7 +195,7 @@ def build(analysis: Analysis) -> list[Section]:
         for path in paths:
             maps = batch.maps[path]
             normalised = normalise_channels(maps)
-            accumulators[path].add(maps, normalised)
+            accumulators[path].update(maps, normalised)
             per_image[path].extend(image_stats(maps, normalised))
             for j in range(len(maps)):
                 # Encoded at once: raw grids of every layer and image would dominate the report's memory.
@@ -207,13 +216,24 @@ def build(analysis: Analysis) -> list[Section]:
                                        data, {array_key: np.concatenate(kept[path])} if array_key else {}))
         manifest.append({"layer": path, "section": sid, "type": s.type_name, "shape": list(s.shape),
                          "channels": s.channels, "dead_channels": len(s.dead_channels), "dead_share": s.dead_share,
-                         "mean_activation": s.mean_activation, "sparsity": s.sparsity, "array_key": array_key,
+                         "mean_activation": s.mean_activation, "sparsity": s.sparsity, "rectified": s.rectified,
+                         "vanishing": s.vanishing, "array_key": array_key,
                          "figures": dict(zip(analysis.image_ids, keys[path], strict=True))})
+        if s.vanishing:
+            continue  # one warning for all of them, below
         if s.dead_channels and s.dead_share >= DEAD_WARNING_SHARE:
             analysis.warnings.append(f"feature maps: {path} has {len(s.dead_channels)} of {s.channels} channels "
-                                     f"that are zero on every image (dead units?)")
+                                     f"that are {'zero' if s.rectified else 'constant'} on every image (dead units?)")
         if s.non_finite:
             analysis.warnings.append(f"feature maps: {path} has {s.non_finite} NaN or Inf values")
+    vanishing = [path for path in paths if stats[path].vanishing]
+    if vanishing:
+        largest = max(max(abs(stats[p].min), abs(stats[p].max)) for p in vanishing)
+        shown = ", ".join(vanishing[:4]) + (f" and {len(vanishing) - 4} more" if len(vanishing) > 4 else "")
+        analysis.warnings.append(
+            f"feature maps: the activations of {len(vanishing)} layers vanish ({shown}: every value within "
+            f"{VANISHING:g} of 0, the largest |value| {largest:.1e}); their maps are drawn blank, not stretched to "
+            "full contrast: the model computes nothing there (untrained or broken weights?)")
     analysis.manifest_lists[KIND] = manifest
     return [_overview(analysis, paths, stats, per_image, keys, batch_size), *sections]
 
@@ -226,15 +246,17 @@ def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats
         ("Layer type", stats.type_name),
         ("Maps", f"{height} × {width}, {channels} channels; drawn as {layout.tile[0]} × {layout.tile[1]} px tiles, "
                  f"{layout.columns} per row"),
-        ("Dead channels (zero on every image)", _dead_text(stats)),
+        ("Dead channels (one value on every image)", _dead_text(stats)),
         ("Mean activation", _fmt(stats.mean_activation)),
-        ("Sparsity (share of exact zeros)", f"{stats.sparsity:.1%}" if math.isfinite(stats.sparsity) else "n/a"),
-        ("Value range", f"{_fmt(stats.min)} to {_fmt(stats.max)}"),
+        ("Sparsity (share of exact zeros)", _sparsity_text(stats)),
+        ("Value range", f"{_fmt(stats.min)} to {_fmt(stats.max)}"
+                        + (" (vanishing: drawn blank)" if stats.vanishing else "")),
     ))
     sources = analysis.images.sources
     table = Table(
         columns=("Image", "Label", "Mean", "Max", "Zeros", "Constant channels"),
-        rows=tuple((source.name, source.label or "", _fmt(s.mean), _fmt(s.max), f"{s.sparsity:.1%}",
+        rows=tuple((source.name, source.label or "", _fmt(s.mean), _fmt(s.max),
+                    f"{s.sparsity:.1%}" if stats.rectified else "n/a",
                     f"{s.constant_channels} of {channels}") for source, s in zip(sources, per_image, strict=True)),
         caption="This layer on each image; constant channels are hatched in the image's figure.",
     )
@@ -245,8 +267,9 @@ def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats
         blocks.append(Figure(
             key=key,
             title=f"{path} on {source.name}{label}",
-            caption=(f"{channels} channels{hatched}. Values {_fmt(s.min)} to {_fmt(s.max)}, mean {_fmt(s.mean)}, "
-                     f"{s.sparsity:.0%} zeros; each channel min-max scaled over this image."),
+            caption=(f"{channels} channels{hatched}. Values {_fmt(s.min)} to {_fmt(s.max)}, mean {_fmt(s.mean)}"
+                     + (f", {s.sparsity:.0%} zeros" if stats.rectified else " (signed output)")
+                     + "; each channel min-max scaled over this image."),
             pixels=image_pixels,
         ))
     return Section(id=sid, kind=KIND, title=f"Feature maps: {path}", blocks=tuple(blocks), layer=path, data=data,
@@ -261,11 +284,13 @@ def _overview(analysis: Analysis, paths: list[str], stats: dict[str, LayerMapSta
         rows=tuple(
             (path, s.type_name, f"{s.shape[0]} × {s.shape[1]}", str(s.channels),
              f"{len(s.dead_channels)} ({s.dead_share:.0%})", _fmt(s.mean_activation),
-             f"{s.sparsity:.1%}" if math.isfinite(s.sparsity) else "n/a")
+             "vanishing" if s.vanishing else (f"{s.sparsity:.1%}" if math.isfinite(s.sparsity) else "n/a (signed)"))
             for path, s in stats.items()
         ),
-        caption=("Dead: zero at every position on every image. Sparsity: share of exact zeros over all images, "
-                 "positions and channels. Mean activation over the same."),
+        caption=("Dead: one value at every position on every image (for a ReLU output, zero). Sparsity: share of "
+                 "exact zeros over all images, positions and channels, for rectified (ReLU-like) outputs only: a "
+                 "signed output such as a conv before its batch norm has no 'off'. Mean activation over the same. "
+                 f"Vanishing: every value within {VANISHING:g} of 0."),
         row_links=tuple((link,) for link in links),
     )
     total_channels = sum(s.channels for s in stats.values())

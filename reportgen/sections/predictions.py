@@ -16,6 +16,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SlugRegistry, Table, Text
 from reportgen.techniques.predictions import (
+    UNIFORM_SPREAD,
     Predictions,
     Probabilities,
     Target,
@@ -110,6 +111,13 @@ def build(analysis: Analysis) -> list[Section]:
         facts.append(("Accuracy (top-1)", f"{_percent(predictions.accuracy)} ({correct} of {predictions.labelled})"))
         facts.append((f"Accuracy (top-{k})", _percent(predictions.top_k_accuracy or 0.0)))
 
+    uniform = predictions.uniform
+    if uniform.any():
+        analysis.warnings.append(
+            f"predictions: {int(uniform.sum())} of {n} images get a uniform output (every class within "
+            f"{UNIFORM_SPREAD:.0%} of the same probability): the model tells no class apart on them, so their "
+            "'top' class and its maps mean nothing")
+        facts.append(("Uniform outputs", f"{int(uniform.sum())} of {n} images: no class preferred"))
     rows, row_ids, row_links, manifest = [], [], [], []
     for i, (image_id, source) in enumerate(zip(analysis.image_ids, analysis.images.sources, strict=True)):
         label = int(predictions.labels[i])
@@ -117,7 +125,10 @@ def build(analysis: Analysis) -> list[Section]:
                                                      strict=True)]
         correct = None if label < 0 else tops[0][0] == label
         cells = [source.name, names[label] if label >= 0 else (source.label or "")]
-        cells += [f"{names[c]} ({_percent(p)})" for c, p in tops]
+        if uniform[i]:  # no class is preferred: listing one first would be an accident of class order
+            cells += [f"uniform: every class {_percent(tops[0][1])}"] + [""] * (k - 1)
+        else:
+            cells += [f"{names[c]} ({_percent(p)})" for c, p in tops]
         cells.append("" if correct is None else ("yes" if correct else "no"))
         rows.append(tuple(cells))
         row_ids.append(f"prediction-{image_id}")
@@ -126,7 +137,7 @@ def build(analysis: Analysis) -> list[Section]:
         manifest.append({
             "image": image_id, "name": source.name, "label": source.label, "label_index": label if label >= 0 else None,
             "top_k": [{"class_index": c, "class_name": names[c], "probability": p} for c, p in tops],
-            "correct": correct,
+            "correct": correct, "uniform": bool(uniform[i]),
         })
     analysis.manifest_lists["predictions"] = manifest
     blocks: list = [Facts(tuple(facts)), Table(
@@ -138,7 +149,7 @@ def build(analysis: Analysis) -> list[Section]:
     )]
     data: dict[str, Any] = {"probabilities": predictions.probabilities.method, "top_k": k, "images": n,
                             "labelled": predictions.labelled, "accuracy": predictions.accuracy,
-                            "top_k_accuracy": predictions.top_k_accuracy}
+                            "top_k_accuracy": predictions.top_k_accuracy, "uniform_outputs": int(uniform.sum())}
     if predictions.confusion is not None:
         blocks.extend(_confusion_blocks(predictions, names, data))
     else:

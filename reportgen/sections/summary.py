@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Section, Table
 from reportgen.sections.anchors import cam_section_id, section_id
@@ -28,6 +30,25 @@ def _layer_links(analysis: Analysis, path: str) -> tuple[tuple[str, str], ...]:
     return tuple(links)
 
 
+def image_handling(analysis: Analysis, shown: int = 4) -> str:
+    """How the images were brought to the model's input: from which sizes, with which colour conversions."""
+    images = analysis.images
+    height, width = images.pixels.shape[1:3]
+    sizes = Counter(images.original_sizes)
+    same = sizes.get((width, height), 0)
+    resized = [f"{w}x{h} ({n})" for (w, h), n in sizes.most_common() if (w, h) != (width, height)]
+    parts = [f"{len(images.sources)} images to {width}x{height}"]
+    if resized:
+        listed = ", ".join(resized[:shown]) + (f" and {len(resized) - shown} more sizes" if len(resized) > shown
+                                                else "")
+        parts.append(f"resized from {listed} (area averaging to shrink, bilinear to enlarge, aspect not kept)")
+    if same:
+        parts.append(f"{same} already that size")
+    conversions = Counter(c for c in images.conversions if c)
+    parts += [f"{what} ({n})" for what, n in conversions.most_common()]
+    return "; ".join(parts)
+
+
 def build(analysis: Analysis) -> list[Section]:
     loaded = analysis.loaded
     options = analysis.options
@@ -44,7 +65,9 @@ def build(analysis: Analysis) -> list[Section]:
         ("Parameters", f"{summary.total_params:,} ({summary.trainable_params:,} trainable, "
                        f"{summary.non_trainable_params:,} non-trainable)"),
         ("Layers", f"{len(summary.layers)} ({sum(1 for r in summary.layers if r.depth > 0)} nested)"),
-        ("Preprocessing", analysis.preprocessor.mode),
+        ("Preprocessing", f"{analysis.preprocessor.mode}: {analysis.preprocessor.formula()}"),
+        ("Why this preprocessing", analysis.preprocessor.reason or "n/a"),
+        ("Images", image_handling(analysis)),
         ("Classes", f"{len(analysis.class_names.names)} (names from {analysis.class_names.source})"),
     ]
     if loaded.family:

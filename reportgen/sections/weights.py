@@ -30,7 +30,7 @@ def _stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, st
     )
 
 
-def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str) -> list:
+def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str, channel_order: str) -> list:
     tensor = comparison.tensor
     blocks: list = [
         Table(
@@ -53,8 +53,8 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
         ),
     ]
     if comparison.trained.values.ndim == 4:
-        trained_grid, how = figures.kernel_grid(comparison.trained.values)
-        fresh_grid, _ = figures.kernel_grid(comparison.fresh.values)
+        trained_grid, how = figures.kernel_grid(comparison.trained.values, channel_order=channel_order)
+        fresh_grid, _ = figures.kernel_grid(comparison.fresh.values, channel_order=channel_order)
         blocks.append(FigureRow((
             Figure(key=f"{key_prefix}-trained", title=f"{comparison.layer}: trained {tensor}", caption=how,
                    pixels=trained_grid),
@@ -92,6 +92,9 @@ def build(analysis: Analysis) -> list[Section]:
     if non_finite:
         analysis.warnings.append(f"weights: NaN or Inf values in {', '.join(sorted(set(non_finite)))}")
 
+    # The first conv reads the image itself, in the model's colour order (BGR for caffe preprocessing).
+    first_conv = next((c.layer for c in comparisons if c.trained.values.ndim == 4), None)
+    image_order = analysis.preprocessor.channel_order if analysis.preprocessor.channels == 3 else "RGB"
     for n, (path, layer_comparisons) in enumerate(by_layer.items(), start=1):
         analysis.progress("weights", f"{path} ({n}/{len(by_layer)})")
         sid = section_id("weights", analysis, path)
@@ -100,7 +103,8 @@ def build(analysis: Analysis) -> list[Section]:
         tensors = []
         for comparison in layer_comparisons:
             key_prefix = f"{sid}-{comparison.tensor.replace('_', '-')}"
-            blocks.extend(_tensor_blocks(analysis, comparison, key_prefix))
+            order = image_order if path == first_conv else "RGB"
+            blocks.extend(_tensor_blocks(analysis, comparison, key_prefix, order))
             keys = {"trained": f"{key_prefix}.trained", "fresh": f"{key_prefix}.fresh"}
             if analysis.options.save_arrays:  # else let the tensors go: VGG16's are 1.1 GB with the fresh copy
                 arrays[keys["trained"]] = comparison.trained.values

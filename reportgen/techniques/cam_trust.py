@@ -31,6 +31,8 @@ SANITY_THRESHOLD = 0.5
 # Insertion starts from the image blurred with a Gaussian of this share of its longer side: shapes and textures
 # are gone, the overall colours stay (so the start is "no evidence", not an out-of-distribution black image).
 BLUR_SHARE = 0.1
+# A map whose range is below this share of its peak has one value: float32 rounding, not a ranking.
+EMPTY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -207,31 +209,77 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
 
 
+def is_empty(heatmap: np.ndarray) -> bool:
+    """A map with no positive evidence or a single value: it ranks nothing, so it explains nothing."""
+    values = np.asarray(heatmap, np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return True
+    peak, low = float(values.max()), float(values.min())
+    return peak <= 0 or peak - low <= EMPTY_TOLERANCE * abs(peak)
+
+
 @dataclass(frozen=True)
 class SanityCheck:
-    """Model randomisation for one method: trained maps against the freshly initialised model's maps."""
+    """Model randomisation for one method: trained maps against the freshly initialised model's maps.
+
+    A pair is compared only when both maps rank something. An empty map of the trained model is a failure to
+    explain, never a pass; when no pair can be compared the check is undetermined, not passed.
+    """
 
     method: str
-    correlations: tuple[float, ...]  # per compared map; NaN where a map is constant
+    correlations: tuple[float, ...]  # per compared pair; NaN where either map is empty
+    trained_empty: int  # trained maps that are empty or constant
+    fresh_empty: int
     threshold: float = SANITY_THRESHOLD
 
     @property
+    def compared(self) -> int:
+        return int(np.count_nonzero(np.isfinite(np.asarray(self.correlations, np.float64))))
+
+    @property
     def correlation(self) -> float:
-        """Mean over maps; a constant map (no ranking at all) counts as 0: nothing of the trained map survived."""
-        values = np.nan_to_num(np.asarray(self.correlations, np.float64), nan=0.0)
+        """Mean rank correlation over the pairs where both maps rank something; NaN when there is none."""
+        values = np.asarray(self.correlations, np.float64)
+        values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else float("nan")
 
     @property
-    def constant_maps(self) -> int:
-        return int(np.count_nonzero(np.isnan(np.asarray(self.correlations, np.float64))))
+    def status(self) -> str:
+        """`passes`, `flagged` (maps survive re-initialisation), `empty maps` or `undetermined`."""
+        if self.trained_empty:
+            return "empty maps"
+        if not self.compared:
+            return "undetermined"
+        return "flagged" if self.correlation > self.threshold else "passes"
 
     @property
     def flagged(self) -> bool:
-        return bool(self.correlation > self.threshold)
+        """Anything but a pass."""
+        return self.status != "passes"
+
+    def describe(self) -> str:
+        """One sentence for the page, the warnings and summary.md."""
+        total = len(self.correlations)
+        if self.status == "empty maps":
+            return (f"fails: {self.trained_empty} of {total} maps of the trained model are empty (no positive "
+                    "evidence anywhere), so the method explains nothing there")
+        if self.status == "undetermined":
+            return f"undetermined: every map of the freshly initialised model is empty ({self.fresh_empty} of {total})"
+        empty = f"; {self.fresh_empty} fresh maps were empty and not compared" if self.fresh_empty else ""
+        verdict = ("flagged: the maps barely depend on the trained weights" if self.status == "flagged" else
+                   "passes: the maps change when the weights are re-initialised")
+        return (f"rank correlation {self.correlation:.2f} with the freshly initialised model over {self.compared} "
+                f"maps ({verdict}){empty}")
 
 
 def sanity_check(method: str, trained: Sequence[np.ndarray], fresh: Sequence[np.ndarray],
                  threshold: float = SANITY_THRESHOLD) -> SanityCheck:
     """Compare each trained map with the fresh model's map for the same image and class."""
-    correlations = tuple(rank_correlation(a, b) for a, b in zip(trained, fresh, strict=True))
-    return SanityCheck(method, correlations, threshold)
+    correlations = []
+    trained_empty = fresh_empty = 0
+    for a, b in zip(trained, fresh, strict=True):
+        empty_a, empty_b = is_empty(a), is_empty(b)
+        trained_empty += empty_a
+        fresh_empty += empty_b
+        correlations.append(float("nan") if empty_a or empty_b else rank_correlation(a, b))
+    return SanityCheck(method, tuple(correlations), trained_empty, fresh_empty, threshold)

@@ -16,6 +16,7 @@ layer without its activation.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers
-from reportgen.layer_kinds import is_conv, is_spatial
+from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
 from reportgen.techniques.cam_trust import (
     DELETION_STEPS,
     CurvesProgress,
@@ -63,22 +64,53 @@ class TargetLayer:
     reason: str
 
 
-def _followers() -> tuple[type, ...]:
-    """Layers that keep a conv's map and only reshape its values: the map Grad-CAM should use comes after them."""
+# Grad-CAM's maps are upsampled from the target layer: below this many cells a side they are too coarse to say
+# where the evidence is, so a later but coarser layer loses to an earlier block output of at least this size.
+MIN_MAP_SIDE = 7
+
+
+def _carries_features(layer: Any) -> bool:
+    """Convolutions and the layers that keep a conv's map and only transform its values (normalisation,
+    activation, merges): their outputs are feature maps. Pooling only resamples one, and nested models are
+    represented by their own layers."""
     import keras
 
     layers = keras.layers
-    return (layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization, layers.Activation,
-            layers.ReLU, layers.LeakyReLU, layers.PReLU, layers.ELU, layers.Add, layers.Dropout)
+    kinds = (layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization, layers.Activation,
+             layers.ReLU, layers.LeakyReLU, layers.PReLU, layers.ELU, layers.Softmax, layers.Add, layers.Multiply,
+             layers.Average, layers.Maximum, layers.Concatenate, layers.Dropout, layers.SpatialDropout2D)
+    return is_conv(layer) or isinstance(layer, kinds)
 
 
-def choose_target_layer(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], requested: str | None = None
-                        ) -> TargetLayer | None:
-    """`requested` (a path or a unique layer name, with a 4-D output), else the last convolutional layer.
+def class_score_conv(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], classes: int | None) -> int | None:
+    """Index of a conv that computes the class scores itself (one channel per class, as in all-convolutional
+    nets such as the mini-Xception): no weighted layer follows it, only pooling, normalisation and activations.
+    Its channels are the answer, not features, so every CAM method gives it the same map."""
+    if not classes:
+        return None
+    for i in range(len(nodes) - 1, -1, -1):
+        node = nodes[i]
+        if node.is_model:
+            continue
+        if is_conv(node.layer):
+            shape = shapes.get(node.path)
+            if is_spatial(shape) and shape[-1] in (classes, 1 if classes == 2 else classes):
+                return i
+            return None
+        if has_kernel(node.layer):
+            return None  # a Dense head computes the scores: the convs before it carry features
+    return None
 
-    As in the Grad-CAM paper and the Keras tutorial, the automatic choice is the last conv layer, moved on to its
-    normalisation / activation / residual-add outputs when those are separate layers right after it (conv -> BN ->
-    ReLU: the ReLU). None when the model has no conv layer with a spatial output.
+
+def choose_target_layer(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], requested: str | None = None, *,
+                        blocks: set[str] | None = None, classes: int | None = None) -> TargetLayer | None:
+    """`requested` (a path or a unique layer name, with a 4-D output), else the last block output with a map of
+    at least MIN_MAP_SIDE cells a side (the last one of any size when none is that large).
+
+    A block output is a layer the whole computation passes through (`graph.block_outputs`; every layer when
+    `blocks` is None): in conv -> BN -> ReLU blocks the ReLU, in residual blocks the add or the activation after
+    it. A class-score conv (`class_score_conv`) and what follows it are never chosen. None when the model has no
+    conv layer with a spatial output.
     """
     if requested:
         node = _find_layer(nodes, requested)
@@ -90,25 +122,44 @@ def choose_target_layer(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], r
                 f"{_spatial_examples(nodes, shapes)}"
             )
         return TargetLayer(node.path, node.type_name, tuple(shape), f"chosen with {CAM_LAYER_FLAG}")
-    last = None
-    for i, node in enumerate(nodes):
-        if is_conv(node.layer) and is_spatial(shapes.get(node.path)):
-            last = i
-    if last is None:
+    convs = [i for i, node in enumerate(nodes) if is_conv(node.layer) and is_spatial(shapes.get(node.path))]
+    if not convs:
         return None
-    conv = nodes[last]
-    size = shapes[conv.path][1:3]
-    chosen, followers = last, _followers()
-    while chosen + 1 < len(nodes):
-        nxt = nodes[chosen + 1]
-        shape = shapes.get(nxt.path)
-        if not (isinstance(nxt.layer, followers) and is_spatial(shape) and shape[1:3] == size):
-            break
-        chosen += 1
+    score = class_score_conv(nodes, shapes, classes)
+    end = len(nodes) if score is None else score
+
+    def candidates(require_block: bool) -> list[int]:
+        return [i for i in range(convs[0], end) if not nodes[i].is_model and _carries_features(nodes[i].layer)
+                and is_spatial(shapes.get(nodes[i].path)) and min(shapes[nodes[i].path][1:3]) > 1
+                and (not require_block or blocks is None or nodes[i].path in blocks)]
+
+    found = candidates(True) or candidates(False) or [c for c in convs if c < end] or convs[-1:]
+    large = [i for i in found if min(shapes[nodes[i].path][1:3]) >= MIN_MAP_SIDE]
+    chosen = (large or found)[-1]
     node = nodes[chosen]
-    reason = "the last convolutional layer"
-    if chosen != last:
-        reason = f"the output of the last convolutional layer {conv.path} after its {node.type_name}"
+    last_conv = max(i for i in convs if i <= chosen)
+    h, w = shapes[node.path][1:3]
+    between = nodes[last_conv + 1:chosen + 1]
+    if chosen == last_conv:
+        reason = "the last convolutional layer"
+    elif blocks is None or all(n.path in blocks for n in between):  # a chain: conv -> BN -> ReLU
+        reason = (f"the output of the convolutional layer {nodes[last_conv].path} after its "
+                  f"{', '.join(dict.fromkeys(n.type_name for n in between))}")
+    else:
+        reason = f"the output of the residual block that ends at {node.path} ({node.type_name})"
+    reason += f", {h}x{w}: the last block output" + (f" with a map of at least {MIN_MAP_SIDE}x{MIN_MAP_SIDE}"
+                                                      if large else "")
+    notes = []
+    later = [i for i in found if i > chosen]
+    if large and later:
+        coarse = nodes[later[-1]]
+        ch, cw = shapes[coarse.path][1:3]
+        notes.append(f"later ones such as {coarse.path} ({ch}x{cw}) are too coarse to localise")
+    if score is not None:
+        scored = nodes[score]
+        notes.append(f"{scored.path} is a class-score convolution ({shapes[scored.path][-1]} channels, one per "
+                     "class, only pooling after it): its maps are the scores themselves, the same for every method")
+    reason += ("; " + "; ".join(notes) if notes else "")
     return TargetLayer(node.path, node.type_name, tuple(shapes[node.path]), reason)
 
 
@@ -338,11 +389,13 @@ def gradcam(batch: MethodBatch) -> np.ndarray:
 
 
 def gradcam_plus_plus(batch: MethodBatch) -> np.ndarray:
-    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): pixel-wise weights alpha. With the exponential of the score
-    the 2nd and 3rd derivatives are powers of the 1st, so one backward pass suffices (as in the authors' code)."""
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): pixel-wise weights
+    alpha_ij = g_ij^2 / (2 g_ij^2 + g_ij^3 * sum_ab A_ab), with g the gradient at (i, j) and the sum over the
+    whole map of channel k. With the exponential of the score the 2nd and 3rd derivatives are powers of the 1st,
+    so one backward pass suffices (as in the authors' code)."""
     grads, acts = batch.gradients, batch.activations[:, None]
     grads2 = grads * grads
-    denominator = 2.0 * grads2 + np.sum(acts * grads2 * grads, axis=(2, 3), keepdims=True)
+    denominator = 2.0 * grads2 + grads2 * grads * np.sum(acts, axis=(2, 3), keepdims=True)
     alpha = np.divide(grads2, denominator, out=np.zeros_like(grads2), where=denominator != 0)
     return _weighted_sum(batch.activations, np.sum(alpha * _relu(grads), axis=(2, 3)))
 
@@ -381,14 +434,22 @@ def saliency(batch: MethodBatch) -> np.ndarray:
     return np.abs(batch.model.input_gradients(batch.inputs, batch.slots)).max(axis=-1)
 
 
+def image_seed(seed: int, image: np.ndarray) -> int:
+    """A seed for the random draws made for one image: from the report's seed and the image's own values, so an
+    image gets the same noise whatever batch it falls in, whatever images come before it."""
+    digest = hashlib.blake2b(np.ascontiguousarray(image, np.float32).tobytes(), digest_size=8).digest()
+    return int(np.random.SeedSequence([seed, int.from_bytes(digest, "little")]).generate_state(1, np.uint64)[0])
+
+
 def smoothgrad(batch: MethodBatch) -> np.ndarray:
-    """SmoothGrad (Smilkov et al. 2017): the input gradient averaged over noisy copies of the image."""
-    rng = np.random.default_rng(batch.settings.seed)
+    """SmoothGrad (Smilkov et al. 2017): the input gradient averaged over noisy copies of the image. Each image
+    draws its noise from its own generator (`image_seed`), so its map does not depend on batching or order."""
+    rngs = [np.random.default_rng(image_seed(batch.settings.seed, image)) for image in batch.inputs]
     sigma = batch.settings.smoothgrad_noise * batch.value_range
     total = np.zeros((*batch.slots.shape, *batch.inputs.shape[1:]), np.float32)
     for _ in range(batch.settings.smoothgrad_samples):
-        noisy = batch.inputs + rng.normal(0.0, sigma, batch.inputs.shape).astype(np.float32)
-        total += batch.model.input_gradients(noisy, batch.slots)
+        noise = np.stack([rng.normal(0.0, sigma, batch.inputs.shape[1:]) for rng in rngs]).astype(np.float32)
+        total += batch.model.input_gradients(batch.inputs + noise, batch.slots)
     return np.abs(total / max(1, batch.settings.smoothgrad_samples)).max(axis=-1)
 
 
@@ -525,6 +586,84 @@ class CamResults:
         return [h for h in self.heatmaps if h.method == method]
 
 
+@dataclass(frozen=True)
+class Faithfulness:
+    """How one method's maps fare under deletion and insertion, against random maps on the same images.
+
+    The margin is (insertion - deletion) of the method's maps minus that of the random maps, averaged over every
+    map: positive when the pixels the method ranks first matter more to the model than random pixels do.
+    """
+
+    method: str
+    maps: int
+    deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+    beats_random_deletion: int  # maps whose deletion AUC is below their random map's
+    empty_maps: int
+
+    @property
+    def margin(self) -> float:
+        return (self.insertion_auc - self.deletion_auc) - (self.random_insertion_auc - self.random_deletion_auc)
+
+    @property
+    def beats_random(self) -> bool:
+        return bool(self.margin > 0)
+
+
+def faithfulness(results: CamResults) -> dict[str, Faithfulness]:
+    """Per method, its mean deletion and insertion AUC against the random maps' (`Faithfulness`)."""
+    from reportgen.techniques.cam_trust import is_empty
+
+    out = {}
+    for method in results.methods:
+        maps = results.for_method(method)
+        if not maps:
+            continue
+
+        def mean(values: list[float]) -> float:
+            return float(np.mean(values))
+
+        out[method] = Faithfulness(
+            method, len(maps), mean([h.deletion_auc for h in maps]), mean([h.insertion_auc for h in maps]),
+            mean([h.random_deletion_auc for h in maps]), mean([h.random_insertion_auc for h in maps]),
+            sum(h.deletion_auc < h.random_deletion_auc for h in maps), sum(is_empty(h.raw) for h in maps))
+    return out
+
+
+# Methods whose maps, each scaled to its own maximum, differ by less than this everywhere show the same thing.
+SAME_MAPS_TOLERANCE = 1e-3
+
+
+def same_maps(results: CamResults, tolerance: float = SAME_MAPS_TOLERANCE) -> list[tuple[tuple[str, ...], float]]:
+    """Groups of methods whose maps are the same on every image and class (each map scaled to its maximum), with
+    the largest difference seen: e.g. Grad-CAM, Grad-CAM++ and LayerCAM at a class-score layer."""
+
+    def scaled(raw: np.ndarray) -> np.ndarray:
+        peak = float(np.max(np.abs(raw))) if raw.size else 0.0
+        return raw / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(raw)
+
+    maps = {m: [scaled(h.raw) for h in results.for_method(m)] for m in results.methods}
+    groups: list[list[str]] = []
+    largest: dict[str, float] = {}
+    for method in results.methods:
+        for group in groups:
+            first = maps[group[0]]
+            if len(first) != len(maps[method]) or any(a.shape != b.shape for a, b in zip(first, maps[method],
+                                                                                          strict=True)):
+                continue
+            difference = max((float(np.max(np.abs(a - b))) for a, b in zip(first, maps[method], strict=True)),
+                             default=0.0)
+            if difference < tolerance:
+                group.append(method)
+                largest[group[0]] = max(largest.get(group[0], 0.0), difference)
+                break
+        else:
+            groups.append([method])
+    return [(tuple(group), largest[group[0]]) for group in groups if len(group) > 1]
+
+
 def output_units(model: Any) -> int:
     try:
         return int(model.outputs[0].shape[-1] or 1)
@@ -563,7 +702,7 @@ def explain(
     tracker = CurvesProgress(progress, len(inputs))  # a line every few seconds, however long the curves take
     for i, row in enumerate(targets):
         classes = [t.class_index for t in row]
-        seed = settings.seed + i
+        seed = image_seed(settings.seed, inputs[i])
         step = tracker.image(i)
         # The random baseline has each method's own resolution: deleting 4x4 blocks at random is not deleting
         # pixels at random, so layer-resolution and input-resolution (saliency) maps each get their own.

@@ -25,6 +25,9 @@ ACTIVATION_BUDGET = 1 << 30
 # A channel whose max - min is within this share of its largest |value| is constant: float32 has ~7 digits, so
 # smaller differences are rounding noise (e.g. a zero kernel plus a bias), not a pattern worth stretching.
 CONSTANT_TOLERANCE = 1e-6
+# Below this absolute spread a channel is constant too: activations of 1e-10 (a randomly initialised MobileNetV2
+# deep down) are rounding noise, and stretching them to full contrast would draw noise as if it were a pattern.
+VANISHING = 1e-6
 LAYERS_FLAG = "--layers"
 _GLOB_CHARS = "*?["
 
@@ -67,12 +70,23 @@ class LayerMapStats:
     type_name: str
     shape: tuple[int, int, int]  # (H, W, C)
     images: int
-    dead_channels: tuple[int, ...]  # channels that are exactly zero at every position of every image
+    dead_channels: tuple[int, ...]  # channels with one value at every position of every image (a dead ReLU: 0)
     mean_activation: float
-    sparsity: float  # share of exact zeros over all images, positions and channels
+    sparsity: float  # share of exact zeros over all images, positions and channels; NaN for a signed output
     min: float
     max: float
     non_finite: int
+
+    @property
+    def rectified(self) -> bool:
+        """True when no value is negative (a ReLU-like output), the only kind for which zeros mean 'off'."""
+        return bool(self.min >= 0) if math.isfinite(self.min) else False
+
+    @property
+    def vanishing(self) -> bool:
+        """Every value within VANISHING of 0, not all exactly 0 (that is dead): numerically nothing."""
+        largest = max(abs(self.min), abs(self.max))
+        return bool(0 < largest < VANISHING) if math.isfinite(largest) else False
 
     @property
     def channels(self) -> int:
@@ -182,7 +196,7 @@ def normalise_channels(maps: np.ndarray) -> NormalisedMaps:
     else:
         low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
     span = high - low
-    constant = span <= CONSTANT_TOLERANCE * np.maximum(np.abs(low), np.abs(high))
+    constant = span <= np.maximum(CONSTANT_TOLERANCE * np.maximum(np.abs(low), np.abs(high)), VANISHING)
     scale = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, span)).astype(np.float32)
     unit = (maps - low[:, None, None, :]) * scale[:, None, None, :]
     np.clip(unit, 0.0, 1.0, out=unit)
@@ -202,49 +216,69 @@ def image_stats(maps: np.ndarray, normalised: NormalisedMaps) -> list[ImageMapSt
 
 
 class LayerStatsAccumulator:
-    """Statistics of one layer's maps gathered batch by batch, so the maps themselves need not be kept."""
+    """Statistics of one layer's maps gathered batch by batch, so the maps themselves need not be kept.
+
+    `update` takes a batch, `merge` another accumulator's state (the same statistics over other images), `result`
+    the statistics so far: any split of the images, in any order, gives the same result.
+    """
 
     def __init__(self, node: LayerNode, shape: tuple[int, int, int]) -> None:
         self.node = node
         self.shape = shape
-        self.largest = np.zeros(shape[2], dtype=np.float32)  # per channel max |value| so far
+        self.channel_low = np.full(shape[2], np.inf, dtype=np.float32)  # per channel min so far
+        self.channel_high = np.full(shape[2], -np.inf, dtype=np.float32)
         self.total = 0.0
         self.zeros = 0
         self.count = 0
         self.images = 0
-        self.low = math.inf
-        self.high = -math.inf
         self.non_finite = 0
+        self.non_finite_channels = np.zeros(shape[2], dtype=bool)
 
-    def add(self, maps: np.ndarray, normalised: NormalisedMaps) -> None:
+    def update(self, maps: np.ndarray, normalised: NormalisedMaps) -> None:
         """Add a batch (B, H, W, C); `normalised` is `normalise_channels(maps)`, whose per-channel range we reuse."""
-        largest = np.maximum(np.abs(normalised.low), np.abs(normalised.high)).max(axis=0)
         if normalised.non_finite:
             self.non_finite += normalised.non_finite
             finite = np.isfinite(maps)
-            largest = np.where(finite.all(axis=(0, 1, 2)), largest, np.inf)  # NaN or Inf is not "dead"
+            self.non_finite_channels |= ~finite.all(axis=(0, 1, 2))  # NaN or Inf is not "dead"
             self.total += float(maps[finite].sum(dtype=np.float64))
         else:
             self.total += float(maps.sum(dtype=np.float64))
-        self.largest = np.maximum(self.largest, largest)
+        self.channel_low = np.minimum(self.channel_low, normalised.low.min(axis=0))
+        self.channel_high = np.maximum(self.channel_high, normalised.high.max(axis=0))
         self.zeros += int(maps.size - np.count_nonzero(maps))  # NaN counts as non-zero
         self.count += int(maps.size)
         self.images += len(maps)
-        self.low = min(self.low, float(normalised.low.min()))
-        self.high = max(self.high, float(normalised.high.max()))
+
+    def merge(self, other: LayerStatsAccumulator) -> None:
+        """Fold in the statistics of `other` (the same layer over other images)."""
+        self.channel_low = np.minimum(self.channel_low, other.channel_low)
+        self.channel_high = np.maximum(self.channel_high, other.channel_high)
+        self.non_finite_channels |= other.non_finite_channels
+        self.total += other.total
+        self.zeros += other.zeros
+        self.count += other.count
+        self.images += other.images
+        self.non_finite += other.non_finite
 
     def result(self) -> LayerMapStats:
         finite_count = self.count - self.non_finite
+        low = float(self.channel_low.min()) if self.count else math.inf
+        high = float(self.channel_high.max()) if self.count else -math.inf
+        span = self.channel_high - self.channel_low
+        largest = np.maximum(np.abs(self.channel_low), np.abs(self.channel_high))
+        dead = (span <= np.maximum(CONSTANT_TOLERANCE * largest, VANISHING)) & ~self.non_finite_channels
+        rectified = math.isfinite(low) and low >= 0
         return LayerMapStats(
             path=self.node.path,
             type_name=self.node.type_name,
             shape=self.shape,
             images=self.images,
-            dead_channels=tuple(int(c) for c in np.flatnonzero(self.largest == 0)),
+            dead_channels=tuple(int(c) for c in np.flatnonzero(dead)) if self.count else (),
             mean_activation=self.total / finite_count if finite_count else float("nan"),
-            sparsity=self.zeros / self.count if self.count else float("nan"),
-            min=self.low if math.isfinite(self.low) else float("nan"),
-            max=self.high if math.isfinite(self.high) else float("nan"),
+            # Zeros mean "off" only for rectified outputs; a signed (linear, batch-normalised) map has none.
+            sparsity=self.zeros / self.count if self.count and rectified else float("nan"),
+            min=low if math.isfinite(low) else float("nan"),
+            max=high if math.isfinite(high) else float("nan"),
             non_finite=self.non_finite,
         )
 

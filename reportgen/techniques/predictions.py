@@ -160,8 +160,27 @@ class Predictions:
         return self.top_indices[:, 0]
 
     @property
+    def uniform(self) -> np.ndarray:
+        """(N,) bool: every class has (nearly) the same probability, so the 'top' class is an accident of order."""
+        return uniform_rows(self.probabilities.values)
+
+    @property
     def labelled(self) -> int:
         return int(np.count_nonzero(self.labels >= 0))
+
+
+# An output whose probabilities differ by less than this share of the largest prefers no class (a random
+# MobileNetV2 gives every ImageNet class 0.001).
+UNIFORM_SPREAD = 0.01
+
+
+def uniform_rows(values: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows of class probabilities (N, classes) whose spread is under UNIFORM_SPREAD of their maximum."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    if values.shape[1] < 2:
+        return np.zeros(len(values), bool)
+    high, low = values.max(axis=1), values.min(axis=1)
+    return (high - low) <= UNIFORM_SPREAD * np.abs(high)
 
 
 def compute_predictions(probabilities: Probabilities, labels: Sequence[int | None], top_k: int) -> Predictions:

@@ -136,9 +136,19 @@ def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]
     return comparisons
 
 
+# The fresh copy draws from its own stream of the report's seed: a model whose random weights were drawn from the
+# seed itself (`--weights none`) must not be compared with an identical copy of itself.
+FRESH_STREAM = 0x46524553  # "FRES"
+
+
+def fresh_seed(seed: int) -> int:
+    """The seed of the fresh copy: reproducible from `seed`, independent of draws made from `seed` itself."""
+    return int(np.random.SeedSequence([seed, FRESH_STREAM]).generate_state(1)[0])
+
+
 def fresh_copy(model: Any, seed: int) -> Any:
     """The same architecture with newly initialised weights, reproducible from `seed`."""
     import keras
 
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(fresh_seed(seed))
     return keras.models.clone_model(model)
