@@ -127,7 +127,7 @@ def output_classes(model: Any) -> int:
 
 def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     """The options that need the model and the images, checked before any section runs: the input size fits the
-    model's layers, and --layers, --cam-layer and --classes name what the model has."""
+    model's layers, and --layers, --cam-layer, --classes and --filter-indices name what the model has."""
     from reportgen.techniques.feature_maps import select_layers
     from reportgen.techniques.predictions import resolve_classes
 
@@ -147,6 +147,14 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
         analysis.cam_target  # noqa: B018 - raises InputError naming --cam-layer
     if options.classes and {"predictions", "cam", "class"} & set(wanted):
         resolve_classes(options.classes, analysis.class_names.names)
+    if options.filter_indices and "filter_patterns" in wanted:
+        from reportgen.layer_kinds import PATTERN_TYPES
+        from reportgen.techniques.filter_patterns import choose_filters
+
+        for node in analysis.layers:
+            if isinstance(node.layer, PATTERN_TYPES):
+                choose_filters(int(analysis.layer_shapes[node.path][-1]), options.filters, options.filter_indices,
+                               node.path)
 
 
 def generate_report(

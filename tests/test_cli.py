@@ -175,7 +175,8 @@ def test_class_names_file_is_read_bounded(cli, saved_models, image_folder, tmp_p
 
 @pytest.mark.parametrize("args,flag", [(["--classes", "cta"], "--classes"), (["--layers", "conv9"], "--layers"),
                                        (["--cam-layer", "conv9"], "--cam-layer"),
-                                       (["--layers", "predictions"], "--layers")])
+                                       (["--layers", "predictions"], "--layers"),
+                                       (["--filter-indices", "0,99"], "--filter-indices")])
 def test_every_option_is_checked_before_the_first_section(cli, saved_models, image_folder, tmp_path, monkeypatch,
                                                           args, flag):
     import reportgen.api
