@@ -64,8 +64,10 @@ def _default_version(manifest: dict[str, Any]) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Regular files below `folder`, hidden ones aside; a link is listed (so two trees differ) but never read."""
+    return sorted(p.relative_to(folder).as_posix() + ("@" if p.is_symlink() else "") for p in folder.rglob("*")
+                  if (p.is_symlink() or p.is_file())
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -73,7 +75,8 @@ def same_tree(a: Path, b: Path) -> bool:
     if not (a.is_dir() and b.is_dir()):
         return False
     files = _files(a)
-    return files == _files(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+    return (files == _files(b) and not any(f.endswith("@") for f in files)
+            and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files))
 
 
 def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary: bool) -> dict[str, Any]:
