@@ -415,3 +415,13 @@ def test_a_full_disk_is_exit_2_and_leaves_nothing(tmp_path, monkeypatch, cli, sa
     assert result.exit_code == 2, result.output
     assert "no space left on device" in result.output and "Internal error" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_dot_as_output_replaces_the_report_it_is(tmp_path, monkeypatch):
+    folder = tmp_path / "report"
+    write_report(_tiny_report(), folder)
+    monkeypatch.chdir(folder)
+    (folder / "figures" / "stale.png").write_bytes(b"old")
+    write_report(_tiny_report(), folder.relative_to(folder))  # "."
+    assert not (folder / "figures" / "stale.png").exists() and (folder / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
