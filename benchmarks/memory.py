@@ -1,6 +1,10 @@
 """Peak memory of a whole report: a 50-layer CNN and 64 images, measured with /usr/bin/time -v.
 
     python benchmarks/memory.py [--images 64] [--size 128] [--sections LIST]
+    python benchmarks/memory.py --large      # one 2048 px image, the default CAM methods (predictions,cam)
+
+`--large` is the case where memory used to grow with the input size: the deletion / insertion curves built all
+their variants of the image at full size in float64 at once (2 x 17 per map, 3.4 GB at 2048 px for one map).
 
 Builds the model and images in a temporary folder, runs `reportgen generate` as a child process, and prints its
 peak resident memory beside the size of the model's weights and of all its activations for all images at once
@@ -45,7 +49,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--sections", default=None)
+    parser.add_argument("--large", action="store_true",
+                        help="one 2048 px image with the default CAM methods (sets --images 1 --size 2048 "
+                             "--sections predictions,cam)")
     args = parser.parse_args()
+    if args.large:
+        args.images, args.size, args.sections = 1, 2048, "predictions,cam"
 
     import cv2
     import numpy as np
@@ -80,6 +89,9 @@ def main() -> None:
     print(f"wall time: {seconds:.1f} s")
     print(f"peak resident memory: {peak_kib / 1024:.0f} MiB")
     print(f"every layer's activations for every image at once would be: {all_at_once / 2**20:.0f} MiB")
+    if args.large:
+        variants = 2 * 17 * args.size * args.size * 3 * 8
+        print(f"one map's deletion/insertion variants at once in float64 would be: {variants / 2**20:.0f} MiB")
     print(f"report size: {sum(p.stat().st_size for p in (work / 'report').rglob('*')) / 2**20:.1f} MiB")
 
 

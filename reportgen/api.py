@@ -19,13 +19,13 @@ from reportgen.config import ReportOptions
 from reportgen.dataset import DatasetPass, PassPlan, pass_batch_size
 from reportgen.errors import ImageError, InputError
 from reportgen.loading.applications import FAMILY_PREPROCESS
-from reportgen.loading.images import LoadedImages, discover_images
-from reportgen.loading.labels import resolve_class_names
+from reportgen.loading.images import LoadedImages, discover_images, display_text
+from reportgen.loading.labels import read_class_names_file, resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.loading.stream import ImageReader
 from reportgen.progress import Progress
-from reportgen.render import check_output_dir, encode_image, write_report
+from reportgen.render import check_output_dir, encode_image, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section
 from reportgen.sections import BUILDERS, available_sections
 from reportgen.techniques.detail import choose_detail
@@ -216,10 +216,42 @@ def image_entries(analysis: Analysis) -> tuple[ImageEntry, ...]:
             predicted = int(dataset.predicted[i])
             prediction = {"class_index": predicted, "class_name": names[predicted],
                           "probability": float(dataset.confidence[i])}
-        entries.append(ImageEntry(id=image_id, name=source.name, path=str(source.path), label=source.label,
-                                  original_size=size, conversion=conversion, prediction=prediction,
+        entries.append(ImageEntry(id=image_id, name=source.name, path=display_text(str(source.path)),
+                                  label=source.label, original_size=size, conversion=conversion, prediction=prediction,
                                   detail=i in detail))
     return tuple(entries)
+
+
+def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
+    """The options that need the model and the images, checked before any section runs: the input size fits the
+    model's layers, and --layers, --cam-layer, --classes and --filter-indices name what the model has."""
+    from reportgen.techniques.feature_maps import select_layers
+    from reportgen.techniques.predictions import resolve_classes
+
+    options = analysis.options
+    try:
+        analysis.layer_shapes  # noqa: B018 - computes every layer's output shape at the images' size
+    except InputError:
+        raise
+    except Exception as exc:
+        height, width = analysis.size
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ImageError(f"--image-size: {width}x{height} is too small for {analysis.loaded.name} (its layers "
+                         f"cannot run on it: {cause[:300]}); choose a larger size") from None
+    if options.layers and "feature_maps" in wanted:
+        select_layers(analysis.layers, analysis.layer_shapes, options.layers)
+    if options.cam_layer and {"cam", "class", "summary"} & set(wanted):
+        analysis.cam_target  # noqa: B018 - raises InputError naming --cam-layer
+    if options.classes and {"predictions", "cam", "class"} & set(wanted):
+        resolve_classes(options.classes, analysis.class_names.names)
+    if options.filter_indices and "filter_patterns" in wanted:
+        from reportgen.layer_kinds import PATTERN_TYPES
+        from reportgen.techniques.filter_patterns import choose_filters
+
+        for node in analysis.layers:
+            if isinstance(node.layer, PATTERN_TYPES):
+                choose_filters(int(analysis.layer_shapes[node.path][-1]), options.filters, options.filter_indices,
+                               node.path)
 
 
 def generate_report(
@@ -236,14 +268,19 @@ def generate_report(
     (files or folders) and write the report folder `out_dir`."""
     options = options or ReportOptions()
     progress = progress or Progress(enabled=False)
-    out = Path(out_dir)
-    check_output_dir(out, force)  # fail before minutes of work, not after
+    # Every check that needs no model comes first, then those that need the model and images: a typo in any
+    # option fails in seconds, before the first section, never after minutes of work.
+    out = check_output_dir(Path(out_dir), force)
+    sweep_leftovers(out)
     wanted = resolve_sections(options.sections)
+    if options.class_names is not None:
+        read_class_names_file(options.class_names)
+    discovery_warnings: list[str] = []
+    sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
     progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
     loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                         unsafe=options.unsafe, seed=options.seed)
-    sources = discover_images(images)
     progress("load", f"{len(sources)} images")
     reader = ImageReader(sources, loaded.input_shape, options.image_size)
     preprocessor = choose_preprocessing(options.preprocess, loaded)
@@ -254,10 +291,11 @@ def generate_report(
     empty = LoadedImages((), np.zeros((0, reader.height, reader.width, reader.channels), np.float32), (), ())
     analysis = Analysis(loaded=loaded, images=empty, preprocessor=preprocessor, class_names=names,
                         options=options, progress=progress, encode=encode_image,
-                        warnings=[*name_warnings, *([mismatch] if mismatch else [])],
+                        warnings=[*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])],
                         all_sources=tuple(sources), input_size=(reader.height, reader.width), reader=reader)
+    check_options(analysis, wanted)
     run_dataset_pass(analysis, reader, wanted)
-    analysis.warnings[:0] = reader.warnings  # skipped files first, as before
+    analysis.warnings[len(discovery_warnings):len(discovery_warnings)] = reader.warnings  # skipped files early
     seconds: dict[str, float] = {}
 
     sections: list[Section] = []
@@ -298,4 +336,4 @@ def generate_report(
     progress("render", str(out))
     write_report(report, out, force=force, save_arrays=options.save_arrays)
     progress("done", f"{out / 'index.html'}")
-    return ReportResult(out, report.sections, report.warnings)
+    return ReportResult(Path(out_dir), report.sections, report.warnings)

@@ -56,6 +56,18 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (kill, a CI timeout) ends a run as Ctrl-C does: staging folders removed, OUT as it was."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True) -> Any:
     """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback.
 
@@ -63,6 +75,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True)
     """
     debug = bool(ctx.find_root().params.get("debug"))
     try:
+        _sigterm_as_interrupt()
         if tensorflow and not debug:
             _import_tensorflow_quietly()
         return action()
@@ -71,8 +84,9 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True)
             traceback.print_exc()
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; nothing was written.", err=True)
+    except KeyboardInterrupt as exc:
+        # Raised after the final swap (render._replace holds signals during it), the report is complete.
+        click.echo(f"Interrupted {exc.args[0]}." if exc.args else "Interrupted; nothing was written.", err=True)
         ctx.exit(130)
     except Exception as exc:
         if debug:
@@ -153,11 +167,15 @@ def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOp
     for name, value in values.items():
         if name not in fields or value is None:
             continue
-        if name in _LIST_FIELDS:
-            value = split_list(value)
-        elif name == "filter_indices":
+        if name in _LIST_FIELDS or name == "filter_indices":
+            items = split_list(value)
+            if not items:  # `--sections ",,,"` is a mistake, not "every section"
+                flag = "--" + name.replace("_", "-")
+                raise InputError(f"{flag}: the list {value!r} is empty; give at least one value or leave {flag} out")
+            value = items
+        if name == "filter_indices":
             try:
-                value = tuple(int(v) for v in split_list(value))
+                value = tuple(int(v) for v in value)
             except ValueError:
                 raise InputError(f"--filter-indices: expected integers such as 0,3,7, got {value!r}") from None
         elif name == "image_size":
@@ -258,15 +276,19 @@ def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--image-size", metavar="WxH", help="Input size for models without a fixed one (default 224x224).")
-@click.option("--weights", help="keras.applications names only: imagenet, none, or FILE.")
+@click.option("--weights", help="keras.applications names only: imagenet, none, or FILE (default none: listing "
+                                "the layers needs no weights).")
+@click.option("--output", "output_name", help="Output layer to explain when the model has several.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file).")
 @click.pass_context
-def layers(ctx: click.Context, model: str, image_size: str | None, weights: str | None, unsafe: bool) -> None:
+def layers(ctx: click.Context, model: str, image_size: str | None, weights: str | None, output_name: str | None,
+           unsafe: bool) -> None:
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def action() -> None:
         from reportgen.api import output_classes
         from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
+        from reportgen.loading.applications import find_application
         from reportgen.loading.images import target_size
         from reportgen.loading.models import load_model
         from reportgen.sections.summary import format_shape
@@ -274,7 +296,12 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
         from reportgen.techniques.summary import summarize_model
 
         size = parse_image_size(image_size) if image_size else None
-        loaded = load_model(model, weights=weights, image_size=size, unsafe=unsafe)
+        if size is not None:
+            ReportOptions(image_size=size)  # the same bounds as generate
+        chosen = weights
+        if chosen is None and not Path(model).exists() and find_application(model) is not None:
+            chosen = "none"  # the architecture is the same whatever the weights: nothing to fetch to list it
+        loaded = load_model(model, weights=chosen, image_size=size, output=output_name, unsafe=unsafe)
         (height, width), _ = target_size(loaded.input_shape, size)
         nodes = walk_layers(loaded.model)
         shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
@@ -310,6 +337,8 @@ def publish(ctx: click.Context, report: Path, site: Path, name: str | None, vers
         from reportgen.publish import publish_report
 
         result = publish_report(report, site, name=name, version=version, force=force)
+        for warning in result.warnings:
+            click.echo(f"Warning: {warning}", err=True)
         if not quiet:
             state = "published to" if result.changed else "already published, unchanged:"
             click.echo(f"{report} {state} {result.report_html}", err=True)
@@ -324,11 +353,14 @@ def publish(ctx: click.Context, report: Path, site: Path, name: str | None, vers
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder to write the diff report to (replaced atomically).")
 @click.option("--title", help="Report title.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="The images folder both reports were made on: shows each image beside its maps (the paths a "
+                   "report.json names are never read).")
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
-def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str | None, force: bool,
-         quiet: bool) -> None:
+def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str | None, images_dir: Path | None,
+         force: bool, quiet: bool) -> None:
     """Compare two reports of a model (OLD and NEW folders, both made with --save-arrays) on the same images:
     weights, predictions, class activation maps and filter patterns, side by side."""
 
@@ -336,7 +368,8 @@ def diff(ctx: click.Context, old: Path, new: Path, output_dir: Path, title: str 
         from reportgen.diff.build import diff_reports
         from reportgen.progress import Progress
 
-        result = diff_reports(old, new, output_dir, title=title, force=force, progress=Progress(not quiet))
+        result = diff_reports(old, new, output_dir, title=title, force=force, progress=Progress(not quiet),
+                              images=images_dir)
         _print_result(result, quiet)
 
     _run(ctx, action)

@@ -7,6 +7,7 @@ The CLI flag `--class-names`, the TOML config key `class-names` (or `class_names
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,13 @@ DIRECTIONS = ("ascent", "descent")
 PATTERN_METHODS = ("fourier", "pixel")
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients")
 DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
+# Decoding or resizing to width x height allocates that many pixels at once: a 20000x20000 image takes 1.2 GB per
+# copy. Image files declaring more are skipped before decoding, and --image-size may not ask for more.
+MAX_PIXELS = 80_000_000
+# The pattern search runs every chosen filter's input, and its activations at each layer, in one batch: at 512 px
+# a VGG-style first layer already holds gigabytes. Larger patterns show the same texture (see the README).
+MAX_PATTERN_SIZE = 512
+MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,24 @@ class ReportOptions:
                 raise InputError(f"{name}: must be at least {low}, got {value}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed: must be an integer from 0 to {MAX_SEED} (2^32 - 1), got {self.seed!r}")
         if self.pattern_size is not None and self.pattern_size < 8:
             raise InputError(f"--pattern-size: must be at least 8 pixels, got {self.pattern_size}")
-        if self.image_size is not None and min(self.image_size) < 1:
-            raise InputError(f"--image-size: width and height must be positive, got {self.image_size}")
+        if self.pattern_size is not None and self.pattern_size > MAX_PATTERN_SIZE:
+            raise InputError(f"--pattern-size: at most {MAX_PATTERN_SIZE} pixels (a pattern is a texture: larger "
+                             f"ones show the same at many times the memory), got {self.pattern_size}")
+        if self.image_size is not None:
+            if min(self.image_size) < 1:
+                raise InputError(f"--image-size: width and height must be positive, got {self.image_size}")
+            width, height = self.image_size
+            if width * height > MAX_PIXELS:
+                raise InputError(f"--image-size: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                                 f"{MAX_PIXELS // 1_000_000}-megapixel limit for images; choose a smaller size")
+        for flag, items in (("--sections", self.sections), ("--cam-methods", self.cam_methods),
+                            ("--directions", self.directions)):
+            if items is not None and not items:
+                raise InputError(f"{flag}: the list is empty; give at least one value or leave {flag} out")
 
     def to_manifest(self) -> dict[str, Any]:
         """The options as report.json stores them, keyed by flag name."""
@@ -121,24 +143,89 @@ def split_list(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# What each config key takes, as its flag does: a TOML string is never a boolean, a boolean never a number.
+_BOOL_KEYS = {"save_arrays", "unsafe", "force", "quiet"}
+_INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k"}
+_STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_layer", "pattern_method",
+             "class_names"}
+_LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes"}  # "a,b" or ["a", "b"]
+_NOT_CONFIG = {"output_dir": "give the output folder with -o/--output-dir", "debug": "pass --debug on the command "
+               "line (reportgen --debug generate ...)", "config": "a config file cannot name another"}
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; a huge or endless file (a FIFO, /dev/zero) is refused
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_config_value(path: Path, key: str, name: str, value: Any) -> Any:
+    """`value` when it has the type of its flag, else InputError naming the key, the value and the type."""
+    if name in _BOOL_KEYS:
+        ok, expected = isinstance(value, bool), "true or false (a TOML boolean, not a string)"
+    elif name in _INT_KEYS:
+        ok, expected = _is_int(value), "an integer"
+    elif name in _STR_KEYS:
+        ok, expected = isinstance(value, str), "a string"
+    elif name in _LIST_KEYS:
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        expected = 'a string such as "a,b" or an array of strings'
+    elif name == "filter_indices":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(_is_int(v) for v in value))
+        expected = 'an array of integers such as [0, 3, 7] or a string "0,3,7"'
+    elif name == "image_size":
+        ok = isinstance(value, str) or _is_int(value) or (
+            isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value))
+        expected = 'a string "WIDTHxHEIGHT", one integer, or [width, height]'
+    else:  # pragma: no cover - every known key is listed above
+        ok, expected = True, ""
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InputError(f"--config: {path}: key {key!r} must be {expected}, got {shown} ({_type_name(value)})")
+    if name == "image_size" and isinstance(value, list):
+        return f"{value[0]}x{value[1]}"
+    if name == "filter_indices" and isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML config; keys are flag names (`class-names` or `class_names`). Returns field-named values."""
+    """Read a TOML config; keys are flag names (`class-names` or `class_names`). Returns field-named values, each
+    checked to have its flag's type (InputError naming the key otherwise)."""
+    import stat
+
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise InputError(f"--config: {path} is not a regular file; give a TOML file")
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"--config: {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"--config: {path} is not a readable TOML file ({exc})") from None
-    known = {f.name for f in dataclasses.fields(ReportOptions)} | {"force", "quiet", "output_dir", "debug"}
+    except OSError as exc:
+        raise InputError(f"--config: {path} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InputError(f"--config: {path} is over {MAX_CONFIG_BYTES // 1024} KiB; a config is a few lines of TOML")
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"--config: {path} is not UTF-8 text; save it as a UTF-8 TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"--config: {path} is not a valid TOML file ({exc})") from None
+    known = {f.name for f in dataclasses.fields(ReportOptions)} | {"force", "quiet"}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name == "check" and isinstance(value, dict):  # the rules of `--check` (reportgen.check reads them)
             continue
+        if name in _NOT_CONFIG:
+            raise InputError(f"--config: {path}: key {key!r} cannot be set in a config file; {_NOT_CONFIG[name]}")
         if name not in known:
             raise InputError(f"--config: {path} has an unknown key {key!r}; keys are the flags' names, e.g. 'seed'")
-        values[name] = value
+        values[name] = _check_config_value(path, key, name, value)
     return values
 
 

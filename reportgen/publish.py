@@ -13,10 +13,18 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from reportgen.diff import manifest as read
 from reportgen.errors import InputError
-from reportgen.render import SUMMARY_MD, is_site_index, render_site_index, write_site
+from reportgen.render import (
+    SUMMARY_MD,
+    check_writable_target,
+    is_site_index,
+    render_site_index,
+    sweep_leftovers,
+    write_site,
+)
 from reportgen.report import slugify
 
 SITE_TITLE = "Model reports"
@@ -27,6 +35,7 @@ class PublishResult:
     site: Path
     target: Path  # SITE/<model>/<version>
     changed: bool  # False when exactly this report was already published there
+    warnings: tuple[str, ...] = ()  # e.g. reports in SITE whose report.json could not be listed
 
     @property
     def index_html(self) -> Path:
@@ -55,8 +64,10 @@ def _default_version(manifest: dict[str, Any]) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Regular files below `folder`, hidden ones aside; a link is listed (so two trees differ) but never read."""
+    return sorted(p.relative_to(folder).as_posix() + ("@" if p.is_symlink() else "") for p in folder.rglob("*")
+                  if (p.is_symlink() or p.is_file())
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -64,14 +75,17 @@ def same_tree(a: Path, b: Path) -> bool:
     if not (a.is_dir() and b.is_dir()):
         return False
     files = _files(a)
-    return files == _files(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+    return (files == _files(b) and not any(f.endswith("@") for f in files)
+            and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files))
 
 
 def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary: bool) -> dict[str, Any]:
     model = manifest.get("model") or {}
     accuracy = read.accuracy(manifest)
     params = model.get("params")
-    href = f"{model_slug}/{version}/"
+    # Only the folder names go into the link, each percent-encoded (`javascript:x` -> `javascript%3Ax`),
+    # so a link is always a relative path inside the site (no scheme, no host), whatever a folder is called.
+    href = f"{quote(model_slug, safe='')}/{quote(version, safe='')}/"
     return {
         "model": model_slug, "name": str(model.get("name") or ""), "label": version,
         "href": href + "index.html", "summary": href + SUMMARY_MD if has_summary else None,
@@ -82,16 +96,30 @@ def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary:
     }
 
 
-def site_entries(site: Path) -> list[dict[str, Any]]:
-    """Every report published in `site` (SITE/<model>/<version>/report.json written by reportgen)."""
+def site_entries(site: Path, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every report published in `site` (SITE/<model>/<version>/report.json written by reportgen). A report
+    whose report.json cannot be listed is skipped, with a warning appended to `warnings`; links are not
+    followed."""
     found = []
     if not site.is_dir():
         return found
-    for model_dir in sorted(p for p in site.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+
+    def folders(parent: Path) -> list[Path]:
+        return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+    for model_dir in folders(site):
+        for version_dir in folders(model_dir):
             manifest = read.read_manifest(version_dir)
-            if manifest is not None:
-                found.append(_entry(model_dir.name, version_dir.name, manifest, (version_dir / SUMMARY_MD).is_file()))
+            if manifest is None:
+                continue
+            where = f"{model_dir.name}/{version_dir.name}"
+            try:
+                read.validate_manifest(manifest, where)
+                found.append(_entry(model_dir.name, version_dir.name, manifest,
+                                    (version_dir / SUMMARY_MD).is_file()))
+            except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                if warnings is not None:
+                    warnings.append(f"skipped {where} in the site index: its report.json is malformed ({exc})")
     return found
 
 
@@ -117,6 +145,11 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     A different report already published under the same model and version is replaced only with `force`.
     """
     folder = read.read_report(report, "REPORT")
+    try:
+        _entry("model", "version", folder.manifest, False)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"REPORT: {folder.path}: its report.json has an unexpected layout ({exc}); regenerate "
+                         "the report") from None
     site = Path(site)
     if site.exists() and not site.is_dir():
         raise InputError(f"SITE: {site} is a file; give a folder for the site")
@@ -131,13 +164,16 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     version_text = version or _default_version(folder.manifest)
     version_dir = version_slug(version_text)
     target = site / model_slug / version_dir
+    check_writable_target(target, "SITE")
+    sweep_leftovers(target)
 
     already_there = target.resolve() == folder.path.resolve() or same_tree(folder.path, target)
     if target.exists() and not already_there and not force:
         raise InputError(f"{model_slug}/{version_dir} is already published in {site} with other content; pass "
                          "--force to replace it, or publish under another --version")
-    entries = [e for e in site_entries(site) if (e["model"], e["label"]) != (model_slug, version_dir)]
+    warnings: list[str] = []
+    entries = [e for e in site_entries(site, warnings) if (e["model"], e["label"]) != (model_slug, version_dir)]
     entries.append(_entry(model_slug, version_dir, folder.manifest, (folder.path / SUMMARY_MD).is_file()))
     html = render_site_index(SITE_TITLE, group_models(entries))
     write_site(site, html, None if already_there else folder.path, target)
-    return PublishResult(site, target, changed=not already_there)
+    return PublishResult(site, target, changed=not already_there, warnings=tuple(warnings))

@@ -348,7 +348,7 @@ def test_cam_layer_option(nested_model, plain_model):
 
 def test_deletion_and_insertion_follow_the_map():
     """A 'model' whose class-1 probability is the share of a bright box still present: the box's own map deletes
-    it first (low deletion AUC) and inserts it first (high insertion AUC); all variants in one call."""
+    it first (low deletion AUC) and inserts it first (high insertion AUC)."""
     image = np.zeros((16, 16, 3), np.float32)
     image[4:8, 4:8] = 1.0
     calls = []
@@ -361,7 +361,7 @@ def test_deletion_and_insertion_follow_the_map():
     good = np.zeros((4, 4), np.float32)
     good[1, 1] = 1.0  # the cell over the box at 4x4 resolution
     curves = deletion_insertion(probabilities, image, [good, 1.0 - good], [1, 1], steps=16)
-    assert calls == [2 * 2 * 17]
+    assert sum(calls) == 2 * 2 * 17 and max(calls) <= 2 * 17  # in chunks of one map's curves
     assert curves.deletion[0, 0] == pytest.approx(1.0)
     assert curves.deletion_auc[0] < 0.1 < 0.5 < curves.deletion_auc[1]
     assert curves.insertion_auc[0] > 0.9 > curves.insertion_auc[1]

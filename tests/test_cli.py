@@ -150,3 +150,65 @@ def test_unreadable_model_file_exits_2(cli, saved_models, image_folder, tmp_path
     result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet")
     assert result.exit_code == 2 and "cannot be read" in result.output and str(saved_models["plain"]) in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "duplicates", "binary"])
+def test_class_names_file_is_read_bounded(cli, saved_models, image_folder, tmp_path, kind):
+    import os
+
+    names = tmp_path / "names.txt"
+    if kind == "fifo":
+        os.mkfifo(names)  # opening it would wait for a writer forever
+    elif kind == "zero":
+        names = "/dev/zero"
+    elif kind == "duplicates":
+        names.write_text("cat\ndog\ncat\n")
+    else:
+        names.write_bytes(b"\xff\xfe\x00\x00" * 10)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--class-names", names)
+    assert result.exit_code == 2, result.output
+    assert "--class-names" in result.output and "Traceback" not in result.output
+    if kind == "duplicates":
+        assert "'cat'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,flag", [(["--classes", "cta"], "--classes"), (["--layers", "conv9"], "--layers"),
+                                       (["--cam-layer", "conv9"], "--cam-layer"),
+                                       (["--layers", "predictions"], "--layers"),
+                                       (["--filter-indices", "0,99"], "--filter-indices")])
+def test_every_option_is_checked_before_the_first_section(cli, saved_models, image_folder, tmp_path, monkeypatch,
+                                                          args, flag):
+    import reportgen.api
+
+    ran = []
+    monkeypatch.setattr(reportgen.api, "BUILDERS", {k: (lambda a, k=k: ran.append(k) or [])
+                                                    for k in reportgen.api.BUILDERS})
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and "Traceback" not in result.output
+    assert ran == [] and ": start" not in result.stderr
+
+
+def _two_output_model(keras, path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    model = keras.Model(inputs, [keras.layers.Dense(2, name="left")(x), keras.layers.Dense(3, name="right")(x)])
+    model.save(path)
+    return path
+
+
+def test_layers_offers_output_for_a_model_with_several(cli, keras, tmp_path):
+    path = _two_output_model(keras, tmp_path / "two.keras")
+    refused = cli("layers", path)
+    assert refused.exit_code == 2 and "--output" in refused.output
+    result = cli("layers", path, "--output", "right")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("conv") for line in result.output.splitlines())
+
+
+def test_layers_lists_an_application_without_its_weights(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache: no ImageNet weights here
+    result = cli("layers", "mobilenetv2", "--image-size", "96x96")
+    assert result.exit_code == 0, result.output
+    assert "Conv1" in result.output and "parameters" in result.output

@@ -47,7 +47,7 @@ def versions(tmp_path_factory, keras, shared_images):
         reports[name] = folder / name
         generate_report(model, [shared_images], reports[name], dataclasses.replace(OPTIONS, model_version=version))
     reports["diff"] = folder / "diff"
-    diff_reports(reports["old"], reports["new"], reports["diff"])
+    diff_reports(reports["old"], reports["new"], reports["diff"], images=shared_images)
     return {"models": (v1, v2), "x": x, **reports}
 
 
@@ -162,9 +162,9 @@ def _heatmap(manifest: dict, entry: dict) -> dict:
                 (image, entry["class_index"], entry["method"]))
 
 
-def test_a_report_against_itself_shows_no_change(versions, tmp_path):
+def test_a_report_against_itself_shows_no_change(versions, tmp_path, shared_images):
     out = tmp_path / "same"
-    diff_reports(versions["new"], versions["new"], out)
+    diff_reports(versions["new"], versions["new"], out, images=shared_images)
     manifest = _manifest(out)
     assert manifest["diff"]["weights"]["largest"]["relative_change"] == 0
     assert manifest["diff"]["predictions"]["flipped"] == []
@@ -254,3 +254,63 @@ def test_reports_without_arrays_are_refused(versions, tmp_path, cli, shared_imag
     result = cli("diff", versions["old"], versions["new"], "-o", tmp_path / "cli", "--quiet")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "index.html").is_file()
+
+
+def test_the_diff_reads_no_path_a_report_names(versions, tmp_path, cli):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    private = tmp_path / "private.png"
+    cv2.imwrite(str(private), np.full((64, 64, 3), (0, 0, 255), np.uint8))  # pure red, nowhere in the reports
+    new = tmp_path / "new"
+    shutil.copytree(versions["new"], new)
+    manifest = json.loads((new / "report.json").read_text())
+    for image in manifest["images"]:
+        image["path"] = str(private)
+    (new / "report.json").write_text(json.dumps(manifest))
+    import reportgen.diff.build as build
+
+    reads = []
+    real = cv2.imread
+    cv2.imread = lambda *a, **k: reads.append(a) or real(*a, **k)
+    try:
+        result = cli("diff", versions["old"], new, "-o", tmp_path / "diff", "--quiet")
+    finally:
+        cv2.imread = real
+    assert result.exit_code == 0, result.output
+    assert not reads
+    assert build is not None
+
+
+def test_the_diff_shows_images_only_from_the_folder_given(versions, tmp_path, cli, shared_images):
+    result = cli("diff", versions["old"], versions["new"], "-o", tmp_path / "diff", "--quiet", "--images",
+                 shared_images)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "diff" / "report.json").read_text())
+    figures = _cam_figures(manifest)
+    assert figures and all(_tile_count(tmp_path / "diff", f) == 4 for f in figures)  # image, old, new, change
+    bare = tmp_path / "bare"
+    assert cli("diff", versions["old"], versions["new"], "-o", bare, "--quiet").exit_code == 0
+    assert all(_tile_count(bare, f) == 3 for f in _cam_figures(_manifest(bare)))  # no image without --images
+
+
+def _tile_count(folder: Path, figure: dict) -> int:
+    import cv2
+
+    return (cv2.imread(str(folder / figure["file"]), cv2.IMREAD_COLOR).shape[1] - 2) // 130
+
+
+def test_a_diff_of_unrelated_models_warns_at_the_top(tmp_path):
+    import numpy as np
+
+    kernel = np.ones((3, 3, 3, 4), np.float32)
+    old = _fake_report(tmp_path / "old", ["a/x.png"], {"conv": kernel}, {}, {})
+    new = _fake_report(tmp_path / "new", ["a/x.png"], {"other": kernel}, {}, {})
+    manifest = json.loads((new / "report.json").read_text())
+    manifest["class_names"] = ["car", "bus", "van"]
+    (new / "report.json").write_text(json.dumps(manifest))
+    diff_reports(old, new, tmp_path / "diff")
+    warnings = _manifest(tmp_path / "diff")["warnings"]
+    assert warnings and "unrelated" in warnings[0]

@@ -180,3 +180,52 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     loaded = load_images(discover_images([path, small]), (16, 16, 3))
     assert [source.name for source in loaded.sources] == ["small.png"]
     assert any(str(path) in w and "20000x20000" in w for w in loaded.warnings)
+
+
+def test_report_folders_and_out_inside_images_are_skipped(tmp_path, saved_models):
+    from conftest import write_images
+
+    from reportgen.api import generate_report
+    from reportgen.config import ReportOptions
+    from reportgen.loading.images import discover_images
+
+    images = write_images(tmp_path / "images")
+    before = discover_images([images])
+    generate_report(saved_models["plain"], [images], images / "report", ReportOptions(sections=("summary",)))
+    (images / ".report.building-abc123").mkdir()  # a leftover staging folder
+    cv2.imwrite(str(images / ".report.building-abc123" / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    assert discover_images([images]) == before
+    # OUT itself is skipped even before it is a report.
+    (images / "next").mkdir()
+    cv2.imwrite(str(images / "next" / "y.png"), np.zeros((8, 8, 3), np.uint8))
+    assert discover_images([images], exclude=[images / "next"]) == before
+    generate_report(saved_models["plain"], [images], images / "next", ReportOptions(sections=("summary",)),
+                    force=True)
+    import json
+
+    manifest = json.loads((images / "next" / "report.json").read_text())
+    assert {i["label"] for i in manifest["images"]} == {"cat", "dog"}
+    generate_report(saved_models["plain"], [images], images / "report", ReportOptions(sections=("summary",)))
+    manifest = json.loads((images / "report" / "report.json").read_text())
+    assert {i["label"] for i in manifest["images"]} == {"cat", "dog"}
+
+
+def test_non_utf8_file_names_are_kept_escaped(tmp_path, saved_models):
+    import json
+    import os
+
+    from reportgen.api import generate_report
+    from reportgen.config import ReportOptions
+
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9-\xff.png")
+    cv2.imwrite(str(folder / "cat" / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+    assert cv2.imwrite(str(folder / "cat" / "ok2.png"), np.full((8, 8, 3), 200, np.uint8))
+    (folder / "cat" / "ok2.png").rename(folder / "cat" / name)
+    out = tmp_path / "out"
+    result = generate_report(saved_models["plain"], [folder], out, ReportOptions(sections=("summary",)))
+    manifest = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    names = sorted(i["name"] for i in manifest["images"])
+    assert names == ["cat/caf\\xe9-\\xff.png", "cat/ok.png"]
+    assert any("not UTF-8" in w for w in result.warnings)

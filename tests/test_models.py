@@ -187,3 +187,52 @@ def test_lambda_layer_needs_unsafe(tmp_path, keras):
     with pytest.raises(ModelLoadError, match="--unsafe"):
         load_model(path)
     assert load_model(path, unsafe=True).model.get_layer("double") is not None
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_missing_custom_class_is_named(keras, tmp_path, suffix, cli, image_folder):
+    @keras.saving.register_keras_serializable(package="mine")
+    class MyScale(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(2, 3)(MyScale(name="scale")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / f"custom{suffix}"
+    model.save(path)
+    keras.saving.get_custom_objects().pop("mine>MyScale")  # a fresh process knows no such class
+    with pytest.raises(ModelLoadError, match="MyScale") as caught:
+        load_model(path)
+    assert "register_keras_serializable" in str(caught.value)
+    result = cli("generate", path, image_folder, "-o", tmp_path / "out", "--quiet")
+    assert result.exit_code == 2 and "MyScale" in result.output and "Traceback" not in result.output
+
+
+def test_h5_whose_model_config_is_not_json(tmp_path):
+    import h5py
+
+    path = tmp_path / "broken.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = "{not json"
+    with pytest.raises(ModelLoadError, match="not JSON"):
+        load_model(path)
+
+
+def test_output_on_a_single_output_model_is_refused(saved_models):
+    with pytest.raises(ModelLoadError, match="--output"):
+        load_model(saved_models["plain"], output="nonsense")
+    assert load_model(saved_models["plain"], output="predictions").output_name is None  # its own name is fine
+
+
+def test_image_size_too_small_for_the_model(keras, tmp_path, cli, image_folder):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "open.keras"
+    model.save(path)
+    result = cli("generate", path, image_folder, "-o", tmp_path / "out", "--quiet", "--image-size", "1x1")
+    assert result.exit_code == 2, result.output
+    assert "--image-size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -204,3 +204,94 @@ def test_published_copy_is_the_report(reports, tmp_path):
     result = publish_report(reports["nested-2"], site)
     assert sorted(p.relative_to(result.target) for p in result.target.rglob("*")) == sorted(
         p.relative_to(reports["nested-2"]) for p in reports["nested-2"].rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "fifo"])
+def test_links_in_a_report_are_refused_and_nothing_outside_is_read(reports, tmp_path, cli, kind):
+    import os
+    import shutil
+
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "key.txt").write_text("SECRET-CONTENT-42")
+    report = tmp_path / "report"
+    shutil.copytree(reports["plain-1"], report)
+    if kind == "file":
+        (report / "figures" / "x.png").symlink_to(secret / "key.txt")
+    elif kind == "folder":
+        (report / "extra").symlink_to(secret, target_is_directory=True)
+    else:
+        os.mkfifo(report / "figures" / "pipe.png")
+    site = tmp_path / "site"
+    result = cli("publish", report, site)
+    assert result.exit_code == 2, result.output
+    assert ("link" in result.output or "not a regular file" in result.output) and "Traceback" not in result.output
+    assert ("x.png" in result.output) or ("extra" in result.output) or ("pipe.png" in result.output)
+    for path in site.rglob("*") if site.exists() else []:
+        if path.is_file():
+            assert b"SECRET-CONTENT-42" not in path.read_bytes()
+
+
+def test_site_index_hrefs_are_safe_relative_paths(reports, tmp_path):
+    import shutil
+
+    site = tmp_path / "site"
+    publish_report(reports["plain-1"], site)
+    hostile = site / "javascript:alert(7)" / "1.0"
+    shutil.copytree(reports["nested-1"], hostile)
+    publish_report(reports["plain-2"], site)
+    links = _Links()
+    links.feed((site / "index.html").read_text())
+    assert links.hrefs
+    for href in links.hrefs:
+        parts = urlsplit(href)
+        assert not parts.scheme and not parts.netloc and not href.startswith("/"), href
+        if not href.startswith("#"):
+            assert (site / unquote(parts.path)).exists(), href
+
+
+def test_a_malformed_report_in_the_site_is_skipped_with_a_warning(reports, tmp_path, cli):
+    site = tmp_path / "site"
+    publish_report(reports["plain-1"], site)
+    broken = site / "broken" / "1.0"
+    broken.mkdir(parents=True)
+    (broken / "report.json").write_text(json.dumps({"generator": "reportgen", "model": "x", "images": 5,
+                                                    "created": 7}))
+    result = cli("publish", reports["plain-2"], site)
+    assert result.exit_code == 0, result.output
+    assert "broken/1.0" in result.output and "skipped" in result.output
+    assert "plain" in (site / "index.html").read_text()
+
+
+@pytest.mark.parametrize("content", ["nested", "typed"])
+def test_deeply_nested_or_wrongly_typed_report_json_is_exit_2(reports, tmp_path, cli, content):
+    import shutil
+
+    report = tmp_path / "report"
+    shutil.copytree(reports["plain-1"], report)
+    if content == "nested":
+        text = '{"generator": "reportgen", "model": ' + "[" * 100000 + "]" * 100000 + "}"
+    else:
+        manifest = json.loads((report / "report.json").read_text())
+        manifest["images"] = [{"id": 3, "name": None}]
+        manifest["sections"] = "all"
+        text = json.dumps(manifest)
+    (report / "report.json").write_text(text)
+    for args in (["publish", report, tmp_path / "site"], ["diff", report, reports["plain-2"], "-o", tmp_path / "d"]):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert "report.json" in result.output and "Traceback" not in result.output
+
+
+def test_publish_on_a_full_disk_is_one_short_message(reports, tmp_path, cli, monkeypatch):
+    import errno
+    import shutil
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    result = cli("publish", reports["plain-1"], tmp_path / "site")
+    assert result.exit_code == 2, result.output
+    assert "no space left on device" in result.output and len(result.output) < 500
+    assert not any(p.is_file() for p in (tmp_path / "site").rglob("*") if "plain" in str(p))

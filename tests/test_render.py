@@ -266,3 +266,162 @@ def test_summary_links_each_layer_to_every_section_that_shows_it(residual_model,
     manifest = json.loads((out / "report.json").read_text())
     target = next(s["layer"] for s in manifest["sections"] if s["kind"] == "cam" and s.get("layer"))
     assert f'href="#cam-{target.replace("_", "-")}-gradcam">Grad-CAM</a>' in rows[target]
+
+
+_KILL_AT_SWAP = """
+import os, signal, sys
+import numpy as np
+import reportgen.render as render
+from reportgen.report import Figure, Report, Section
+
+out, when, exchange = sys.argv[1], sys.argv[2], sys.argv[3]
+real_exchange, real_rename = render._exchange, render.Path.rename
+
+def exchanging(a, b):
+    if exchange == "no":
+        return False
+    if when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    done = real_exchange(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def renaming(self, target):
+    result = real_rename(self, target)
+    if ".old-" in str(target) and when == "between":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+render._exchange = exchanging
+render.Path.rename = renaming
+figure = Figure(key="f", title="t", caption="c", pixels=np.zeros((4, 4, 3), np.uint8))
+section = Section(id="summary", kind="summary", title="Summary", blocks=(figure,))
+report = Report(title="new", created="2026-01-01T00:00:00Z", model={"name": "m"}, options={"seed": 0}, images=(),
+                class_names=(), sections=(section,), warnings=(), seconds={},
+                versions={"reportgen": "0", "tensorflow": "0", "keras": "0"})
+render.write_report(report, render.Path(out))
+"""
+
+
+@pytest.mark.parametrize("when,exchange", [("before", "yes"), ("after", "yes"), ("between", "no")])
+def test_sigkill_at_the_swap_leaves_the_old_or_the_new_report(tmp_path, when, exchange):
+    import subprocess
+    import sys
+
+    from reportgen.render import sweep_leftovers
+
+    out = tmp_path / "report"
+    write_report(_tiny_report(), out)  # the earlier report, titled "tiny"
+    run = subprocess.run([sys.executable, "-c", _KILL_AT_SWAP, str(out), when, exchange], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == -9, run.stderr
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "report"]
+    assert leftovers  # the killed run left its staging or retired folder
+    sweep_leftovers(out)  # what the next run does first
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+    title = json.loads((out / "report.json").read_text())["title"]
+    assert title == ("new" if when == "after" else "tiny")
+
+
+def test_a_signal_during_the_swap_is_held_until_it_is_done(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import reportgen.render as render
+
+    out = tmp_path / "report"
+    write_report(_tiny_report(), out)
+    real_exchange = render._exchange
+
+    def interrupted(a, b):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the steps of the swap
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(render, "_exchange", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="written"):
+        write_report(_tiny_report(), out)
+    assert json.loads((out / "report.json").read_text())["title"] == "tiny"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, saved_models, image_folder):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "reportgen", "generate", str(saved_models["plain"]),
+                                str(image_folder), "-o", str(out), "--steps", "100000", "--sections",
+                                "filter_patterns"], stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # wait until the long step has started
+        if "filter_patterns: start" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Interrupted; nothing was written." in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "name_too_long", "read_only", "dot"])
+def test_output_problems_are_found_before_the_work(cli, saved_models, image_folder, tmp_path, monkeypatch, case):
+    import tempfile
+    from pathlib import Path
+
+    if case == "parent_is_a_file":
+        (tmp_path / "file").write_text("x")
+        out, message = tmp_path / "file" / "report", "is a file"
+    elif case == "name_too_long":
+        out, message = tmp_path / ("r" * 250), "too long"
+    elif case == "read_only":
+        (tmp_path / "locked").mkdir()
+        out, message = tmp_path / "locked" / "report", "cannot create folders"
+        real = tempfile.mkdtemp
+
+        def refused(*args, **kwargs):  # root writes anywhere: refuse as a read-only file system would
+            if str(kwargs.get("dir", "")).endswith("locked"):
+                raise OSError(30, "Read-only file system")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    else:
+        (tmp_path / "cwd").mkdir()
+        (tmp_path / "cwd" / "notes.txt").write_text("mine")
+        monkeypatch.chdir(tmp_path / "cwd")
+        out, message = ".", "--force"
+    import reportgen.api
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(reportgen.api, "load_model", never)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", out, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    if case == "dot":
+        assert [p.name for p in Path().iterdir()] == ["notes.txt"]
+
+
+def test_a_full_disk_is_exit_2_and_leaves_nothing(tmp_path, monkeypatch, cli, saved_models, image_folder):
+    import errno
+
+    import reportgen.render as render
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(render.np, "savez_compressed", full)
+    result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet",
+                 "--sections", "summary", "--save-arrays")
+    assert result.exit_code == 2, result.output
+    assert "no space left on device" in result.output and "Internal error" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_dot_as_output_replaces_the_report_it_is(tmp_path, monkeypatch):
+    folder = tmp_path / "report"
+    write_report(_tiny_report(), folder)
+    monkeypatch.chdir(folder)
+    (folder / "figures" / "stale.png").write_bytes(b"old")
+    write_report(_tiny_report(), folder.relative_to(folder))  # "."
+    assert not (folder / "figures" / "stale.png").exists() and (folder / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]

@@ -62,6 +62,7 @@ class DiffContext:
     old: read.ReportFolder
     new: read.ReportFolder
     progress: Callable[[str, str], None]
+    images_dir: Path | None = None  # --images: where the images are; the diff reads no other image path
     old_names: dict[str, str] = field(init=False)  # image id -> name
     new_names: dict[str, str] = field(init=False)
     layer_ids: dict[str, str] = field(default_factory=dict)  # layer path -> slug, shared by every section
@@ -318,7 +319,7 @@ def _cams(ctx: DiffContext) -> list[Section]:
         image_changes = [c for c in shown if c.name == name]
         if not image_changes:
             continue
-        path = next((i.get("path") for i in read.images(ctx.new.manifest) if i.get("name") == name), None)
+        path = _image_file(ctx.images_dir, name)
         blocks = [_map_figure(c, f"{sid}-{n}", path) for n, c in enumerate(image_changes, start=1)]
         sections.append(Section(id=sid, kind="cam_diff", title=f"Map changes: {name}", blocks=tuple(blocks)))
     return sections
@@ -334,18 +335,38 @@ def _layers(change: MapChange) -> str:
     return f"{change.old_layer} → {change.new_layer}"
 
 
-def _thumbnail(path: str | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The image file the maps explain, at the maps' tile size; None when it is not readable here (a report
-    records where its images were, which need not exist on this machine)."""
+def _image_file(folder: Path | None, name: str) -> Path | None:
+    """The image called `name` (its path below the images folder, as report.json names it) inside `folder`, or
+    None. The paths a report.json records are never opened: a crafted report could name any file on this
+    machine. A name that leads outside `folder` (`..`, an absolute path, a link) or to no regular file is None."""
+    if folder is None:
+        return None
+    root = folder.resolve()
+    candidate = (root / name).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def _thumbnail(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The image the maps explain, at the maps' tile size; None without --images or when it does not decode.
+    Decoded as `generate` decodes (over 80 megapixels is refused from the header, before decoding)."""
     import cv2
 
-    image = cv2.imread(path, cv2.IMREAD_COLOR) if path else None
-    if image is None:
+    from reportgen.loading.images import decode_image
+
+    if path is None:
         return None
-    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    try:
+        image = decode_image(path)
+    except (ValueError, OSError, cv2.error):
+        return None
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
-def _map_figure(change: MapChange, key: str, image_path: str | None) -> Figure:
+def _map_figure(change: MapChange, key: str, image_path: Path | None) -> Figure:
     delta = figures.fit_box(figures.diverging(unit_range(change.new) - unit_range(change.old)), MAP_TILE)
 
     def tile(values: np.ndarray) -> np.ndarray:
@@ -539,12 +560,34 @@ def _unmatched(ctx: DiffContext) -> list[Section]:
 # ------------------------------------------------------------------------------------------------------ entry
 
 
+def _unrelated(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """A warning when OLD and NEW look like two different models rather than two versions of one: other classes,
+    or no layer in common."""
+    reasons = []
+    old_classes, new_classes = read.class_names(old), read.class_names(new)
+    if old_classes != new_classes:
+        reasons.append(f"they predict different classes ({len(old_classes)} and {len(new_classes)}; "
+                       f"{len(set(old_classes) & set(new_classes))} names in common)")
+    old_layers = set(_summary_layers(old)) or {k[0] for k in read.weight_tensors(old)}
+    new_layers = set(_summary_layers(new)) or {k[0] for k in read.weight_tensors(new)}
+    if old_layers and new_layers and not old_layers & new_layers:
+        reasons.append("they have no layer in common (different architectures)")
+    if not reasons:
+        return None
+    return ("OLD and NEW look like unrelated models, not two versions of one: " + " and ".join(reasons)
+            + "; the comparisons below may mean little")
+
+
 def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None = None,
-               progress: Callable[[str, str], None] | None = None) -> Report:
-    """The diff of two opened report folders as a Report (nothing written)."""
+               progress: Callable[[str, str], None] | None = None, images_dir: Path | None = None) -> Report:
+    """The diff of two opened report folders as a Report (nothing written). Image pixels come only from
+    `images_dir` (the user's --images), never from paths the reports name."""
     from reportgen.api import creation_time, versions
 
-    ctx = DiffContext(old, new, progress or (lambda stage, message: None))
+    ctx = DiffContext(old, new, progress or (lambda stage, message: None), images_dir)
+    unrelated = _unrelated(old.manifest, new.manifest)
+    if unrelated:
+        ctx.warnings.append(unrelated)  # the first warning: shown at the top of the diff
     images = match_keys(ctx.old_names.values(), ctx.new_names.values())
     ctx.record_unmatched("images", list(images.only_old), list(images.only_new))
     body: list[Section] = []
@@ -586,10 +629,11 @@ def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None
 
 
 def diff_reports(old: str | Path, new: str | Path, out: str | Path, *, title: str | None = None,
-                 force: bool = False, progress: Callable[[str, str], None] | None = None) -> Any:
+                 force: bool = False, progress: Callable[[str, str], None] | None = None,
+                 images: str | Path | None = None) -> Any:
     """Compare the report folders OLD and NEW (both made with --save-arrays) and write the diff report to OUT."""
     from reportgen.api import ReportResult
-    from reportgen.render import check_output_dir, write_report
+    from reportgen.render import check_output_dir, sweep_leftovers, write_report
 
     out = Path(out)
     old_folder = read.read_report(old, "OLD", need_arrays=True)
@@ -597,7 +641,13 @@ def diff_reports(old: str | Path, new: str | Path, out: str | Path, *, title: st
     for role, folder in (("OLD", old_folder), ("NEW", new_folder)):
         if out.resolve() == folder.path.resolve():
             raise InputError(f"-o/--output-dir: {out} is the {role} report; write the diff to another folder")
-    check_output_dir(out, force)
-    report = build_diff(old_folder, new_folder, title, progress)
+    if images is not None and not Path(images).is_dir():
+        raise InputError(f"--images: {images} is not a folder; give the folder of images both reports were made on")
+    sweep_leftovers(check_output_dir(out, force))
+    try:
+        report = build_diff(old_folder, new_folder, title, progress, Path(images) if images is not None else None)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a field validate_manifest does not cover
+        raise InputError(f"OLD {old_folder.path} or NEW {new_folder.path}: a report.json field has an unexpected "
+                         f"layout ({type(exc).__name__}: {exc}); regenerate the reports") from None
     write_report(report, out, force=force)
     return ReportResult(out, report.sections, report.warnings)

@@ -10,6 +10,7 @@ None, so a summary, a site index or a diff shows what is there and says what is 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,22 +60,114 @@ class ReportFolder:
         return f"{model.get('name') or self.path.name}" + (f" {version}" if version else "")
 
 
+MAX_MANIFEST_BYTES = 256 << 20  # report.json of tens of thousands of images is a few MB
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """report.json of the folder `path` when it is a reportgen report, else None."""
+    """report.json of the folder `path` when it is a reportgen report, else None. A report.json that is a link,
+    not a regular file, too large or nested too deep for the JSON reader is no report."""
+    import stat
+
+    file = path / MANIFEST
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = file.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            return None
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
         return None
     return manifest
 
 
+MAX_LISTED_LINKS = 5
+
+
+def check_plain_tree(path: Path, role: str) -> None:
+    """Refuse a report folder holding symbolic links or anything but folders and regular files (FIFOs, devices):
+    a report is data from elsewhere, and a link to /etc/passwd or to a folder outside it must never be copied or
+    read as part of it. InputError names them."""
+    import stat
+
+    odd: list[str] = []
+    for root, dirs, files in os.walk(path, followlinks=False):
+        here = Path(root)
+        for name in [*dirs, *files]:
+            entry = here / name
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                odd.append(f"{entry.relative_to(path)} (a symbolic link)")
+            elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                odd.append(f"{entry.relative_to(path)} (not a regular file)")
+    if odd:
+        shown = ", ".join(odd[:MAX_LISTED_LINKS]) + (f" and {len(odd) - MAX_LISTED_LINKS} more"
+                                                      if len(odd) > MAX_LISTED_LINKS else "")
+        raise InputError(f"{role}: {path} holds {shown}; a report folder holds only folders and regular files, "
+                         "so nothing outside it is read. Remove them or regenerate the report")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def validate_manifest(manifest: dict[str, Any], where: str) -> None:
+    """Check that the fields the readers here use have report.json's types (InputError naming the first that
+    does not), so a hand-edited or hostile report.json is a message, never a crash deep in a diff or publish."""
+    def fail(field: str, expected: str, value: Any) -> None:
+        raise InputError(f"{where}: report.json field {field} should be {expected}, got {_kind(value)}; the file "
+                         "was not written by this reportgen or was edited; regenerate the report")
+
+    def need(value: Any, types: Any, field: str, expected: str) -> None:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+            fail(field, expected, value)
+
+    optional_text = (str, type(None))
+    for field in ("title", "created"):
+        need(manifest.get(field), optional_text, field, "a string")
+    need(manifest.get("model", {}), (dict, type(None)), "model", "an object")
+    need(manifest.get("options", {}), (dict, type(None)), "options", "an object")
+    need(manifest.get("arrays"), optional_text, "arrays", "a file name")
+    need(manifest.get("class_names", []), list, "class_names", "an array of strings")
+    for name in manifest.get("class_names", []):
+        need(name, str, "class_names[]", "a string")
+    for field, required in (("images", ("id", "name")), ("sections", ("id", "kind")), ("predictions", ("image",)),
+                            ("heatmaps", ("method", "image")), ("filter_patterns", ("layer", "direction")),
+                            ("feature_maps", ("layer",))):
+        items = manifest.get(field, [])
+        need(items, list, field, "an array of objects")
+        for item in items:
+            need(item, dict, f"{field}[]", "an object")
+            for key in required:
+                need(item.get(key), str, f"{field}[].{key}", "a string")
+    for entry in manifest.get("images", []):
+        need(entry.get("path"), optional_text, "images[].path", "a string")
+        need(entry.get("label"), optional_text, "images[].label", "a string")
+    for section in manifest.get("sections", []):
+        need(section.get("data", {}), dict, "sections[].data", "an object")
+        need(section.get("figures", []), list, "sections[].figures", "an array")
+    for entry in manifest.get("predictions", []):
+        need(entry.get("top_k"), list, "predictions[].top_k", "an array")
+        if not entry["top_k"]:
+            fail("predictions[].top_k", "a non-empty array", entry["top_k"])
+        for top in entry["top_k"]:
+            need(top, dict, "predictions[].top_k[]", "an object")
+    for entry in manifest.get("filter_patterns", []):
+        need(entry.get("filter"), int, "filter_patterns[].filter", "an integer")
+
+
+def _as_tuple(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
 def read_report(path: str | Path, role: str = "REPORT", need_arrays: bool = False) -> ReportFolder:
-    """Open the report folder `path`; `role` names the argument in error messages (OLD, NEW, REPORT)."""
+    """Open the report folder `path`; `role` names the argument in error messages (OLD, NEW, REPORT). A folder
+    with links or special files in it, or a report.json of the wrong layout, is refused (InputError)."""
     path = Path(path)
-    if not path.is_dir():
+    if path.is_symlink() or not path.is_dir():
         raise InputError(f"{role}: {path} is not a folder; give a report folder written by reportgen generate")
+    check_plain_tree(path, role)
     manifest = read_manifest(path)
     if manifest is None:
         raise InputError(f"{role}: {path} is not a reportgen report (no readable report.json written by reportgen)")
@@ -82,6 +175,7 @@ def read_report(path: str | Path, role: str = "REPORT", need_arrays: bool = Fals
     if isinstance(schema, int) and schema > SCHEMA_VERSION:
         raise InputError(f"{role}: {path} was written by a newer reportgen (report.json schema {schema}); "
                          "upgrade reportgen to read it")
+    validate_manifest(manifest, f"{role}: {path}")
     folder = ReportFolder(path, manifest)
     if need_arrays and (folder.arrays_file is None or not folder.arrays_file.is_file()):
         raise InputError(f"{role}: {path} has no arrays.npz; regenerate the report with --save-arrays (a diff "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from reportgen.config import MAX_PIXELS
 from reportgen.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 DEFAULT_SIZE = (224, 224)  # (width, height) for models without a fixed input size and no --image-size
 # Decoding allocates width x height x channels bytes at once; a 20000x20000 PNG compresses to kilobytes but would
-# take 1.2 GB. Files declaring more pixels than this are skipped before decoding.
-MAX_PIXELS = 80_000_000
+# take 1.2 GB. Files declaring more than MAX_PIXELS (config.py) are skipped before decoding.
 
 
 @dataclass(frozen=True)
@@ -42,20 +43,51 @@ class LoadedImages:
         return [source.label for source in self.sources]
 
 
-def discover_images(inputs: Sequence[str | Path]) -> list[ImageSource]:
-    """Expand files and folders into image files. In a folder, images in a subfolder are labelled by its name."""
+def display_text(text: str) -> str:
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 (kept by Python as surrogate
+    escapes) become `\\xNN`, so `caf\\xe9.png` is shown, stored in report.json and slugged like any other name."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+def _is_report_folder(path: Path) -> bool:
+    """A folder reportgen wrote (its report.json says so), or a leftover of a run (`.OUT.building-*`)."""
+    from reportgen.diff.manifest import read_manifest
+
+    return path.name.startswith(".") or read_manifest(path) is not None
+
+
+def discover_images(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = (),
+                    warnings: list[str] | None = None) -> list[ImageSource]:
+    """Expand files and folders into image files. In a folder, images in a subfolder are labelled by its name.
+
+    Folders that are reportgen reports, hidden folders (a run's leftovers among them) and the `exclude` folders
+    (the report being written) are not searched, so a report kept beside its images is never read as images.
+    File names that are not UTF-8 are kept, shown escaped, with a warning appended to `warnings`.
+    """
+    skipped = {Path(e).resolve() for e in exclude}
     found: list[ImageSource] = []
     for item in inputs:
         path = Path(item)
         if path.is_file():
-            found.append(ImageSource(path, path.name, None))
+            found.append(ImageSource(path, display_text(path.name), None))
         elif path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            files: list[Path] = []
+            for root, dirs, names in os.walk(path):
+                here = Path(root)
+                dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in skipped
+                                 and not _is_report_folder(here / d))
+                files.extend(here / n for n in names
+                             if n.lower().endswith(IMAGE_SUFFIXES) and (here / n).is_file())
+            for file in sorted(files):
                 relative = file.relative_to(path)
-                label = relative.parts[0] if len(relative.parts) > 1 else None
-                found.append(ImageSource(file, relative.as_posix(), label))
+                label = display_text(relative.parts[0]) if len(relative.parts) > 1 else None
+                found.append(ImageSource(file, display_text(relative.as_posix()), label))
         else:
-            raise ImageError(f"{path} does not exist: give image files or folders of images")
+            raise ImageError(f"{display_text(str(path))} does not exist: give image files or folders of images")
     seen: set[Path] = set()
     unique = []
     for source in found:
@@ -63,9 +95,14 @@ def discover_images(inputs: Sequence[str | Path]) -> list[ImageSource]:
         if key not in seen:
             seen.add(key)
             unique.append(source)
+    escaped = [source.name for source in unique if _has_surrogates(str(source.path))]
+    if escaped and warnings is not None:
+        shown = ", ".join(escaped[:5]) + (f" and {len(escaped) - 5} more" if len(escaped) > 5 else "")
+        warnings.append(f"{len(escaped)} image file name(s) are not UTF-8 and are shown escaped: {shown}")
     if not unique:
         raise ImageError(
-            f"no image files in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})"
+            f"no image files in {', '.join(display_text(str(i)) for i in inputs)} "
+            f"(looked for {', '.join(IMAGE_SUFFIXES)})"
         )
     return unique
 
@@ -193,7 +230,7 @@ def load_images(
         try:
             image, notes = decode_with_notes(source.path)
         except (ValueError, OSError, cv2.error) as exc:
-            warnings.append(f"skipped {source.path}: {exc}")
+            warnings.append(f"skipped {display_text(str(source.path))}: {exc}")
             continue
         kept.append(source)
         sizes.append((image.shape[1], image.shape[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,12 @@ def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
         config = read_model_config(path)
     except OSError as exc:
         raise ModelLoadError(f"{path} is not a readable HDF5 file ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelLoadError(f"{path}: the model architecture stored in the file (model_config) is not JSON "
+                             f"({str(exc).splitlines()[0][:200]}); the file is damaged, save the model again") from None
+    if config is not None and not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: the model architecture stored in the file (model_config) is not a JSON "
+                             "object; the file is damaged, save the model again")
     if config is None:
         raise ModelLoadError(
             f"{path} holds weights only, no architecture. Build the model in code, call "
@@ -112,24 +119,44 @@ def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
         file_format = "h5"
-    except Exception:
+    except Exception as first:
         # Keras 3 fails on several tf.keras 2 files (nested base models); rebuild them ourselves.
         try:
             model = load_legacy_h5(path, safe_mode=not unsafe)
         except Exception as exc:
-            raise ModelLoadError(_load_failure(path, exc)) from None
+            raise ModelLoadError(_load_failure(path, exc, first)) from None
         file_format = "h5-legacy"
     return _finish(model, str(path), file_format, sha, output)
 
 
-def _load_failure(path: Path, exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "Lambda" in str(exc) or "safe_mode" in str(exc):
+# How Keras names a class it cannot find: "Could not locate class 'MyLayer'" (.keras), "Unknown layer:
+# 'package>MyLayer'" (.h5), "Unknown activation function: 'swishy'".
+_MISSING_CLASS = re.compile(r"(?:Could not locate (?:class|function)|Unknown [a-z ]+?:) '([^']+)'")
+
+
+def _load_failure(path: Path, exc: Exception, *others: Exception) -> str:
+    texts = [str(e) for e in (exc, *others)]
+    if any("Lambda" in t or "safe_mode" in t for t in texts):
         return (
             f"{path} contains a Lambda layer, which Keras refuses to load in safe mode because it runs stored "
             "code. If you trust the file, pass --unsafe"
         )
-    return f"{path} could not be loaded as a Keras model: {text}"
+    for text in texts:
+        match = _MISSING_CLASS.search(text)
+        if match:
+            name = match.group(1)
+            return (
+                f"{path} uses the custom class {name!r}, which is not defined here: reportgen's command line loads "
+                "built-in Keras layers only. From Python, import the module that defines it (decorated with "
+                "@keras.saving.register_keras_serializable()) and pass the model to reportgen.generate_report"
+            )
+    # Keras wraps the cause ("... could not be deserialized properly ... Exception encountered: <cause>"): the
+    # cause is what a user can act on, the wrapper's first line is not.
+    text = str(exc).strip()
+    if "Exception encountered:" in text:
+        text = text.rsplit("Exception encountered:", 1)[1].strip()
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{path} could not be loaded as a Keras model: {line[:500]}"
 
 
 def _finish(
@@ -152,6 +179,11 @@ def _finish(
             )
     outputs = list(getattr(model, "outputs", None) or [])
     output_name = None
+    if len(outputs) == 1 and output is not None:
+        only = getattr(outputs[0], "_keras_history", [None])[0]
+        if output != getattr(only, "name", None):
+            raise ModelLoadError(f"--output: {source} has a single output ({getattr(only, 'name', '?')}); leave "
+                                 "--output out")
     if len(outputs) > 1:
         names = [getattr(t, "_keras_history", [None])[0].name for t in outputs]
         if output is None:

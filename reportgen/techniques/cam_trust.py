@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ import cv2
 import numpy as np
 
 DELETION_STEPS = 16
+# Memory: the variants go through the model in chunks of at most this many bytes (float32) and variants (one
+# map's deletion and insertion curves); a chunk of VGG16 at 224 px takes a few seconds on 2 cores.
+CURVE_CHUNK_BYTES = 64 << 20
+CURVE_CHUNK_VARIANTS = 2 * (DELETION_STEPS + 1)
+# Pixels are ranked on at most this many cells per side: a 4096 px image is deleted in 8x8 blocks, whose ranks
+# take 2 MB rather than the 128 MB of one rank per pixel (and its sort).
+MAX_RANK_SIDE = 512
+PROGRESS_SECONDS = 5.0  # at most this long between progress lines while curves run
 SANITY_THRESHOLD = 0.5
 # Insertion starts from the image blurred with a Gaussian of this share of its longer side: shapes and textures
 # are gone, the overall colours stay (so the start is "no evidence", not an out-of-distribution black image).
@@ -62,9 +71,18 @@ def pixel_order(heatmap: np.ndarray, size: tuple[int, int], rng: np.random.Gener
 
 
 def blurred(image: np.ndarray) -> np.ndarray:
-    sigma = BLUR_SHARE * max(image.shape[:2])
-    out = cv2.GaussianBlur(np.asarray(image, np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma,
-                           borderType=cv2.BORDER_REFLECT)
+    """The insertion start: the image blurred with a Gaussian of BLUR_SHARE of its longer side. Above
+    MAX_RANK_SIDE the blur runs on the image scaled down to it and is scaled back up (a kernel of 10% of a 4096 px
+    side is 2,400 px wide; the blurred image has nothing finer to lose)."""
+    pixels = np.asarray(image, np.float32)
+    height, width = pixels.shape[:2]
+    rows, columns = _rank_grid(height, width)
+    small = pixels if (rows, columns) == (height, width) else cv2.resize(pixels, (columns, rows),
+                                                                         interpolation=cv2.INTER_AREA)
+    sigma = BLUR_SHARE * max(rows, columns)
+    out = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    if (rows, columns) != (height, width):
+        out = cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR)
     return out.reshape(image.shape)
 
 
@@ -75,30 +93,93 @@ def deletion_insertion(
     classes: Sequence[int],
     steps: int = DELETION_STEPS,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Curves:
     """Deletion and insertion curves of one image (H, W, C model input) for T heatmaps and their classes.
 
-    Deleted pixels take the image's mean colour; insertion starts from the blurred image. All 2 x T x (steps + 1)
-    variants go through `probabilities` in one call.
+    Deleted pixels take the image's mean colour; insertion starts from the blurred image. The 2 x T x (steps + 1)
+    variants are built in float32 and go through `probabilities` in chunks (at most CURVE_CHUNK_BYTES and
+    CURVE_CHUNK_VARIANTS), so memory does not grow with the number of maps and steps, only with one chunk of the
+    image's size. Pixels are ranked on a grid of at most MAX_RANK_SIDE cells per side (the whole image below that
+    size, so the curves are exactly those of ranking every pixel); larger images delete the grid's cells, each a
+    small block of pixels. `progress(done, total)` is called after each chunk.
     """
-    height, width = image.shape[:2]
+    height, width, channels = image.shape
+    grid = _rank_grid(height, width)
     rng = np.random.default_rng(seed)
-    counts = np.round(np.linspace(0.0, 1.0, steps + 1) * height * width).astype(np.int64)
-    mean_colour = image.reshape(-1, image.shape[-1]).mean(axis=0)
-    start = blurred(image)
-    variants = []
-    for heatmap in heatmaps:
-        ranks = pixel_order(heatmap, (height, width), rng)
-        taken = (ranks[None] < counts[:, None, None])[..., None]  # (steps + 1, H, W, 1): pixels in map order so far
-        variants.append(np.where(taken, mean_colour, image))
-        variants.append(np.where(taken, image, start))
-    if not variants:
+    cells = grid[0] * grid[1]
+    counts = np.round(np.linspace(0.0, 1.0, steps + 1) * cells).astype(np.int64)
+    image32 = np.asarray(image, np.float32)
+    mean_colour = image.reshape(-1, channels).mean(axis=0).astype(np.float32)
+    start = blurred(image32)
+    total = 2 * len(heatmaps) * (steps + 1)
+    if not total:
         empty = np.zeros((0, steps + 1))
         return Curves(empty, empty)
-    probs = probabilities(np.concatenate(variants).astype(np.float32))
-    probs = probs.reshape(len(heatmaps), 2, steps + 1, -1)
+    per_chunk = max(1, min(CURVE_CHUNK_VARIANTS, CURVE_CHUNK_BYTES // max(1, image32.nbytes), total))
+    chunk = np.empty((per_chunk, height, width, channels), np.float32)
+    outputs: list[np.ndarray] = []
+    filled = 0
+
+    def flush() -> None:
+        nonlocal filled
+        outputs.append(np.asarray(probabilities(chunk[:filled])).reshape(filled, -1))
+        filled = 0
+        if progress is not None:
+            progress(sum(len(o) for o in outputs), total)
+
+    for heatmap in heatmaps:
+        ranks = pixel_order(heatmap, grid, rng)
+        for deletion in (True, False):
+            for count in counts:
+                taken = ranks < count  # cells in map order so far
+                if grid != (height, width):
+                    taken = cv2.resize(taken.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                variant = chunk[filled]
+                if deletion:
+                    np.copyto(variant, image32)
+                    np.copyto(variant, mean_colour, where=taken[..., None])
+                else:
+                    np.copyto(variant, start)
+                    np.copyto(variant, image32, where=taken[..., None])
+                filled += 1
+                if filled == per_chunk:
+                    flush()
+    if filled:
+        flush()
+    probs = np.concatenate(outputs).reshape(len(heatmaps), 2, steps + 1, -1)
     picked = probs[np.arange(len(heatmaps)), :, :, np.asarray(classes)]  # (T, 2, steps + 1)
     return Curves(deletion=picked[:, 0], insertion=picked[:, 1])
+
+
+def _rank_grid(height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) pixels are ranked on: the image itself up to MAX_RANK_SIDE, else scaled down to it."""
+    scale = min(1.0, MAX_RANK_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class CurvesProgress:
+    """Progress lines for the curves of many images: a line after a chunk when `every` seconds have passed since
+    the last one, so no stretch of curves runs silently for long (VGG16's took minutes)."""
+
+    def __init__(self, report: Callable[[str], None] | None, images: int, clock: Callable[[], float] = time.monotonic,
+                 every: float = PROGRESS_SECONDS) -> None:
+        self.report, self.images, self.clock, self.every = report, images, clock, every
+        self.last = clock()
+
+    def image(self, index: int) -> Callable[[int, int], None] | None:
+        """The `progress` callback for the curves of image `index` (all its maps and the random baseline)."""
+        if self.report is None:
+            return None
+
+        def update(done: int, total: int) -> None:
+            now = self.clock()
+            if now - self.last >= self.every:
+                self.last = now
+                self.report(f"deletion and insertion curves: image {index + 1} of {self.images}, "
+                            f"{done}/{total} variants of this map set")
+
+        return update
 
 
 def random_maps(shape: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:

@@ -26,7 +26,14 @@ import numpy as np
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers
 from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
-from reportgen.techniques.cam_trust import DELETION_STEPS, SanityCheck, deletion_insertion, random_maps, sanity_check
+from reportgen.techniques.cam_trust import (
+    DELETION_STEPS,
+    CurvesProgress,
+    SanityCheck,
+    deletion_insertion,
+    random_maps,
+    sanity_check,
+)
 from reportgen.techniques.predictions import PROBABILITY_ACTIVATIONS, FinalLayer, Target, compiled, traceable
 
 CAM_LAYER_FLAG = "--cam-layer"
@@ -692,9 +699,11 @@ def explain(
     heatmaps: list[Heatmap] = []
     if progress:
         progress(f"deletion and insertion curves: {len(inputs)} images x ({len(methods)} methods + a random map)")
+    tracker = CurvesProgress(progress, len(inputs))  # a line every few seconds, however long the curves take
     for i, row in enumerate(targets):
         classes = [t.class_index for t in row]
         seed = image_seed(settings.seed, inputs[i])
+        step = tracker.image(i)
         # The random baseline has each method's own resolution: deleting 4x4 blocks at random is not deleting
         # pixels at random, so layer-resolution and input-resolution (saliency) maps each get their own.
         noise_by_shape: dict[tuple[int, ...], Any] = {}
@@ -702,10 +711,12 @@ def explain(
             shape = tuple(maps[method][i][0].shape)
             if shape not in noise_by_shape:
                 noise_by_shape[shape] = deletion_insertion(functions.probabilities, inputs[i],
-                                                           random_maps(shape, len(row), seed), classes, steps, seed)
+                                                           random_maps(shape, len(row), seed), classes, steps, seed,
+                                                           step)
         for method in methods:
             noise = noise_by_shape[tuple(maps[method][i][0].shape)]
-            curves = deletion_insertion(functions.probabilities, inputs[i], maps[method][i], classes, steps, seed)
+            curves = deletion_insertion(functions.probabilities, inputs[i], maps[method][i], classes, steps, seed,
+                                        step)
             for t, target in enumerate(row):
                 heatmaps.append(Heatmap(
                     method=method, image=i, target=target, raw=maps[method][i][t],
