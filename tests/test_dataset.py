@@ -234,3 +234,42 @@ def test_two_thousand_images_stay_under_the_page_budget(keras, tmp_path):
     assert sum(i["detail"] for i in manifest["images"]) == 12
     assert manifest["evaluation"]["labelled"] == 2000
     assert sum(map(sum, manifest["evaluation"]["confusion"])) == 2000
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_dataset_progress_is_a_bar_on_a_terminal_and_periodic_lines_elsewhere():
+    from reportgen.progress import Progress
+
+    terminal = _Stream(tty=True)
+    counter = Progress(stream=terminal).counter("dataset", 100)
+    for done in range(0, 101, 10):
+        counter(done)
+    counter.close()
+    assert "\r" in terminal.text and "100/100 images" in terminal.text and "images/s" in terminal.text
+    assert "left" in terminal.text
+
+    log = _Stream(tty=False)
+    counter = Progress(stream=log).counter("dataset", 100, every=3600)
+    for done in range(0, 101, 10):
+        counter(done)
+    counter.close()
+    assert "\r" not in log.text and log.text.count("\n") == 2  # the first line, then the final one
+
+    quiet = _Stream(tty=True)
+    counter = Progress(enabled=False, stream=quiet).counter("dataset", 100)
+    counter(50)
+    counter.close()
+    assert quiet.text == ""
