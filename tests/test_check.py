@@ -121,7 +121,10 @@ def _pass_and_fail(folder, name, value, baseline=None, higher_is_better=False, s
 
 
 def _top1(manifest):
-    return {e["name"]: e for e in manifest["predictions"]}
+    """Every image's top-1 prediction and label index, as report.json's images list records them."""
+    names = manifest["class_names"]
+    return {e["name"]: {"top_k": [e["prediction"]], "label_index": names.index(e["label"]) if e["label"] in names
+                        else None} for e in manifest["images"]}
 
 
 def _accuracy_by_hand(manifest, names=None):

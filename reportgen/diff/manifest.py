@@ -224,8 +224,20 @@ class ImagePrediction:
 
 
 def predictions(manifest: Mapping[str, Any]) -> dict[str, ImagePrediction]:
-    """Image id -> top prediction, from the "predictions" list; {} when the report has no predictions section."""
+    """Image id -> top prediction of every image of the set (`images[].prediction`, from the dataset pass), else
+    of the images in the "predictions" list; {} when the report has neither."""
     out: dict[str, ImagePrediction] = {}
+    names = [n for n in manifest.get("class_names", []) if isinstance(n, str)]
+    for entry in images(manifest):
+        top = entry.get("prediction")
+        if not isinstance(top, dict) or not isinstance(top.get("class_index"), int):
+            continue
+        label = entry.get("label")
+        correct = None if label not in names else names.index(label) == top["class_index"]
+        out[entry["id"]] = ImagePrediction(entry["id"], label, top.get("class_name"), top["class_index"],
+                                           top.get("probability"), correct)
+    if out:
+        return out
     for entry in entries(manifest, "predictions"):
         top = entry["top_k"][0]
         out[entry["image"]] = ImagePrediction(entry["image"], entry["label"], top["class_name"], top["class_index"],
