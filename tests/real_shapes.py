@@ -50,10 +50,9 @@ def shapes_arrays(n: int, seed: int, size: int, gray: bool) -> tuple[np.ndarray,
 
 def train_on_shapes(keras, model, n=2000, epochs=12, seed=0, batch_size=32):
     """Fit `model` (taking pixels / 255) on generated shapes; returns its accuracy on held-out images."""
-    import tensorflow as tf
-
+    # Seeded, not bit-for-bit deterministic: op determinism is a process-wide switch that would change the
+    # arithmetic of every later test in the session.
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
     size, channels = model.input_shape[1], model.input_shape[3]
     images, labels, _ = shapes_arrays(n, seed, size, gray=channels == 1)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",

@@ -169,8 +169,9 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
     blocks.append(Text(f"Over all {dataset.images} images of the set:"))
     blocks.append(Facts(tuple(facts)))
     tiles, labels = [], []
+    size = figures.fit_box(np.zeros((*analysis.size, 3), np.uint8), 128).shape[:2]  # every tile the images' shape
     if summary.mean_map is not None and unit(summary.mean_map) is not None:
-        tiles.append(figures.heatmap_tile(unit(summary.mean_map), (128, 128), COLORMAP))
+        tiles.append(figures.heatmap_tile(unit(summary.mean_map), size, COLORMAP))
         labels.append(f"mean Grad-CAM of {summary.images}")
         key = f"{sid}.dataset.average"
         arrays[key] = summary.mean_map

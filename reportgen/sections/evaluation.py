@@ -11,6 +11,7 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text
+from reportgen.sections.predictions import prediction_plan
 from reportgen.techniques.streaming import Ranked
 
 KIND = "evaluation"
@@ -30,8 +31,11 @@ def thumbnails(analysis: Analysis, ranked: tuple[Ranked, ...]) -> np.ndarray:
     for entry, pixels in zip(ranked, images, strict=True):
         tiles.append(figures.fit_box(pixels, THUMB))
         label, predicted = entry.extra if entry.extra else (-1, -1)
-        labels.append(f"{names[label][:9]}>{names[predicted][:9]} {entry.score:.0%}" if label >= 0 else
-                      f"{entry.score:.0%}")
+        if label == predicted:
+            labels.append(f"{names[label][:14]} {entry.score:.0%}")
+        else:
+            labels.append(f"{names[label][:7]}>{names[predicted][:7]} {entry.score:.0%}" if label >= 0 else
+                          f"{entry.score:.0%}")
     return figures.fit_width(figures.tile_grid(tiles, columns=min(8, len(tiles)), labels=labels))
 
 
@@ -64,15 +68,15 @@ def build(analysis: Analysis) -> list[Section]:
                                              "top-1 probability; Guo et al. 2017)")]
     blocks.append(Facts(tuple(facts)))
     occurring = [m for m in evaluation.per_class if m.support or m.predicted]
-    links = analysis.shared_results.get("class_links", {})
+    plan = prediction_plan(analysis)
+    links = {c: link for c in range(len(names)) if (link := plan.class_link(c, names))}
     blocks.append(Table(
         columns=("Class", "Support", "Predicted", "Precision", "Recall", "F1"),
         rows=tuple((names[m.class_index], str(m.support), str(m.predicted), _fmt(m.precision), _fmt(m.recall),
                     _fmt(m.f1)) for m in occurring),
         caption="Every class that occurs as a label or a prediction, over every labelled image. Precision: share "
                 "of the images predicted as the class that are of it; recall: share of its images predicted as it.",
-        row_links=tuple(((names[m.class_index], links[m.class_index]),) if m.class_index in links else ()
-                        for m in occurring),
+        row_links=tuple((links[m.class_index],) if m.class_index in links else () for m in occurring),
     ))
     shown = [m.class_index for m in occurring]
     matrix = evaluation.confusion[np.ix_(shown, shown)]
