@@ -91,6 +91,9 @@ def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("Model", _model_line(model)), ("Images", f"{len(images)} ({labelled} labelled)")]
     accuracy = read.accuracy(manifest)
     rows.append(("Accuracy on these images", accuracy.text() if accuracy else "n/a"))
+    evaluation = manifest.get("evaluation") or {}
+    if isinstance(evaluation.get("ece"), (int, float)):
+        rows.append(("Calibration (ECE, 15 bins)", f"{evaluation['ece']:.3f}"))
     dead = _dead_filters(manifest)
     if dead:
         rows.append(("Dead filters", dead))
