@@ -26,7 +26,7 @@ from reportgen.techniques.dataset_examples import FilterExamples, FilterExtremes
 from reportgen.techniques.evaluation import Evaluation, EvaluationAccumulator
 from reportgen.techniques.feature_maps import ACTIVATION_BUDGET, LayerMapStats, LayerStatsAccumulator
 
-PASS_BATCH = 32  # images per batch when the layers' activations allow it
+PASS_BATCH = 64  # images per batch when the layers' activations allow it
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ class DatasetPass:
         self.class_stats = ClassAccumulator(classes, cam_shape, cam_channels)
         self.layer_stats = {n.path: LayerStatsAccumulator(n, tuple(int(d) for d in shapes[n.path][1:]))
                             for n in plan.stat_layers}
-        self.extremes = [FilterExtremes(path, filters, plan.examples) for path, filters in plan.example_layers]
+        self.extremes: list[FilterExtremes] = []
+        self.example_layers = plan.example_layers
         self._step = compiled(self._step_graph, model)
         self.traced = traceable(model)
 
@@ -116,13 +117,26 @@ class DatasetPass:
             out["cam_channels"] = tf.reduce_mean(acts, axis=(1, 2))
         for node in plan.stat_layers:
             maps = tf.cast(run.captured[node.path], tf.float32)
-            finite = tf.math.is_finite(maps)
-            out[f"low/{node.path}"] = tf.reduce_min(tf.where(finite, maps, np.inf), axis=(1, 2))
-            out[f"high/{node.path}"] = tf.reduce_max(tf.where(finite, maps, -np.inf), axis=(1, 2))
-            out[f"sum/{node.path}"] = tf.reduce_sum(tf.where(finite, maps, 0.0), axis=(1, 2))
-            out[f"zeros/{node.path}"] = tf.reduce_sum(tf.cast(tf.equal(maps, 0.0), tf.int64))
-            out[f"bad/{node.path}"] = tf.reduce_any(~finite, axis=(0, 1, 2))
-            out[f"nonfinite/{node.path}"] = tf.reduce_sum(tf.cast(~finite, tf.int64))
+            total = tf.reduce_sum(maps, axis=(1, 2))
+            # Non-finite values show in the sums; only a batch that has them pays for masking them out.
+            bad = ~tf.math.is_finite(total)
+
+            def plain(maps: Any = maps) -> tuple[Any, ...]:
+                return (tf.reduce_min(maps, axis=(1, 2)), tf.reduce_max(maps, axis=(1, 2)),
+                        tf.constant(0, tf.int64))
+
+            def masked(maps: Any = maps) -> tuple[Any, ...]:
+                finite = tf.math.is_finite(maps)
+                return (tf.reduce_min(tf.where(finite, maps, np.inf), axis=(1, 2)),
+                        tf.reduce_max(tf.where(finite, maps, -np.inf), axis=(1, 2)),
+                        tf.reduce_sum(tf.cast(~finite, tf.int64)))
+
+            low, high, non_finite = tf.cond(tf.reduce_any(bad), masked, plain)
+            out[f"low/{node.path}"], out[f"high/{node.path}"] = low, high
+            out[f"sum/{node.path}"] = tf.where(bad, tf.zeros_like(total), total)
+            out[f"zeros/{node.path}"] = tf.size(maps, out_type=tf.int64) - tf.math.count_nonzero(maps)
+            out[f"bad/{node.path}"] = tf.reduce_any(bad, axis=0)
+            out[f"nonfinite/{node.path}"] = non_finite
         for path, filters in plan.example_layers:
             means, strongest, weakest = filter_statistics(run.captured[path], filters)
             out[f"mean/{path}"], out[f"max/{path}"], out[f"min/{path}"] = means, strongest, weakest
@@ -138,6 +152,10 @@ class DatasetPass:
         started = time.perf_counter()
         listed = len(reader.sources)
         names = [s.name for s in reader.sources]
+        name_rank = np.empty(listed, np.int64)
+        name_rank[sorted(range(listed), key=names.__getitem__)] = np.arange(listed)
+        self.extremes = [FilterExtremes(path, filters, self.plan.examples, name_rank)
+                         for path, filters in self.example_layers]
         predicted = np.full(listed, -1, np.int64)
         confidence = np.full(listed, np.nan)
         sizes = np.zeros((listed, 2), np.int64)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.graph import run_layers
-from reportgen.techniques.streaming import Ranked, TopK
+from reportgen.techniques.streaming import Ranked
 
 DEFAULT_EXAMPLES = 6
 
@@ -29,29 +29,67 @@ class FilterExamples:
 
 
 class FilterExtremes:
-    """Top-k and bottom-k images per filter of one layer, by the filter's spatial mean activation."""
+    """Top-k and bottom-k images per filter of one layer, by the filter's spatial mean activation.
 
-    def __init__(self, layer: str, filters: Sequence[int], k: int = DEFAULT_EXAMPLES) -> None:
+    Kept as arrays (filters x k) and merged with one sort per filter, so a batch costs a few vectorised
+    operations however many filters there are. Ties go to the image whose name sorts first: `name_rank` maps an
+    image index to its position in the sorted names (the same on every worker).
+    """
+
+    def __init__(self, layer: str, filters: Sequence[int], k: int = DEFAULT_EXAMPLES,
+                 name_rank: np.ndarray | None = None) -> None:
         self.layer = layer
         self.filters = tuple(int(f) for f in filters)
-        self.top = [TopK(k, largest=True) for _ in self.filters]
-        self.bottom = [TopK(k, largest=False) for _ in self.filters]
+        self.k = k
+        self.name_rank = name_rank
+        f = len(self.filters)
+        # Per side: score (F, n), image index (F, n), cell (F, n, 2); n <= k.
+        self.sides = {side: (np.zeros((f, 0)), np.zeros((f, 0), np.int64), np.zeros((f, 0, 2), np.int64))
+                      for side in ("top", "bottom")}
+        self.names: dict[int, str] = {}
+
+    def _keep(self, side: str, scores: np.ndarray, indices: np.ndarray, cells: np.ndarray) -> None:
+        old_scores, old_indices, old_cells = self.sides[side]
+        scores = np.concatenate([old_scores, scores], axis=1)
+        indices = np.concatenate([old_indices, indices], axis=1)
+        cells = np.concatenate([old_cells, cells], axis=1)
+        ranks = self.name_rank[indices] if self.name_rank is not None else indices
+        keyed = -scores if side == "top" else scores
+        keyed = np.where(np.isfinite(keyed), keyed, np.inf)  # NaN never wins
+        order = np.stack([np.lexsort((ranks[f], keyed[f]))[:self.k] for f in range(len(scores))]) if len(scores) \
+            else np.zeros((0, 0), np.int64)
+        take = np.take_along_axis
+        self.sides[side] = (take(scores, order, axis=1), take(indices, order, axis=1),
+                            take(cells, order[..., None], axis=1))
 
     def update(self, indices: np.ndarray, names: list[str], means: np.ndarray, strongest: np.ndarray,
                weakest: np.ndarray) -> None:
         """means (B, F): each filter's mean over the map; strongest / weakest (B, F, 2): (row, col) of its
         highest / lowest cell."""
-        for f in range(len(self.filters)):
-            self.top[f].update(means[:, f], names, indices, [(tuple(int(v) for v in p),) for p in strongest[:, f]])
-            self.bottom[f].update(means[:, f], names, indices, [(tuple(int(v) for v in p),) for p in weakest[:, f]])
+        indices = np.asarray(indices, np.int64)
+        self.names.update(zip(indices.tolist(), names, strict=True))
+        per_filter = np.broadcast_to(indices, (len(self.filters), len(indices)))
+        means = np.asarray(means, np.float64).T
+        self._keep("top", means, per_filter, np.asarray(strongest).transpose(1, 0, 2))
+        self._keep("bottom", means, per_filter, np.asarray(weakest).transpose(1, 0, 2))
+        self.names = {i: self.names[i] for side in self.sides.values() for i in side[1].ravel().tolist()}
 
     def merge(self, other: FilterExtremes) -> None:
-        for mine, theirs in zip(self.top + self.bottom, other.top + other.bottom, strict=True):
-            mine.merge(theirs)
+        self.names.update(other.names)
+        for side in ("top", "bottom"):
+            self._keep(side, *other.sides[side])
+        self.names = {i: self.names[i] for side in self.sides.values() for i in side[1].ravel().tolist()}
 
     def result(self) -> list[FilterExamples]:
-        return [FilterExamples(self.layer, f, self.top[i].result(), self.bottom[i].result())
-                for i, f in enumerate(self.filters)]
+        out = []
+        for f, filter_index in enumerate(self.filters):
+            ranked = {}
+            for side, (scores, indices, cells) in self.sides.items():
+                ranked[side] = tuple(Ranked(float(scores[f, j]), self.names[int(indices[f, j])], int(indices[f, j]),
+                                            (tuple(int(v) for v in cells[f, j]),))
+                                     for j in range(scores.shape[1]) if np.isfinite(scores[f, j]))
+            out.append(FilterExamples(self.layer, filter_index, ranked["top"], ranked["bottom"]))
+        return out
 
 
 def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any, Any]:
@@ -61,14 +99,14 @@ def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any, Any]
 
     chosen = tf.gather(tf.cast(maps, tf.float32), list(filters), axis=3)  # (B, h, w, F)
     width = tf.shape(chosen)[2]
-    flat = tf.reshape(tf.transpose(chosen, (0, 3, 1, 2)), (tf.shape(chosen)[0], len(filters), -1))
-    means = tf.reduce_mean(flat, axis=2)
+    flat = tf.reshape(chosen, (tf.shape(chosen)[0], -1, len(filters)))  # (B, h * w, F): no transpose
+    means = tf.reduce_mean(flat, axis=1)
 
     def cell(index: Any) -> Any:
         index = tf.cast(index, tf.int32)
         return tf.stack([index // width, index % width], axis=-1)
 
-    return means, cell(tf.argmax(flat, axis=2)), cell(tf.argmin(flat, axis=2))
+    return means, cell(tf.argmax(flat, axis=1)), cell(tf.argmin(flat, axis=1))
 
 
 @dataclass(frozen=True)
