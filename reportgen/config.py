@@ -16,7 +16,8 @@ from reportgen.errors import InputError
 
 PREPROCESS_MODES = ("auto", "scale", "none", "caffe", "tf", "torch")
 DIRECTIONS = ("ascent", "descent")
-PATTERN_METHODS = ("fourier", "pixel")
+PATTERN_METHODS = ("fourier", "pixel", "maco")
+MAX_PATTERN_DIVERSITY = 16
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients")
 DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
 
@@ -46,6 +47,7 @@ class ReportOptions:
     steps: int = 40
     pattern_size: int | None = None
     pattern_method: str = "fourier"
+    pattern_diversity: int = 1
     # predictions and class activation maps
     top_k: int = 3
     cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
@@ -70,6 +72,8 @@ class ReportOptions:
                 raise InputError(f"{name}: must be at least {low}, got {value}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if not 1 <= self.pattern_diversity <= MAX_PATTERN_DIVERSITY:
+            raise InputError(f"--pattern-diversity: must be 1-{MAX_PATTERN_DIVERSITY}, got {self.pattern_diversity}")
         if self.pattern_size is not None and self.pattern_size < 8:
             raise InputError(f"--pattern-size: must be at least 8 pixels, got {self.pattern_size}")
         if self.image_size is not None and min(self.image_size) < 1:

@@ -168,7 +168,7 @@ def test_report_sections_manifest_arrays_and_dead_tiles(keras, shared_images, tm
         stored = arrays[entry["array_key"]]
         assert stored.shape == (3, 32, 32, 3)
         x = stored[entry["array_index"]: entry["array_index"] + 1]
-        again = filter_responses(model, entry["layer"], x, [entry["filter"]])[0, 0]
+        again = filter_responses(model, entry["target"], x, [entry["filter"]])[0, 0]
         assert again == pytest.approx(entry["activation"], rel=1e-4, abs=1e-5)
     dead = {(e["layer"], e["filter"]) for e in entries if e["dead"]}
     assert dead == {("stem", 0)}
