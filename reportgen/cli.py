@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from reportgen import __version__
 from reportgen.config import (
     CAM_METHODS,
+    DEFAULT_STEPS,
     DIRECTIONS,
     PATTERN_METHODS,
     PREPROCESS_MODES,
@@ -110,9 +111,10 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--filter-indices", metavar="LIST", help="Exact filter indices, e.g. 0,3,7."),
         click.option("--directions", metavar="LIST", default="ascent,descent", show_default=True,
                      help=f"Pattern directions: {', '.join(DIRECTIONS)}."),
-        click.option("--steps", type=int, default=40, show_default=True, help="Optimisation steps per pattern."),
+        click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
+                     help="Optimisation steps per pattern."),
         click.option("--pattern-size", type=int, help="Pattern size in px (default: the model's input, at most 128)."),
-        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="fourier",
+        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="logit",
                      show_default=True, help="Filter-pattern parameterisation."),
         click.option("--pattern-diversity", type=int, default=1, show_default=True, metavar="K",
                      help="Different patterns per filter and direction (a diversity penalty keeps them apart)."),

@@ -46,6 +46,8 @@ LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the pa
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
 ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
+    "logit": "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a penalty that "
+             "keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is clipped",
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
                "each ascent step sees it slightly jittered, scaled and rotated",
     "pixel": "gradient steps on the pixels, each normalised by its RMS (the tutorials' method)",

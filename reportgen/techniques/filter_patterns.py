@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.config import DIRECTIONS
+from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
@@ -139,10 +139,10 @@ def pattern_targets(model: Any, paths: Sequence[str], nodes: Sequence[LayerNode]
 class PatternSettings:
     """How the search runs; the same for every layer of a report."""
 
-    steps: int = 40
+    steps: int = DEFAULT_STEPS
     height: int = DEFAULT_PATTERN_SIZE
     width: int = DEFAULT_PATTERN_SIZE
-    method: str = "fourier"
+    method: str = "logit"
     seed: int = 0
     directions: tuple[str, ...] = DIRECTIONS
     compute_dtype: str = "float32"  # "bfloat16" runs the search steps in bfloat16 (final numbers stay float32)
@@ -415,6 +415,9 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
             off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
             objective = tf.where(off, tf.reduce_mean(pre, axis=[1, 2]), tf.reduce_mean(post, axis=[1, 2]))
             total = tf.reduce_sum(signs * objective)  # each image's gradient is its own: images are independent
+            penalty = getattr(method, "penalty", None)
+            if penalty is not None:  # a share of each image's own objective, whatever the layer's scale
+                total -= tf.reduce_sum((tf.stop_gradient(tf.abs(objective)) + 1e-12) * penalty(params))
             if diverse:
                 scale = tf.stop_gradient(tf.abs(objective)) + 1e-6
                 total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * _diversity(full_post, groups))
@@ -482,6 +485,7 @@ def search_patterns(
     pixel_map: PixelMap,
     flops_per_step: float = 0.0,
     target: PatternTarget | None = None,
+    method: Method | None = None,
 ) -> LayerPatterns:
     """Optimise the patterns of `filters` of the layer at `layer_path` in every direction of `settings`, driving
     `target`'s output (default: `pattern_target`, the conv's block output).
@@ -490,14 +494,14 @@ def search_patterns(
     on their similarity; `DirectionPatterns.inputs` then holds them filter by filter (K rows per filter).
     Deterministic for a given `settings.seed`: each filter's starting image is drawn from (seed, layer, filter),
     and the random transforms of each step from (seed, layer, step). `flops_per_step` (see `search_flops`) is
-    only carried into the result for reporting.
+    only carried into the result for reporting. `method` replaces `settings.method`'s (for benchmarks).
     """
     import tensorflow as tf
 
     started = time.perf_counter()
     if target is None:
         target = pattern_targets(model, [layer_path])[0]
-    method = method_named(settings.method)
+    method = method or method_named(settings.method)
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
     diversity = settings.diversity
     compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,

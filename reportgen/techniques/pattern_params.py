@@ -1,16 +1,22 @@
 """How a filter pattern is parameterised, transformed and updated during the search, in TensorFlow ops.
 
 Every method works on display pixels `unit` in [0, 1] (RGB order, what pixels/255 would be); `PixelMap` turns
-them into the model's input, so a pattern is always a real image whatever the preprocessing. Two methods:
+them into the model's input, so a pattern is always a real image whatever the preprocessing. The methods:
 
+- `LogitAscent` ("logit", the default): pixels through a sigmoid, Adam on the logits with a cosine learning-rate
+  decay and a penalty on saturation. Chosen by `benchmarks/pattern_methods.py` on six models: in 40 steps it
+  reaches 0.92-1.26x the tutorials' mean activation (9x on a random MobileNetV2) with no pixel within 1% of the
+  range's ends, where the tutorials' loop pins 40-80% of them; the Fourier methods reach 0.4-0.8x.
 - `PixelAscent` ("pixel"): the tutorials' method (Chollet, *Deep Learning with Python* 5.4): the pixels are the
   parameters, each step adds the gradient divided by its RMS; here batched, compiled and clipped to [0, 1].
 - `FourierAscent` ("fourier"): Lucid's recipe (Olah et al., "Feature Visualization", Distill 2017): the image is
   the inverse FFT of a spectrum scaled by 1/frequency (so every frequency learns at a similar rate and
   high-frequency noise is not favoured), colours are decorrelated with the ImageNet colour-correlation square
-  root, a sigmoid keeps pixels inside [0, 1], Adam updates the spectrum and every ascent step sees the image
-  through a small random jitter, scale and rotation (seeded, stateless), so the pattern cannot rely on
-  pixel-exact noise.
+  root (none for grey or other channel counts), a sigmoid keeps pixels inside [0, 1], Adam updates the spectrum
+  and every ascent step sees the image through a small random jitter, scale and rotation (seeded, stateless), so
+  the pattern cannot rely on pixel-exact noise.
+- `MacoAscent` ("maco"): the phase of the spectrum only, at a fixed natural 1/f magnitude (Fel et al., 2023).
+- `TutorialAscent` ("tutorial"): the yardstick of the benchmark and the tests, not a report method.
 """
 
 from __future__ import annotations
@@ -271,13 +277,61 @@ class MacoAscent:
         return _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))
 
 
-Method = PixelAscent | FourierAscent | TutorialAscent | MacoAscent
+@dataclass(frozen=True)
+class LogitAscent:
+    """Pixels through a sigmoid, `unit = sigmoid(z)`, Adam on the logits `z` with a cosine learning-rate decay,
+    and a penalty on logits past `margin` (pixels nearer the range's ends than sigmoid(-margin)).
+
+    The sigmoid keeps every image valid without clipping, and its gradient never reaches zero, so a pixel pushed to
+    an end can come back; Adam gives every pixel its own step size. Alone it pins most pixels at the ends (the
+    objective rewards contrast), which the penalty stops: it costs, per image, `saturation_weight` times the mean
+    squared excess of the logits past `margin`, as a share of the image's own objective (`penalty`), so its pull
+    is the same whatever the scale of the layer's activations.
+    """
+
+    learning_rate: float = 0.5
+    final_rate: float | None = 0.05
+    margin: float = 3.0  # logit of 0.953: pixels between 4.7% and 95.3% of the range cost nothing
+    saturation_weight: float = 4.0
+    decorrelate: bool = False
+    name: str = "logit"
+    jitter: Jitter | None = None
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (height, width, channels)
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        # The tutorials' start: grey plus 20% noise (logits of 0.4-0.6).
+        return rng.uniform(-0.405, 0.405, (height, width, channels)).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        import tensorflow as tf
+
+        channels = int(params.shape[-1])
+        return tf.sigmoid(_decorrelate(params, channels) if self.decorrelate else params)
+
+    def finish(self, params: Any) -> Any:
+        return params
+
+    def penalty(self, params: Any) -> Any:
+        """(B,) the saturation penalty of each image, as a share of its objective."""
+        import tensorflow as tf
+
+        excess = tf.nn.relu(tf.abs(params) - self.margin)
+        return self.saturation_weight * tf.reduce_mean(tf.square(excess), axis=[1, 2, 3])
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
+        return _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))
+
+
+Method = PixelAscent | FourierAscent | TutorialAscent | MacoAscent | LogitAscent
 
 
 def method_named(name: str) -> Method:
     """The parameterisation behind `--pattern-method`."""
     methods: dict[str, Method] = {"pixel": PixelAscent(), "fourier": FourierAscent(), "maco": MacoAscent(),
-                                  "tutorial": TutorialAscent()}
+                                  "logit": LogitAscent(), "tutorial": TutorialAscent()}
     if name not in methods:
         raise ValueError(f"unknown pattern method {name!r}")
     return methods[name]
