@@ -14,7 +14,8 @@ blocks; a greyscale mini-Xception with separable convs); VGG16, ResNet50 and Mob
 (`weights=None`: nothing is downloaded). Small sizes and few filters keep it to minutes on 2 cores.
 
     python benchmarks/pattern_methods.py [--models example,rgb,grey,vgg16,resnet50,mobilenetv2]
-        [--methods tutorial,pixel,fourier,maco] [--filters 8] [--steps 40] [--out pattern_methods.png]
+        [--methods tutorial,logit,logit-free,pixel,fourier,maco] [--filters 8] [--steps 40]
+        [--out pattern_methods.png]
 """
 
 from __future__ import annotations
@@ -67,18 +68,23 @@ def variants() -> dict:
 
     return {
         "tutorial": pp.TutorialAscent(),
+        "logit": pp.LogitAscent(),
         "pixel": pp.PixelAscent(),
         "fourier": pp.FourierAscent(),
-        "fourier-old": pp.FourierAscent(learning_rate=0.3, final_rate=None),
-        "fourier-cos": pp.FourierAscent(learning_rate=0.6, final_rate=0.05),
         "maco": pp.MacoAscent(),
+        # Measured while choosing: the default without its saturation penalty, with jitter, with decorrelated
+        # colour, and Fourier with a cosine schedule.
+        "logit-free": pp.LogitAscent(saturation_weight=0.0),
+        "logit-jitter": pp.LogitAscent(jitter=pp.Jitter()),
+        "logit-decor": pp.LogitAscent(decorrelate=True),
+        "fourier-cos": pp.FourierAscent(learning_rate=0.6, final_rate=0.05),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--methods", default="tutorial,pixel,fourier,maco")
+    parser.add_argument("--methods", default="tutorial,logit,logit-free,pixel,fourier,maco")
     parser.add_argument("--filters", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default="pattern_methods.png", help="PNG of every method's grids per layer.")

@@ -364,7 +364,10 @@ def _diversity(features: Any, groups: Any) -> Any:
     return tf.reduce_sum(similarity * same, axis=1) / tf.maximum(tf.reduce_sum(same, axis=1), 1.0)
 
 
-DIVERSITY_WEIGHT = 1.0  # diversity penalty per unit of similarity, as a share of the image's own objective
+# Diversity penalty per unit of similarity, as a share of the image's own objective. Measured on the tests' RGB
+# CNN (3 patterns of 2 filters of its last block): 1 does not lower the similarity reliably (0.99 against 0.92
+# without), 10 lowers it to 0.84 at 0.6x the activation, 100 to 0.68 at 0.3x.
+DIVERSITY_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
