@@ -3,6 +3,8 @@ each chosen filter up (ascent) or down (descent), with the activation each reach
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from reportgen import figures
@@ -247,7 +249,11 @@ def build(analysis: Analysis) -> list[Section]:
     elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale)
                 * patterns_per_layer[t.layer] * settings.steps for t in targets}
     rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    predicted = {path: LAYER_OVERHEAD_SECONDS + flops[path] / rate + elements[path] * ELEMENT_SECONDS
+    # The scorecard runs the model forward once per robust view and once more per pattern, about a third of a
+    # search step each (forward only, no input gradient), whatever the steps.
+    scoring = (len(ROBUST_VIEWS) + 1) / (3.0 * max(1, settings.steps))
+    predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
+                                                                   * ELEMENT_SECONDS)
                  for path in flops}
     analysis.progress("filter_patterns", (
         f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {width}x{height} px, "
@@ -262,6 +268,7 @@ def build(analysis: Analysis) -> list[Section]:
         left = correction * sum(predicted[n.path] for n in nodes[k - 1:])
         analysis.progress("filter_patterns", f"{node.path} ({k}/{len(nodes)}), about {_duration(left)} left")
         per_step = flops[node.path] / max(1, patterns_per_layer[node.path] * settings.steps)
+        started = time.perf_counter()
         result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step,
                                  by_layer[node.path])
         results.append(result)
@@ -269,7 +276,7 @@ def build(analysis: Analysis) -> list[Section]:
                                                          _display(analysis, d.inputs)) for d in result.patterns}
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
-        spent, expected = spent + result.seconds, expected + predicted[node.path]
+        spent, expected = spent + time.perf_counter() - started, expected + predicted[node.path]
         correction = spent / expected
 
     dead = [(r.layer, int(r.dead.sum()), len(r.filters)) for r in results if r.dead.any()]
