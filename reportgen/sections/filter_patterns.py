@@ -176,9 +176,10 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                  f"robust, its mean activation over {len(ROBUST_VIEWS)} fixed views (rotations up to 5°, scales "
                  "0.9-1.1, shifts up to 6%) as a share of its activation; specific, the share of the other "
                  "filters' patterns that drive this filter less; saturated, the share of pixel values within "
-                 f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged: fragile (robust below {FLAG_ROBUST:.0%}), "
-                 f"unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above {FLAG_SATURATION:.0%}; a first "
-                 "layer is linear in the pixels, so its best image is two-level and saturated by nature)."),
+                 f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
+                 f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
+                 f"{FLAG_SATURATION:.0%}; a first layer is linear in the pixels, so its best image is two-level "
+                 "and saturated by nature)."),
     ))
     analysis.manifest_lists.setdefault("filter_patterns", []).extend(entries)
     node = next(n for n in analysis.layers if n.path == path)

@@ -116,7 +116,7 @@ def pattern_target(nodes: Sequence[LayerNode], consumers: dict[str, list[str]], 
     while len(consumers.get(current, [])) == 1:
         following = consumers[current][0]
         kind = type(by_path[following]).__name__
-        if _nonlinear(by_path[following]):
+        if kind in (*_NONLINEAR, "Activation") and _nonlinear(by_path[following]):  # not a conv's own
             return PatternTarget(path, following, current, (*chain, following))
         if kind not in _CHANNEL_KEEPING:
             break
@@ -634,7 +634,8 @@ class Scorecard:
         out = []
         if direction == "ascent" and self.robust[index] < FLAG_ROBUST:
             out.append("fragile")
-        if self.specificity[index] < FLAG_SPECIFICITY:
+        # Descent is scored but not flagged for these: behind a ReLU many patterns tie at zero.
+        if direction == "ascent" and self.specificity[index] < FLAG_SPECIFICITY:
             out.append("unspecific")
         if self.saturation[index] > FLAG_SATURATION:
             out.append("saturated")
