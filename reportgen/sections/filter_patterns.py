@@ -27,7 +27,7 @@ from reportgen.techniques.filter_patterns import (
     layer_consumers,
     matmul_rate,
     pattern_target,
-    score_patterns,
+    score_layer,
     search_dtype,
     search_elements,
     search_flops,
@@ -273,8 +273,8 @@ def build(analysis: Analysis) -> list[Section]:
         result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step,
                                  by_layer[node.path])
         results.append(result)
-        scores[node.path] = {d.direction: score_patterns(analysis.model, result, d.direction,
-                                                         _display(analysis, d.inputs)) for d in result.patterns}
+        scores[node.path] = score_layer(analysis.model, result,
+                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns})
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
         spent, expected = spent + time.perf_counter() - started, expected + predicted[node.path]

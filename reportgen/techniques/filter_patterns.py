@@ -644,25 +644,40 @@ class Scorecard:
 
 def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray) -> Scorecard:
     """The scorecard of `result`'s patterns in `direction`; `display` holds the same patterns as pixels in [0, 1]
-    (the preprocessing inverted). Responses are the model's own float32 outputs of the target layer."""
-    patterns = result.direction(direction)
+    (the preprocessing inverted)."""
+    return score_layer(model, result, {direction: display})[direction]
+
+
+def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray]) -> dict[str, Scorecard]:
+    """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
+    in [0, 1]). Responses are the model's own float32 outputs of the target layer, from one traced pass over every
+    pattern and view of the layer."""
     output = result.target.output if result.target is not None else result.layer
-    inputs, k = patterns.inputs, result.diversity
-    filters = np.repeat(result.filters, k)
-    views = robust_views(inputs)
-    viewed = filter_responses(model, output, views.reshape(-1, *inputs.shape[1:]), result.filters)
-    viewed = viewed.reshape(len(views), len(inputs), len(result.filters))
-    column = np.arange(len(inputs)) // k  # pattern i is of filter result.filters[i // k]
-    own_view = viewed[:, np.arange(len(inputs)), column].mean(axis=0)
-    activation = patterns.activation
-    robust = own_view / np.where(np.abs(activation) > 1e-12, activation, np.nan)
-    responses = filter_responses(model, output, inputs, result.filters)  # (pattern, filter)
-    specificity = np.full(len(inputs), np.nan)
-    for i, (f, j) in enumerate(zip(filters, column, strict=True)):
-        others = responses[filters != f, j]
-        if others.size:
-            below = others < responses[i, j] if direction == "ascent" else others > responses[i, j]
-            specificity[i] = float(np.mean(below))
-    saturated = (display <= SATURATION_MARGIN) | (display >= 1.0 - SATURATION_MARGIN)
-    return Scorecard(activation=activation, robust=robust, specificity=specificity,
-                     saturation=saturated.reshape(len(inputs), -1).mean(axis=1))
+    k = result.diversity
+    stacks = {d: result.direction(d).inputs for d in displays}
+    batch = np.concatenate([np.concatenate([x, robust_views(x).reshape(-1, *x.shape[1:])])
+                            for x in stacks.values()])
+    everything = filter_responses(model, output, batch, result.filters)
+    cards, start = {}, 0
+    for direction, inputs in stacks.items():
+        count = len(inputs)
+        responses = everything[start:start + count]  # (pattern, filter)
+        viewed = everything[start + count:start + count * (1 + len(ROBUST_VIEWS))]
+        start += count * (1 + len(ROBUST_VIEWS))
+        viewed = viewed.reshape(len(ROBUST_VIEWS), count, len(result.filters))
+        filters = np.repeat(result.filters, k)
+        column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
+        own_view = viewed[:, np.arange(count), column].mean(axis=0)
+        activation = result.direction(direction).activation
+        robust = own_view / np.where(np.abs(activation) > 1e-12, activation, np.nan)
+        specificity = np.full(count, np.nan)
+        for i, (f, j) in enumerate(zip(filters, column, strict=True)):
+            others = responses[filters != f, j]
+            if others.size:
+                below = others < responses[i, j] if direction == "ascent" else others > responses[i, j]
+                specificity[i] = float(np.mean(below))
+        display = displays[direction]
+        saturated = (display <= SATURATION_MARGIN) | (display >= 1.0 - SATURATION_MARGIN)
+        cards[direction] = Scorecard(activation=activation, robust=robust, specificity=specificity,
+                                     saturation=saturated.reshape(count, -1).mean(axis=1))
+    return cards
