@@ -144,7 +144,7 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
         return
     plan = pass_plan(analysis, wanted)
     shapes = analysis.layer_shapes
-    paths = [*(n.path for n in plan.stat_layers), *(p for p, _ in plan.example_layers),
+    paths = [*(n.path for n in plan.stat_layers), *(output for _, output, _ in plan.example_layers),
              *([plan.cam_layer] if plan.cam_layer else [])]
     batch_size = pass_batch_size(shapes, paths, options.batch_size)
     from reportgen.techniques.predictions import final_layer
@@ -176,7 +176,6 @@ def _load_detail(reader: ImageReader, indices: Sequence[int]) -> tuple[LoadedIma
 
 def pass_plan(analysis: Analysis, wanted: Sequence[str]) -> PassPlan:
     """Which layers the dataset pass reduces, for the sections that will run."""
-    from reportgen.layer_kinds import PATTERN_TYPES
     from reportgen.layer_kinds import is_spatial as spatial
     from reportgen.techniques.feature_maps import select_layers
     from reportgen.techniques.filter_patterns import choose_filters
@@ -184,12 +183,14 @@ def pass_plan(analysis: Analysis, wanted: Sequence[str]) -> PassPlan:
     options = analysis.options
     shapes = analysis.layer_shapes
     stat_layers = tuple(select_layers(analysis.layers, shapes, options.layers)) if "feature_maps" in wanted else ()
-    examples: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    examples: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     if "dataset_examples" in wanted:
-        examples = tuple((node.path, choose_filters(shapes[node.path][3], options.filters, options.filter_indices,
-                                                    node.path))
-                         for node in analysis.layers
-                         if isinstance(node.layer, PATTERN_TYPES) and spatial(shapes.get(node.path)))
+        from reportgen.sections.filter_patterns import pattern_layers
+
+        # The same layers, filters and quantity as the patterns: each filter's mean at its block's output.
+        examples = tuple((t.layer, t.output, choose_filters(int(shapes[t.output][3]), options.filters,
+                                                           options.filter_indices, t.layer))
+                         for t in pattern_layers(analysis) if spatial(shapes.get(t.output)))
     target = analysis.cam_target if "class" in wanted else None
     return PassPlan(stat_layers, examples, target.path if target else None, options.examples, options.batch_size)
 

@@ -17,7 +17,9 @@ from reportgen.errors import InputError
 
 PREPROCESS_MODES = ("auto", "scale", "none", "caffe", "tf", "torch")
 DIRECTIONS = ("ascent", "descent")
-PATTERN_METHODS = ("fourier", "pixel")
+PATTERN_METHODS = ("logit", "fourier", "pixel", "maco")
+DEFAULT_STEPS = 20  # the logit search reaches in 20 steps what the earlier default (fourier) did in 40
+MAX_PATTERN_DIVERSITY = 16
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients")
 DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
 # Decoding or resizing to width x height allocates that many pixels at once: a 20000x20000 image takes 1.2 GB per
@@ -51,9 +53,10 @@ class ReportOptions:
     filters: int = 16
     filter_indices: tuple[int, ...] | None = None
     directions: tuple[str, ...] = DIRECTIONS
-    steps: int = 40
+    steps: int = DEFAULT_STEPS
     pattern_size: int | None = None
-    pattern_method: str = "fourier"
+    pattern_method: str = "logit"
+    pattern_diversity: int = 1
     # predictions and class activation maps
     top_k: int = 3
     cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
@@ -85,6 +88,8 @@ class ReportOptions:
             raise InputError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise InputError(f"--seed: must be an integer from 0 to {MAX_SEED} (2^32 - 1), got {self.seed!r}")
+        if not 1 <= self.pattern_diversity <= MAX_PATTERN_DIVERSITY:
+            raise InputError(f"--pattern-diversity: must be 1-{MAX_PATTERN_DIVERSITY}, got {self.pattern_diversity}")
         if self.pattern_size is not None and self.pattern_size < 8:
             raise InputError(f"--pattern-size: must be at least 8 pixels, got {self.pattern_size}")
         if self.pattern_size is not None and self.pattern_size > MAX_PATTERN_SIZE:

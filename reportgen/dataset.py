@@ -34,7 +34,8 @@ class PassPlan:
     """What the pass computes besides predictions."""
 
     stat_layers: tuple[LayerNode, ...] = ()  # feature-map statistics over every image
-    example_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (layer, filters) for dataset examples
+    # (layer, the output its filters' patterns drive, filters) for the dataset examples
+    example_layers: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
     cam_layer: str | None = None  # class-average Grad-CAM maps and class x filter means
     examples: int = 6
     batch_size: int | None = None
@@ -87,7 +88,8 @@ class DatasetPass:
         units = int(model.outputs[0].shape[-1] or 1)
         self.functions = ModelFunctions(model, score_head(model, final_layer(model), units), plan.cam_layer,
                                         lambda raw: raw)
-        self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers), *(p for p, _ in plan.example_layers),
+        self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers),
+                                           *(output for _, output, _ in plan.example_layers),
                                            *([plan.cam_layer] if plan.cam_layer else [])]))
         cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
         cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
@@ -137,8 +139,8 @@ class DatasetPass:
             out[f"zeros/{node.path}"] = tf.size(maps, out_type=tf.int64) - tf.math.count_nonzero(maps)
             out[f"bad/{node.path}"] = tf.reduce_any(bad, axis=0)
             out[f"nonfinite/{node.path}"] = non_finite
-        for path, filters in plan.example_layers:
-            means, strongest, weakest = filter_statistics(run.captured[path], filters)
+        for path, output, filters in plan.example_layers:
+            means, strongest, weakest = filter_statistics(run.captured[output], filters)
             out[f"mean/{path}"], out[f"max/{path}"], out[f"min/{path}"] = means, strongest, weakest
         return out
 
@@ -154,8 +156,8 @@ class DatasetPass:
         names = [s.name for s in reader.sources]
         name_rank = np.empty(listed, np.int64)
         name_rank[sorted(range(listed), key=names.__getitem__)] = np.arange(listed)
-        self.extremes = [FilterExtremes(path, filters, self.plan.examples, name_rank)
-                         for path, filters in self.example_layers]
+        self.extremes = [FilterExtremes(path, filters, self.plan.examples, name_rank, output)
+                         for path, output, filters in self.example_layers]
         predicted = np.full(listed, -1, np.int64)
         confidence = np.full(listed, np.nan)
         sizes = np.zeros((listed, 2), np.int64)

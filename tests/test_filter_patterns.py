@@ -39,7 +39,7 @@ def example_model(keras):
 
 @pytest.fixture(scope="module")
 def example_patterns(example_model):
-    """A report's defaults (fourier, 40 steps, the model's 64 px, 16 filters, bfloat16 steps where the CPU has
+    """A report's defaults (logit, 20 steps, the model's 64 px, 16 filters, bfloat16 steps where the CPU has
     them) on every conv layer of the example model."""
     settings = PatternSettings(height=64, width=64, compute_dtype="bfloat16" if fast_bfloat16() else "float32")
     return {layer: search_patterns(example_model, layer, tuple(range(16)), settings, SCALE)
@@ -57,7 +57,9 @@ def test_first_layer_patterns_beat_random_images(example_model, example_patterns
     assert np.mean(ascent > best_random) >= 0.9
 
 
-def test_ascent_reaches_five_times_its_start_and_descent_ends_below(example_patterns):
+def test_ascent_reaches_well_above_its_start_and_descent_ends_below(example_patterns):
+    """The start is the tutorials' grey plus 20% noise, which already drives some of conv2's filters (the lowest
+    ratio is 2.6x there, 28x on conv3; 5x held from the earlier, nearly flat start)."""
     for layer, result in example_patterns.items():
         if layer == "conv1":
             continue  # see test_first_layer_patterns_beat_random_images
@@ -65,7 +67,7 @@ def test_ascent_reaches_five_times_its_start_and_descent_ends_below(example_patt
         live = ~result.dead
         assert live.sum() >= len(result.filters) - 1, result.layer
         assert np.all(ascent.activation[live] > 0)
-        assert np.all(ascent.activation[live] >= 5 * result.start_activation[live]), (
+        assert np.all(ascent.activation[live] >= 2.5 * result.start_activation[live]), (
             result.layer, ascent.activation / np.maximum(result.start_activation, 1e-9))
         # Descent ends below its start. Behind a ReLU the output cannot go below zero, so a filter already off on
         # the starting image shows it in its pre-activation, which the search follows while the output is zero.
@@ -85,7 +87,9 @@ def test_each_pattern_drives_its_own_filter_harder_than_the_others_do(example_mo
         np.testing.assert_allclose(np.diag(responses), ascent.activation, rtol=1e-4, atol=1e-5)
         count = len(result.filters)
         others = (responses.sum(axis=0) - np.diag(responses)) / (count - 1)
-        assert np.mean(np.diag(responses) > others) >= 0.8, layer
+        # conv2's high-contrast stripes drive several of its filters (0.69 of them beat the others' mean there,
+        # every one on conv3); the scorecard flags each unspecific pattern.
+        assert np.mean(np.diag(responses) > others) >= 0.65, layer
 
 
 def test_patterns_are_real_images_in_every_preprocessing(example_patterns, plain_model):
@@ -99,7 +103,7 @@ def test_patterns_are_real_images_in_every_preprocessing(example_patterns, plain
         unit = np.random.default_rng(0).random((2, 5, 5, 3)).astype(np.float32)
         np.testing.assert_allclose(pixel_map.to_model(unit).numpy(), preprocessor.apply(unit * 255), rtol=1e-5,
                                    atol=1e-4)
-        for method in ("fourier", "pixel"):
+        for method in ("logit", "fourier", "pixel", "maco"):
             result = search_patterns(plain_model, "conv1", (0, 1), PatternSettings(
                 steps=8, height=32, width=32, method=method, directions=("ascent",)), pixel_map)
             low, high = preprocessor.valid_range()
@@ -108,7 +112,7 @@ def test_patterns_are_real_images_in_every_preprocessing(example_patterns, plain
             assert np.all(x >= low - tolerance) and np.all(x <= high + tolerance), (mode, method)
 
 
-@pytest.mark.parametrize("method", ["fourier", "pixel"])
+@pytest.mark.parametrize("method", ["logit", "fourier", "pixel", "maco"])
 def test_same_seed_gives_identical_arrays(example_model, method):
     def run(seed: int) -> list[np.ndarray]:
         settings = PatternSettings(steps=6, height=64, width=64, method=method, seed=seed)
@@ -168,7 +172,7 @@ def test_report_sections_manifest_arrays_and_dead_tiles(keras, shared_images, tm
         stored = arrays[entry["array_key"]]
         assert stored.shape == (3, 32, 32, 3)
         x = stored[entry["array_index"]: entry["array_index"] + 1]
-        again = filter_responses(model, entry["layer"], x, [entry["filter"]])[0, 0]
+        again = filter_responses(model, entry["target"], x, [entry["filter"]])[0, 0]
         assert again == pytest.approx(entry["activation"], rel=1e-4, abs=1e-5)
     dead = {(e["layer"], e["filter"]) for e in entries if e["dead"]}
     assert dead == {("stem", 0)}
@@ -242,7 +246,7 @@ def test_an_estimate_comes_before_the_search_and_progress_after_each_layer(plain
     generate_report(plain_model, [shared_images], tmp_path / "out",
                     ReportOptions(sections=("filter_patterns",), steps=3, filters=2), progress=Progress(stream=stream))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines() if "filter_patterns:" in line]
-    assert re.fullmatch(r"filter_patterns: 2 layers, 8 patterns of 32x32 px, 3 steps \(fourier, \w+\); about "
+    assert re.fullmatch(r"filter_patterns: 2 layers, 8 patterns of 32x32 px, 3 steps \(logit, \w+\); about "
                         r"\d+ s", lines[1]), lines
     assert re.fullmatch(r"filter_patterns: conv1 \(1/2\), about \d+ s left", lines[2])
     assert re.fullmatch(r"filter_patterns: conv2 \(2/2\), about \d+ s left", lines[3])
@@ -268,3 +272,223 @@ def test_bfloat16_steps_only_where_they_pay(keras, example_model, monkeypatch):
     assert choice(mobile, 32) == "float32"
     monkeypatch.setattr(fp, "fast_bfloat16", lambda: False)
     assert choice(example_model, 64) == "float32"  # no native bfloat16: never
+
+
+# --- Block outputs, the default against the tutorials' loop, the scorecard, diversity, greyscale ------------------
+
+TUTORIAL_STEPS = 40
+MARGIN = 0.01  # the scorecard's saturation: pixel values within 1% of the range's ends
+
+
+@pytest.fixture(scope="module")
+def trained(keras):
+    """The RGB conv -> BN -> ReLU CNN and the greyscale mini-Xception of tests/pattern_models.py, trained for a
+    few seconds each."""
+    from pattern_models import train_model
+
+    return {kind: train_model(keras, kind)[0] for kind in ("rgb", "grey")}
+
+
+def _pixel_map(channels: int) -> PixelMap:
+    return PixelMap.from_preprocessor(Preprocessor("scale", channels))
+
+
+def _saturation(unit: np.ndarray) -> np.ndarray:
+    """(N, ...) pixels in [0, 1] -> (N,) share of values within MARGIN of 0 or 1, computed here from scratch."""
+    flat = unit.reshape(len(unit), -1)
+    return ((flat <= MARGIN) | (flat >= 1 - MARGIN)).sum(axis=1) / flat.shape[1]
+
+
+def test_conv_bn_relu_patterns_drive_the_block_output_and_are_not_flat_fields(keras, trained, residual_model):
+    from reportgen.techniques.filter_patterns import pattern_targets
+
+    targets = {t.layer: t for t in pattern_targets(trained["rgb"], ["b1_conv", "b2_conv", "b3_conv"])}
+    assert targets["b2_conv"].output == "b2_relu" and targets["b2_conv"].chain == ("b2_bn", "b2_relu")
+    grey = {t.layer: t for t in pattern_targets(trained["grey"], ["m1a_conv", "m1b_conv", "class_conv"])}
+    assert grey["m1a_conv"].output == "m1a_relu"  # a separable conv's block
+    assert grey["m1b_conv"].linear and grey["class_conv"].linear  # no non-linearity follows: said so, not hidden
+    assert pattern_targets(residual_model, ["res_conv"])[0].output == "res_relu"  # through the residual add
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.SeparableConv2D(4, 3, name="sep")(inputs)  # linear, then a conv with its own ReLU
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    chained = pattern_targets(keras.Model(inputs, x), ["sep", "conv"])
+    assert [(t.output, t.linear) for t in chained] == [("sep", True), ("conv", False)]  # never another conv
+
+    model = trained["rgb"]
+    for layer in ("b2_conv", "b3_conv"):  # past the first layer, whose best image may be a colour field
+        result = search_patterns(model, layer, tuple(range(6)), PatternSettings(
+            height=32, width=32, directions=("ascent",)), _pixel_map(3))
+        x = result.direction("ascent").inputs
+        # The stored activation is the block output's (after BN and ReLU), as the model computes it.
+        np.testing.assert_allclose(np.diag(filter_responses(model, targets[layer].output, x, range(6))),
+                                   result.direction("ascent").activation, rtol=1e-4, atol=1e-5)
+        assert np.all(_saturation(x) <= 0.10), layer
+        # Not a flat field: every tile varies across space (a flat field's spatial std is 0).
+        assert np.all(x.std(axis=(1, 2)).max(axis=1) > 0.15), layer
+
+
+def _tutorial(model, layer, filters, channels, steps=TUTORIAL_STEPS):
+    """The tutorials' loop as the issue states it, written out here: from 0.5 + U(-0.1, 0.1), x += 0.05 * g / rms(g)
+    on the mean of the filter's channel of the block output, clipped to [0, 1] only at the end."""
+    import tensorflow as tf
+
+    output = fp.pattern_targets(model, [layer])[0].output
+    rng = np.random.default_rng(0)
+    x = tf.Variable(0.4 + 0.2 * rng.random((len(filters), 32, 32, channels)).astype(np.float32))
+    index = tf.constant(filters)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = fp.run_layers(model, x, [output], stop_early=True).captured[output]
+            loss = tf.reduce_sum(tf.gather(tf.reduce_mean(out, axis=[1, 2]), index, axis=1, batch_dims=1))
+        g = tape.gradient(loss, x)
+        x.assign_add(0.05 * g / (tf.sqrt(tf.reduce_mean(g * g, axis=[1, 2, 3], keepdims=True)) + 1e-5))
+
+    for _ in range(steps):
+        step()
+    return np.clip(x.numpy(), 0.0, 1.0), output
+
+
+@pytest.mark.parametrize(("kind", "layers"), [("rgb", ("b2_conv", "b3_conv")), ("grey", ("m1a_conv", "m2_conv"))])
+def test_default_search_against_the_tutorials_loop_on_trained_models(trained, kind, layers):
+    """At 40 steps on models the tests train: the tutorials' loop pins most pixels at the range's ends; the default
+    keeps them off (at most 10% within 1% of the ends; in practice none) and, at the same pixel range, drives the
+    filters harder than the tutorial's own patterns do; without its saturation penalty it beats them outright."""
+    from reportgen.techniques.pattern_params import LogitAscent
+
+    model = trained[kind]
+    channels = int(model.inputs[0].shape[-1])
+    filters = tuple(range(6))
+    for layer in layers:
+        reference, output = _tutorial(model, layer, list(filters), channels)
+        tutorial = filter_responses(model, output, reference, filters).diagonal()
+        settings = PatternSettings(steps=TUTORIAL_STEPS, height=32, width=32, directions=("ascent",))
+        default = search_patterns(model, layer, filters, settings, _pixel_map(channels)).direction("ascent")
+        free = search_patterns(model, layer, filters, settings, _pixel_map(channels),
+                               method=LogitAscent(saturation_weight=0.0)).direction("ascent")
+        assert np.mean(_saturation(reference)) > 0.3
+        assert np.all(_saturation(default.inputs) <= 0.10)
+        # The tutorial's patterns squeezed into the default's pixel range (sigmoid(+-3): 4.7% to 95.3%).
+        low = 1.0 / (1.0 + np.exp(3.0))
+        squeezed = filter_responses(model, output, low + (1 - 2 * low) * reference, filters).diagonal()
+        assert default.activation.mean() >= squeezed.mean(), (layer, default.activation.mean(), squeezed.mean())
+        assert default.activation.mean() >= 0.85 * tutorial.mean(), (layer, default.activation.mean(), tutorial)
+        assert free.activation.mean() >= tutorial.mean(), (layer, free.activation.mean(), tutorial.mean())
+
+
+def test_greyscale_patterns_are_not_saturated(trained):
+    model = trained["grey"]
+    for layer in ("stem_conv", "m1a_conv", "m2_conv"):
+        result = search_patterns(model, layer, tuple(range(6)), PatternSettings(height=32, width=32),
+                                 _pixel_map(1))
+        for patterns in result.patterns:
+            assert patterns.inputs.shape[3] == 1
+            assert np.all(_saturation(patterns.inputs) <= 0.10), (layer, patterns.direction)
+            assert np.all(patterns.inputs.std(axis=(1, 2, 3)) > 0.1)  # not flat either
+
+
+def test_scorecard_in_report_json_recomputed_from_the_stored_patterns(keras, trained, tmp_path):
+    """Every number of every pattern's scorecard, recomputed from arrays.npz: saturation from the pixels, robust
+    activation with OpenCV's own warps of the fixed views, specificity from the model's responses."""
+    from reportgen.techniques.filter_patterns import ROBUST_VIEWS, view_transform
+
+    # The views are what they say: a pure shift of 1/16 of the width, a rotation about the centre.
+    shift = view_transform((0.0, 1.0, 0.0625, 0.0), 32, 32)
+    np.testing.assert_allclose(shift, [[1, 0, 2], [0, 1, 0]], atol=1e-12)
+    rotation = view_transform((5.0, 1.0, 0.0, 0.0), 32, 32)
+    np.testing.assert_allclose(rotation @ [15.5, 15.5, 1.0], [15.5, 15.5], atol=1e-9)
+    assert np.linalg.det(rotation[:, :2]) == pytest.approx(1.0)
+
+    model = trained["rgb"]
+    images = tmp_path / "images"
+    from conftest import write_images
+
+    write_images(images, size=(32, 32))
+    out = tmp_path / "report"
+    generate_report(model, [images], out, ReportOptions(sections=("filter_patterns",), filters=4, steps=10,
+                                                        save_arrays=True, layers=("b2_conv", "b3_conv")))
+    manifest = json.loads((out / "report.json").read_text())
+    arrays = np.load(out / "arrays.npz")
+    entries = manifest["filter_patterns"]
+    assert {e["target"] for e in entries} == {"b2_relu", "b3_relu"}
+    for (_layer, direction), group in _groups(entries).items():
+        stored = arrays[group[0]["array_key"]]
+        output = group[0]["target"]
+        filters = [e["filter"] for e in group]
+        responses = filter_responses(model, output, stored, filters)
+        for i, entry in enumerate(group):
+            scores = entry["scores"]
+            x = stored[entry["array_index"]]
+            assert scores["saturation"] == pytest.approx(float(_saturation(x[None])[0]), abs=1e-9)
+            assert scores["activation"] == pytest.approx(float(responses[i, i]), rel=1e-4, abs=1e-6)
+            warped = np.stack([cv2.warpAffine(x, view_transform(view, 32, 32), (32, 32),
+                                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                              borderMode=cv2.BORDER_REFLECT) for view in ROBUST_VIEWS])
+            viewed = filter_responses(model, output, warped, [entry["filter"]])[:, 0].mean()
+            if abs(responses[i, i]) < 1e-12:  # a filter that stays off: no share to give
+                assert scores["robust"] is None
+            else:
+                assert scores["robust"] == pytest.approx(float(viewed / responses[i, i]), rel=0.03, abs=0.01)
+            others = [responses[j, i] for j in range(len(group)) if j != i]
+            below = [o < responses[i, i] if direction == "ascent" else o > responses[i, i] for o in others]
+            assert scores["specificity"] == pytest.approx(sum(below) / len(below))
+            fragile = scores["robust"] is not None and scores["robust"] < 0.5
+            expected_flags = {"fragile"} if direction == "ascent" and fragile else set()
+            expected_flags |= {"unspecific"} if direction == "ascent" and scores["specificity"] < 0.5 else set()
+            expected_flags |= {"saturated"} if scores["saturation"] > 0.1 else set()
+            assert set(scores["flags"]) == expected_flags
+    html = (out / "index.html").read_text()
+    assert "These patterns drive b2_relu (b2_conv → b2_bn → b2_relu)" in html
+    assert "Robust" in html and "Saturated" in html
+
+
+def _groups(entries):
+    groups: dict = {}
+    for entry in entries:
+        groups.setdefault((entry["layer"], entry["direction"]), []).append(entry)
+    return groups
+
+
+def test_diversity_gives_different_patterns_of_one_filter(trained, monkeypatch):
+    model = trained["rgb"]
+    settings = PatternSettings(height=32, width=32, directions=("ascent",), diversity=3)
+
+    def run():
+        result = search_patterns(model, "b3_conv", (0, 1), settings, _pixel_map(3))
+        assert result.direction("ascent").inputs.shape == (6, 32, 32, 3)
+        return result
+
+    def style_similarity(result):
+        """Mean cosine similarity of the Gram matrices of b3_relu between the patterns of each filter."""
+        x = result.direction("ascent").inputs
+        features = fp.run_layers(model, x, ["b3_relu"], stop_early=True).captured["b3_relu"].numpy()
+        flat = features.reshape(len(x), -1, features.shape[-1])
+        grams = np.einsum("bnc,bnd->bcd", flat, flat).reshape(len(x), -1)
+        grams /= np.linalg.norm(grams, axis=1, keepdims=True)
+        sims = [grams[f * 3 + a] @ grams[f * 3 + b] for f in range(2) for a in range(3) for b in range(a + 1, 3)]
+        return float(np.mean(sims))
+
+    diverse = run()
+    x = diverse.direction("ascent").inputs
+    for f in range(2):
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert np.abs(x[f * 3 + a] - x[f * 3 + b]).mean() > 0.1  # different images
+    assert np.all(diverse.direction("ascent").activation > diverse.start_activation.repeat(3))  # still driven
+    monkeypatch.setattr(fp, "DIVERSITY_WEIGHT", 0.0)
+    assert style_similarity(diverse) < style_similarity(run())  # the penalty pushes them apart
+
+
+def test_layers_chooses_pattern_layers(residual_model, shared_images, tmp_path):
+    out = tmp_path / "report"
+    generate_report(residual_model, [shared_images], out, ReportOptions(
+        sections=("filter_patterns",), filters=2, steps=3, layers=("res_conv", "res_relu", "pool")))
+    manifest = json.loads((out / "report.json").read_text())
+    sections = {s["layer"]: s["data"] for s in manifest["sections"] if s.get("layer")}
+    # res_conv and res_relu drive the same output: shown once; a pooling layer drives its own.
+    assert sections.keys() == {"res_conv", "pool"}
+    assert sections["res_conv"]["target"] == "res_relu" and sections["pool"]["target"] == "pool"
+    with pytest.raises(InputError, match="--layers"):
+        generate_report(residual_model, [shared_images], tmp_path / "other", ReportOptions(
+            sections=("filter_patterns",), layers=("nothing_like_this",)))

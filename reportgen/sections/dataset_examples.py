@@ -59,7 +59,8 @@ def build(analysis: Analysis) -> list[Section]:
         "(weakest) position. Kept as a bounded top-k per filter while the images streamed through the model."),),
         data={"layers": list(by_layer), "examples": analysis.options.examples})]
     for path, rows in by_layer.items():
-        field = receptive_field(analysis.model, path, (height, width, channels), analysis.options.seed)
+        output = rows[0].output or path
+        field = receptive_field(analysis.model, output, (height, width, channels), analysis.options.seed)
         sections.append(_layer_section(analysis, path, rows, field, images, manifest))
     analysis.manifest_lists["dataset_examples"] = manifest
     return sections
@@ -86,7 +87,8 @@ def _layer_section(analysis: Analysis, path: str, rows: list[FilterExamples], fi
                 else:
                     tiles.append(np.full((PATCH, PATCH, 3), BLANK, np.uint8))
                     labels.append("")
-            manifest.append({"layer": path, "filter": examples.filter, "kind": kind, "images": entries})
+            manifest.append({"layer": path, "output": examples.output or path, "filter": examples.filter,
+                             "kind": kind, "images": entries})
     sid = section_id(KIND, analysis, path)
     grid = figures.fit_width(figures.tile_grid(tiles, columns=2 + 2 * k, pad=3, labels=labels))
     caption = (f"One row per filter: its ascent and descent patterns, the {k} images that drive it most (mean "
@@ -95,5 +97,8 @@ def _layer_section(analysis: Analysis, path: str, rows: list[FilterExamples], fi
                "cell.")
     figure = Figure(key=f"{sid}-grid", title=f"{path}: patterns and dataset examples", caption=caption,
                     pixels=analysis.encode(grid))
-    return Section(id=sid, kind=KIND, title=f"Dataset examples: {path}", blocks=(figure,), layer=path,
-                   data={"filters": [e.filter for e in rows], "receptive_field": list(field.size)})
+    output = rows[0].output or path
+    note = Text(f"Ranked by each filter's mean at {output}, the output its patterns drive." if output != path else
+                f"Ranked by each filter's mean at {path}.")
+    return Section(id=sid, kind=KIND, title=f"Dataset examples: {path}", blocks=(note, figure), layer=path,
+                   data={"filters": [e.filter for e in rows], "receptive_field": list(field.size), "output": output})

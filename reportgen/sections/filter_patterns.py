@@ -3,6 +3,8 @@ each chosen filter up (ascent) or down (descent), with the activation each reach
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from reportgen import figures
@@ -10,11 +12,22 @@ from reportgen.analysis import Analysis
 from reportgen.layer_kinds import PATTERN_TYPES
 from reportgen.report import Facts, Figure, Section, Table, Text
 from reportgen.sections.anchors import section_id
+from reportgen.techniques.feature_maps import select_layers
 from reportgen.techniques.filter_patterns import (
+    FLAG_ROBUST,
+    FLAG_SATURATION,
+    FLAG_SPECIFICITY,
+    ROBUST_VIEWS,
+    SATURATION_MARGIN,
     LayerPatterns,
     PatternSettings,
+    PatternTarget,
+    Scorecard,
     choose_filters,
+    layer_consumers,
     matmul_rate,
+    pattern_target,
+    score_layer,
     search_dtype,
     search_elements,
     search_flops,
@@ -35,10 +48,19 @@ LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the pa
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
 ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
+    "logit": "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a penalty that "
+             "keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is clipped",
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
                "each ascent step sees it slightly jittered, scaled and rotated",
     "pixel": "gradient steps on the pixels, each normalised by its RMS (the tutorials' method)",
+    "maco": "only the phase of a Fourier-space image is optimised, its magnitude fixed at natural images' 1/f "
+            "(MACO, Fel et al. 2023), with decorrelated colour, updated with Adam while each ascent step sees it "
+            "slightly jittered, scaled and rotated",
 }
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _duration(seconds: float) -> str:
@@ -59,94 +81,182 @@ def pattern_tiles(analysis: Analysis, inputs: np.ndarray, dead: np.ndarray) -> n
 
 
 def _grid(analysis: Analysis, result: LayerPatterns, direction: str) -> np.ndarray:
-    tiles = pattern_tiles(analysis, result.direction(direction).inputs, result.dead)
-    # The dataset examples show each filter's patterns beside the natural images that drive it.
-    analysis.shared_results.setdefault("pattern_tiles", {})[(result.layer, direction)] = (result.filters, tiles)
+    k = result.diversity
+    dead = np.repeat(result.dead, k)
+    tiles = pattern_tiles(analysis, result.direction(direction).inputs, dead)
+    # The dataset examples show each filter's (first) pattern beside the natural images that drive it.
+    analysis.shared_results.setdefault("pattern_tiles", {})[(result.layer, direction)] = (result.filters, tiles[::k])
     zoom = max(1, round(128 / max(tiles.shape[1:3])))  # small patterns are enlarged to ~128 px, pixels kept crisp
     tiles = np.stack([figures.upscale(tile, zoom) for tile in tiles])
-    labels = [f"{f} dead" if dead else str(f) for f, dead in zip(result.filters, result.dead, strict=True)]
-    return figures.fit_width(figures.tile_grid(tiles, columns=COLUMNS, pad=4, labels=labels))
+    names = [str(f) if k == 1 else f"{f}.{v + 1}" for f in result.filters for v in range(k)]
+    labels = [f"{name} dead" if off else name for name, off in zip(names, dead, strict=True)]
+    columns = COLUMNS if k == 1 else max(k, COLUMNS // k * k)  # a filter's patterns side by side
+    return figures.fit_width(figures.tile_grid(tiles, columns=columns, pad=4, labels=labels))
 
 
-def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternSettings) -> Section:
+def _display(analysis: Analysis, inputs: np.ndarray) -> np.ndarray:
+    """Model inputs -> display pixels in [0, 1] (what the tiles show, before rounding)."""
+    return np.asarray(analysis.preprocessor.invert(inputs), np.float32) / 255.0
+
+
+def target_text(target: PatternTarget) -> str:
+    """Which layer's output a layer's patterns drive, in words."""
+    if target.output == target.layer:
+        return f"{target.layer}'s own output (after its activation)"
+    chain = " → ".join((target.layer, *target.chain))
+    if target.linear:
+        return (f"{target.output} ({chain}), linear in the input: no non-linearity follows, so its mean is "
+                "highest on a flat field at the ends of the range, and the patterns show that")
+    return f"{target.output} ({chain}): the block's output after its normalisation and activation"
+
+
+def _score_text(value: float, share: bool = True) -> str:
+    if not np.isfinite(value):
+        return "-"
+    return f"{value:.0%}" if share else f"{value:.2f}"
+
+
+def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternSettings,
+                   scores: dict[str, Scorecard]) -> Section:
     path = result.layer
     sid = section_id("filter_patterns", analysis, path)
     slug = analysis.layer_slugs[path]
-    blocks: list = []
+    target = result.target or PatternTarget(path, path)
+    blocks: list = [Text(f"These patterns drive {target_text(target)}.")]
     arrays: dict[str, np.ndarray] = {}
     entries = []
+    k = result.diversity
     for patterns in result.patterns:
         verb = "raises" if patterns.direction == "ascent" else "lowers"
         blocks.append(Figure(
             key=f"{sid}-{patterns.direction}",
             title=f"{path}: {patterns.direction}",
             caption=(f"For each filter (number below the tile), the {settings.width}x{settings.height} image that "
-                     f"{verb} its mean activation most after {settings.steps} steps. Grey tiles marked dead are "
-                     "filters the search could not switch on."),
+                     f"{verb} the mean of its channel of {target.output} most after {settings.steps} steps"
+                     + (f"; {k} patterns per filter (filter.pattern), kept apart by a diversity penalty" if k > 1
+                        else "") + ". Grey tiles marked dead are filters the search could not switch on."),
             pixels=analysis.encode(_grid(analysis, result, patterns.direction)),
         ))
         key = f"filter_patterns.{slug}.{patterns.direction}"
         if analysis.options.save_arrays:
             arrays[key] = patterns.inputs
-        for index, f in enumerate(result.filters):
+        card = scores[patterns.direction]
+        for index in range(len(patterns.inputs)):
+            f, variant = result.filters[index // k], index % k
             entries.append({
-                "layer": path, "filter": f, "direction": patterns.direction,
+                "layer": path, "target": target.output, "filter": f, "direction": patterns.direction,
+                **({"variant": variant} if k > 1 else {}),
                 "activation": float(patterns.activation[index]),
-                "start_activation": float(result.start_activation[index]),
+                "start_activation": float(result.start_activation[index // k]),
                 "pre_activation": float(patterns.pre_activation[index]),
-                "start_pre_activation": float(result.start_pre_activation[index]),
+                "start_pre_activation": float(result.start_pre_activation[index // k]),
                 # Like every section: a key only when arrays.npz is written, so it never points at nothing.
                 "array_key": key if analysis.options.save_arrays else None, "array_index": index,
-                "dead": bool(result.dead[index]),
+                "dead": bool(result.dead[index // k]),
+                "scores": {"activation": float(card.activation[index]), "robust": _finite(card.robust[index]),
+                           "specificity": _finite(card.specificity[index]),
+                           "saturation": float(card.saturation[index]),
+                           "flags": list(card.flags(index, patterns.direction))},
             })
     by_direction = {p.direction: p for p in result.patterns}
     rows = []
-    for index, f in enumerate(result.filters):
+    for index in range(len(result.filters) * k):
+        f = result.filters[index // k]
         reached = [_fmt(by_direction[d].activation[index]) if d in by_direction else "-" for d in
                    ("ascent", "descent")]
-        rows.append((str(f), _fmt(result.start_activation[index]), *reached, "dead" if result.dead[index] else ""))
+        main = scores.get("ascent") or next(iter(scores.values()))
+        direction = "ascent" if "ascent" in scores else next(iter(scores))
+        flags = (("dead",) if result.dead[index // k] else ()) + main.flags(index, direction)
+        rows.append((str(f) if k == 1 else f"{f}.{index % k + 1}", _fmt(result.start_activation[index // k]),
+                     *reached, _score_text(main.robust[index]), _score_text(main.specificity[index]),
+                     _score_text(main.saturation[index]), ", ".join(flags)))
     blocks.append(Table(
-        columns=("Filter", "Start", "Ascent", "Descent", ""),
+        columns=("Filter", "Start", "Ascent", "Descent", "Robust", "Specific", "Saturated", "Flags"),
         rows=tuple(rows),
-        caption=("Mean activation of each filter (the layer's output, after its activation function) on the "
-                 "starting image and on each pattern, evaluated in float32 on the stored image."),
+        caption=(f"Mean activation of each filter (its channel of {target.output}) on the starting image and on "
+                 f"each pattern, evaluated in float32 on the stored image, and the {direction} pattern's scorecard: "
+                 f"robust, its mean activation over {len(ROBUST_VIEWS)} fixed views (rotations up to 5°, scales "
+                 "0.9-1.1, shifts up to 6%) as a share of its activation; specific, the share of the other "
+                 "filters' patterns that drive this filter less; saturated, the share of pixel values within "
+                 f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
+                 f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
+                 f"{FLAG_SATURATION:.0%}; a first layer is linear in the pixels, so its best image is two-level "
+                 "and saturated by nature)."),
     ))
     analysis.manifest_lists.setdefault("filter_patterns", []).extend(entries)
     node = next(n for n in analysis.layers if n.path == path)
     return Section(
         id=sid, kind="filter_patterns", title=f"Filter patterns: {path}", blocks=tuple(blocks), layer=path,
         data={"type": node.type_name, "filters": list(result.filters), "dead": int(result.dead.sum()),
-              "seconds": round(result.seconds, 3), "gflop": round(result.flops / 1e9, 3)},
+              "target": target.output, "chain": list(target.chain), "linear": target.linear,
+              "diversity": k, "seconds": round(result.seconds, 3), "gflop": round(result.flops / 1e9, 3)},
         arrays=arrays,
     )
 
 
+def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
+    """The layers whose filters get patterns, each with the output its patterns drive: every conv layer, or the
+    layers --layers chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another
+    layer's its own). Layers driving the same output are shown once."""
+    consumers = layer_consumers(analysis.model)
+    if analysis.options.layers:
+        chosen = select_layers(analysis.layers, analysis.layer_shapes, analysis.options.layers)
+        chosen = [n for n in chosen if not n.is_model]
+    else:
+        chosen = [n for n in analysis.layers if isinstance(n.layer, PATTERN_TYPES)]
+    producers: dict[str, list[str]] = {}
+    for source, takers in consumers.items():
+        for taker in takers:
+            producers.setdefault(taker, []).append(source)
+    targets, seen = [], set()
+    for node in chosen:
+        if isinstance(node.layer, PATTERN_TYPES):
+            target = pattern_target(analysis.layers, consumers, node.path)
+        else:  # an activation's input is followed while the filter is off everywhere
+            sources = producers.get(node.path, [])
+            nonlinear = type(node.layer).__name__ in ("ReLU", "LeakyReLU", "PReLU", "ELU", "Activation")
+            pre = sources[0] if nonlinear and len(sources) == 1 else node.path
+            target = PatternTarget(node.path, node.path, pre)
+        if target.output not in seen:
+            seen.add(target.output)
+            targets.append(target)
+    return targets
+
+
 def build(analysis: Analysis) -> list[Section]:
     options = analysis.options
-    nodes = [n for n in analysis.layers if isinstance(n.layer, PATTERN_TYPES)]
+    targets = pattern_layers(analysis)
+    nodes = [next(n for n in analysis.layers if n.path == t.layer) for t in targets]
+    by_layer = {t.layer: t for t in targets}
     if not nodes:
         analysis.warnings.append("filter_patterns: the model has no Conv2D, SeparableConv2D or DepthwiseConv2D layer")
         return [Section(id="filter-patterns", kind="filter_patterns", title="Filter patterns",
                         blocks=(Text("This model has no convolutional layer whose filters can be visualised."),))]
     # Check every layer's filter choice before minutes of work.
-    chosen = {n.path: choose_filters(int(analysis.layer_shapes[n.path][-1]), options.filters,
-                                     options.filter_indices, n.path) for n in nodes}
-    height, width = search_size(analysis.model, nodes[-1].path, analysis.loaded.input_shape, options.pattern_size)
+    chosen = {t.layer: choose_filters(int(analysis.layer_shapes[t.output][-1]), options.filters,
+                                      options.filter_indices, t.layer) for t in targets}
+    deepest = max(targets, key=lambda t: [n.path for n in analysis.layers].index(t.output)).output
+    height, width = search_size(analysis.model, deepest, analysis.loaded.input_shape, options.pattern_size)
     settings = PatternSettings(steps=options.steps, height=height, width=width, method=options.pattern_method,
-                               seed=options.seed, directions=options.directions,
+                               seed=options.seed, directions=options.directions, diversity=options.pattern_diversity,
                                compute_dtype=search_dtype(analysis.layers, analysis.layer_shapes,
                                                           [n.path for n in nodes]))
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
 
     image_h, image_w = analysis.images.pixels.shape[1:3]
     area_scale = height * width / (image_h * image_w)
-    patterns_per_layer = {path: len(filters) * len(settings.directions) for path, filters in chosen.items()}
-    flops = {n.path: search_flops(analysis.layers, analysis.layer_shapes, n.path, area_scale)
-             * patterns_per_layer[n.path] * settings.steps for n in nodes}
-    elements = {n.path: search_elements(analysis.layers, analysis.layer_shapes, n.path, area_scale)
-                * patterns_per_layer[n.path] * settings.steps for n in nodes}
+    patterns_per_layer = {path: len(filters) * len(settings.directions) * settings.diversity
+                          for path, filters in chosen.items()}
+    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+             * patterns_per_layer[t.layer] * settings.steps for t in targets}
+    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+                * patterns_per_layer[t.layer] * settings.steps for t in targets}
     rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    predicted = {path: LAYER_OVERHEAD_SECONDS + flops[path] / rate + elements[path] * ELEMENT_SECONDS
+    # The scorecard runs the model forward once per robust view and once more per pattern, about a third of a
+    # search step each (forward only, no input gradient), whatever the steps.
+    scoring = (len(ROBUST_VIEWS) + 1) / (3.0 * max(1, settings.steps))
+    predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
+                                                                   * ELEMENT_SECONDS)
                  for path in flops}
     analysis.progress("filter_patterns", (
         f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {width}x{height} px, "
@@ -154,17 +264,22 @@ def build(analysis: Analysis) -> list[Section]:
         f"{_duration(sum(predicted.values()))}"))
 
     results: list[LayerPatterns] = []
+    scores: dict[str, dict[str, Scorecard]] = {}
     correction = 1.0
     spent = expected = 0.0
     for k, node in enumerate(nodes, start=1):
         left = correction * sum(predicted[n.path] for n in nodes[k - 1:])
         analysis.progress("filter_patterns", f"{node.path} ({k}/{len(nodes)}), about {_duration(left)} left")
         per_step = flops[node.path] / max(1, patterns_per_layer[node.path] * settings.steps)
-        result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step)
+        started = time.perf_counter()
+        result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step,
+                                 by_layer[node.path])
         results.append(result)
+        scores[node.path] = score_layer(analysis.model, result,
+                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns})
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
-        spent, expected = spent + result.seconds, expected + predicted[node.path]
+        spent, expected = spent + time.perf_counter() - started, expected + predicted[node.path]
         correction = spent / expected
 
     dead = [(r.layer, int(r.dead.sum()), len(r.filters)) for r in results if r.dead.any()]
@@ -173,21 +288,40 @@ def build(analysis: Analysis) -> list[Section]:
         analysis.warnings.append(f"filter_patterns: dead filters (the search found no input that switches them on): "
                                  f"{counts}")
 
+    flagged = []
+    for r in results:
+        direction = "ascent" if "ascent" in scores[r.layer] else r.patterns[0].direction
+        card = scores[r.layer][direction]
+        bad = sum(1 for i in range(len(card.activation)) if card.flags(i, direction))
+        if bad:
+            flagged.append(f"{r.layer} {bad}/{len(card.activation)}")
+    if flagged:
+        analysis.warnings.append("filter_patterns: patterns that score badly (fragile, unspecific or saturated; see "
+                                 f"each layer's scorecard): {', '.join(flagged)}")
+    linear = [t.layer for t in targets if t.linear]
+    if linear:
+        analysis.warnings.append("filter_patterns: no non-linearity follows " + ", ".join(linear) + "; their "
+                                 "patterns maximise a mean that is linear in the input (flat fields are its optimum)")
+
     total_seconds = sum(r.seconds for r in results)
     overview = Table(
-        columns=("Layer", "Filters", "Dead", "Start", "Ascent", "Descent"),
+        columns=("Layer", "Drives", "Filters", "Dead", "Start", "Ascent", "Descent"),
         rows=tuple(
-            (r.layer, str(len(r.filters)), str(int(r.dead.sum())), _fmt(float(r.start_activation.mean())),
+            (r.layer, by_layer[r.layer].output, str(len(r.filters)), str(int(r.dead.sum())),
+             _fmt(float(r.start_activation.mean())),
              *(_fmt(float(r.direction(d).activation.mean())) if d in settings.directions else "-"
                for d in ("ascent", "descent")))
             for r in results
         ),
-        caption="Mean activation over each layer's chosen filters, on the starting images and on the patterns.",
+        caption=("Mean activation over each layer's chosen filters, on the starting images and on the patterns. "
+                 "Drives: the layer whose output the patterns maximise (a conv followed by batch norm and an "
+                 "activation: the block's output after them, what the filter's response really is)."),
         row_links=tuple((("patterns", "#" + section_id("filter_patterns", analysis, r.layer)),) for r in results),
     )
     facts = Facts((
         ("Method", f"{settings.method}: {METHOD_TEXT[settings.method]}"),
         ("Steps", str(settings.steps)),
+        ("Patterns per filter", str(settings.diversity)),
         ("Pattern size", f"{width}x{height} px"),
         ("Directions", ", ".join(settings.directions)),
         ("Seed", str(settings.seed)),
@@ -202,6 +336,7 @@ def build(analysis: Analysis) -> list[Section]:
                         blocks=(intro, facts, overview),
                         data={"method": settings.method, "steps": settings.steps, "size": [height, width],
                               "directions": list(settings.directions), "compute_dtype": settings.compute_dtype,
+                              "diversity": settings.diversity,
                               "seconds": round(total_seconds, 3)})]
-    sections.extend(_layer_section(analysis, result, settings) for result in results)
+    sections.extend(_layer_section(analysis, result, settings, scores[result.layer]) for result in results)
     return sections

@@ -26,6 +26,7 @@ class FilterExamples:
     filter: int
     top: tuple[Ranked, ...]  # extra: ((row, col) of the strongest cell,)
     bottom: tuple[Ranked, ...]  # extra: ((row, col) of the weakest cell,)
+    output: str = ""  # the layer whose channel means rank the images
 
 
 class FilterExtremes:
@@ -37,8 +38,9 @@ class FilterExtremes:
     """
 
     def __init__(self, layer: str, filters: Sequence[int], k: int = DEFAULT_EXAMPLES,
-                 name_rank: np.ndarray | None = None) -> None:
+                 name_rank: np.ndarray | None = None, output: str | None = None) -> None:
         self.layer = layer
+        self.output = output or layer  # whose channel means rank the images (the patterns' target)
         self.filters = tuple(int(f) for f in filters)
         self.k = k
         self.name_rank = name_rank
@@ -88,7 +90,7 @@ class FilterExtremes:
                 ranked[side] = tuple(Ranked(float(scores[f, j]), self.names[int(indices[f, j])], int(indices[f, j]),
                                             (tuple(int(v) for v in cells[f, j]),))
                                      for j in range(scores.shape[1]) if np.isfinite(scores[f, j]))
-            out.append(FilterExamples(self.layer, filter_index, ranked["top"], ranked["bottom"]))
+            out.append(FilterExamples(self.layer, filter_index, ranked["top"], ranked["bottom"], self.output))
         return out
 
 

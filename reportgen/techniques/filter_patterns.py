@@ -17,6 +17,7 @@ move it at all (zero gradient).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -25,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.config import DIRECTIONS
+from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
-from reportgen.layer_kinds import is_spatial
+from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
 from reportgen.techniques.pattern_params import Method, PixelMap, method_named
 
 DEFAULT_PATTERN_SIZE = 128
@@ -38,17 +39,114 @@ DEAD_LEVEL = 1e-6
 BATCH_PIXELS = 32 * 128 * 128
 
 
+# Layers between a conv and its block's output that keep each channel's index: normalisation, identity at inference,
+# residual adds (the shortcut joins channel by channel) and activations. A chain ends at its first non-linearity.
+_CHANNEL_KEEPING = ("BatchNormalization", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
+                    "ActivityRegularization", "Add")
+_NONLINEAR = ("ReLU", "LeakyReLU", "PReLU", "ELU")
+
+
+@dataclass(frozen=True)
+class PatternTarget:
+    """Whose output a filter's pattern drives: for a conv with a non-linear activation of its own, the conv; for a
+    linear conv followed by normalisation and an activation (conv -> batch norm -> ReLU blocks), the block's
+    output after them, the quantity the filter really responds to (a linear output's mean is linear in the
+    input, so its optimum is a flat field at the ends of the range). `pre` is the input of the non-linearity,
+    followed where the filter is off everywhere (None: the conv's own pre-activation)."""
+
+    layer: str  # the layer whose filters these are (a section's layer)
+    output: str  # the layer whose channel mean is maximised
+    pre: str | None = None
+    chain: tuple[str, ...] = ()  # the layers from `layer` (excluded) to `output` (included)
+
+    @property
+    def linear(self) -> bool:
+        """True when no non-linearity lies between the input and the optimised mean's last layer."""
+        return self.pre == self.output
+
+
+def _nonlinear(layer: Any) -> bool:
+    import keras
+
+    if type(layer).__name__ in _NONLINEAR:
+        return True
+    activation = getattr(layer, "activation", None)
+    return activation is not None and activation is not keras.activations.linear and type(layer).__name__ in (
+        "Activation", *[t.__name__ for t in PATTERN_TYPES])
+
+
+def layer_consumers(model: Any) -> dict[str, list[str]]:
+    """Path -> paths of the layers that take its output, within the same (nested) model."""
+    import keras
+
+    from reportgen.graph import is_container
+
+    consumers: dict[str, list[str]] = {}
+
+    def visit(container: Any, prefix: str) -> None:
+        layers = [layer for layer in container.layers if not isinstance(layer, keras.layers.InputLayer)]
+        if isinstance(container, keras.Sequential):
+            for a, b in itertools.pairwise(layers):
+                consumers.setdefault(prefix + a.name, []).append(prefix + b.name)
+        else:
+            own = {id(layer) for layer in layers}
+            for layer in layers:
+                for node in getattr(layer, "_inbound_nodes", []):
+                    for parent in node.parent_nodes:
+                        if id(parent.operation) in own:
+                            found = consumers.setdefault(prefix + parent.operation.name, [])
+                            if prefix + layer.name not in found:
+                                found.append(prefix + layer.name)
+        for layer in layers:
+            if is_container(layer):
+                visit(layer, f"{prefix}{layer.name}/")
+
+    visit(model, "")
+    return consumers
+
+
+def pattern_target(nodes: Sequence[LayerNode], consumers: dict[str, list[str]], path: str) -> PatternTarget:
+    """The output a pattern of the layer at `path` should drive (see `PatternTarget`)."""
+    by_path = {node.path: node.layer for node in nodes}
+    layer = by_path[path]
+    if _nonlinear(layer) or not isinstance(layer, PATTERN_TYPES):
+        return PatternTarget(path, path)
+    chain: list[str] = []
+    current = pre = path
+    while len(consumers.get(current, [])) == 1:
+        following = consumers[current][0]
+        kind = type(by_path[following]).__name__
+        if kind in (*_NONLINEAR, "Activation") and _nonlinear(by_path[following]):  # not a conv's own
+            return PatternTarget(path, following, current, (*chain, following))
+        if kind not in _CHANNEL_KEEPING:
+            break
+        chain.append(following)
+        current = following
+        if kind != "Add":
+            pre = current
+    # No non-linearity follows: the last normalised (not merged) output, linear in the input.
+    chain = chain[:chain.index(pre) + 1] if pre != path else []
+    return PatternTarget(path, pre, pre, tuple(chain))
+
+
+def pattern_targets(model: Any, paths: Sequence[str], nodes: Sequence[LayerNode] | None = None) -> list[PatternTarget]:
+    nodes = walk_layers(model) if nodes is None else nodes
+    consumers = layer_consumers(model)
+    return [pattern_target(nodes, consumers, path) for path in paths]
+
+
 @dataclass(frozen=True)
 class PatternSettings:
     """How the search runs; the same for every layer of a report."""
 
-    steps: int = 40
+    steps: int = DEFAULT_STEPS
     height: int = DEFAULT_PATTERN_SIZE
     width: int = DEFAULT_PATTERN_SIZE
-    method: str = "fourier"
+    method: str = "logit"
     seed: int = 0
     directions: tuple[str, ...] = DIRECTIONS
     compute_dtype: str = "float32"  # "bfloat16" runs the search steps in bfloat16 (final numbers stay float32)
+    diversity: int = 1  # patterns per filter and direction, kept apart by a diversity penalty when above 1
 
     @property
     def batch_limit(self) -> int:
@@ -75,6 +173,8 @@ class LayerPatterns:
     dead: np.ndarray  # (F,) bool
     seconds: float
     flops: float  # estimated floating-point operations of the search steps (0 when not given)
+    target: PatternTarget | None = None  # whose output the patterns drive
+    diversity: int = 1  # patterns per filter in each direction (rows filter by filter)
 
     def direction(self, name: str) -> DirectionPatterns:
         return next(p for p in self.patterns if p.direction == name)
@@ -218,15 +318,16 @@ def _channel_wise(activation: Any) -> bool:
 
 @contextlib.contextmanager
 def _tracing_view(nodes: Sequence[LayerNode], layer: Any, compute_dtype: str) -> Iterator[None]:
-    """While a function is traced (or, for eager models, runs): `layer` without its activation (we optimise the
-    pre-activation) and, for bfloat16, every float32 layer computing in mixed bfloat16. Everything is restored on
-    exit; a traced graph keeps what it saw, so the model itself is left as it was."""
+    """While a function is traced (or, for eager models, runs): `layer` (when given) without its activation (we
+    optimise the pre-activation) and, for bfloat16, every float32 layer computing in mixed bfloat16. Everything is
+    restored on exit; a traced graph keeps what it saw, so the model itself is left as it was."""
     import keras
 
-    activation = _activation_of(layer)
+    activation = _activation_of(layer) if layer is not None else None
     changed: list[tuple[Any, Any]] = []
     try:
-        layer.activation = keras.activations.linear
+        if layer is not None:
+            layer.activation = keras.activations.linear
         if compute_dtype == "bfloat16":
             for node in nodes:
                 policy = node.layer.dtype_policy
@@ -235,7 +336,8 @@ def _tracing_view(nodes: Sequence[LayerNode], layer: Any, compute_dtype: str) ->
                     node.layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
         yield
     finally:
-        layer.activation = activation
+        if layer is not None:
+            layer.activation = activation
         for target, policy in changed:
             target.dtype_policy = policy
 
@@ -248,28 +350,56 @@ def _channel_means(values: Any, filters: Any) -> Any:
     return tf.reduce_sum(means * tf.one_hot(filters, int(values.shape[-1]), dtype=tf.float32), axis=1)
 
 
+def _diversity(features: Any, groups: Any) -> Any:
+    """(B, h, w, C) layer outputs, (B,) group per image -> (B,) each image's mean cosine similarity of its Gram
+    matrix (channel co-activation, i.e. style) to those of the other images of its group (Lucid's diversity)."""
+    import tensorflow as tf
+
+    x = tf.cast(features, tf.float32)
+    flat = tf.reshape(x, [tf.shape(x)[0], -1, int(x.shape[-1])])
+    gram = tf.linalg.matmul(flat, flat, transpose_a=True)
+    gram = tf.math.l2_normalize(tf.reshape(gram, [tf.shape(x)[0], -1]), axis=1)
+    similarity = tf.linalg.matmul(gram, gram, transpose_b=True)
+    same = tf.cast(tf.equal(groups[:, None], groups[None, :]), tf.float32) * (1.0 - tf.eye(tf.shape(x)[0]))
+    return tf.reduce_sum(similarity * same, axis=1) / tf.maximum(tf.reduce_sum(same, axis=1), 1.0)
+
+
+# Diversity penalty per unit of similarity, as a share of the image's own objective. Measured on the tests' RGB
+# CNN (3 patterns of 2 filters of its last block): 1 does not lower the similarity reliably (0.99 against 0.92
+# without), 10 lowers it to 0.84 at 0.6x the activation, 100 to 0.68 at 0.3x.
+DIVERSITY_WEIGHT = 10.0
+
+
 @dataclass(frozen=True)
 class _Compiled:
-    step: Any  # (params, (m, v), seed, t, filters, signs) -> (params, (m, v), objective)
+    step: Any  # (params, (m, v), seed, t, total, filters, signs, groups) -> (params, (m, v), objective)
     render: Any  # params -> model input
     evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|)
 
 
-def _compile(model: Any, layer_path: str, method: Method, pixel_map: PixelMap, shape: tuple[int, int, int],
-             compute_dtype: str) -> _Compiled:
+def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: PixelMap, shape: tuple[int, int, int],
+             compute_dtype: str, diverse: bool) -> _Compiled:
     import tensorflow as tf
 
     nodes = walk_layers(model)
-    layer = next(node.layer for node in nodes if node.path == layer_path)
+    layer = next(node.layer for node in nodes if node.path == target.layer)
+    stripped = layer if target.pre is None else None  # the conv's own activation, applied here
     height, width, channels = shape
+    activation = _activation_of(layer) if stripped is not None else None
+    whole = activation is not None and _channel_wise(activation)
 
-    def pre_activation(x: Any) -> Any:
-        return run_layers(model, x, [layer_path], stop_early=True).captured[layer_path]
+    def outputs(x: Any) -> tuple[Any, Any]:
+        """(pre-activation, output) of the whole layer; the output None where `activation` gives it."""
+        if target.pre is None:
+            return run_layers(model, x, [target.layer], stop_early=True).captured[target.layer], None
+        captured = run_layers(model, x, {target.pre, target.output}, stop_early=True).captured
+        return captured[target.pre], captured[target.output]
 
-    activation = _activation_of(layer)
-    whole = _channel_wise(activation)
+    def own(values: Any, filters: Any) -> Any:
+        return tf.cast(tf.gather(values, filters, axis=3, batch_dims=1), tf.float32)
 
-    def step(params: Any, state: Any, seed: Any, t: Any, filters: Any, signs: Any) -> Any:
+    def step(params: Any, state: Any, seed: Any, t: Any, total_steps: Any, filters: Any, signs: Any,
+             groups: Any) -> Any:
         with tf.GradientTape() as tape:
             tape.watch(params)
             unit = method.image(params, width)
@@ -277,41 +407,47 @@ def _compile(model: Any, layer_path: str, method: Method, pixel_map: PixelMap, s
                 # Ascent only: descent must switch the filter off everywhere at once, which random views fight
                 # (on the example model most descents then ended above their start).
                 unit = method.jitter(unit, seed, tf.cast(signs > 0, tf.float32))
-            pre = pre_activation(pixel_map.to_model(unit))
+            full_pre, full_post = outputs(pixel_map.to_model(unit))
             # Each image's own filter, (B, h, w). Softmax-like activations need every channel; the others are
             # elementwise, so they run on the one channel (the layer's full output is large on early layers).
-            if whole:
-                post = tf.cast(tf.gather(activation(pre), filters, axis=3, batch_dims=1), tf.float32)
-                pre = tf.cast(tf.gather(pre, filters, axis=3, batch_dims=1), tf.float32)
-            else:
-                pre = tf.cast(tf.gather(pre, filters, axis=3, batch_dims=1), tf.float32)
-                post = activation(pre)
+            if full_post is None and (whole or diverse):
+                full_post = activation(full_pre)
+            pre = own(full_pre, filters)
+            post = own(full_post, filters) if full_post is not None else activation(pre)
             # Where the filter is off everywhere the real output has no gradient: follow the pre-activation there.
             off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
             objective = tf.where(off, tf.reduce_mean(pre, axis=[1, 2]), tf.reduce_mean(post, axis=[1, 2]))
             total = tf.reduce_sum(signs * objective)  # each image's gradient is its own: images are independent
-        params, state = method.update(params, tape.gradient(total, params), state, t)
+            penalty = getattr(method, "penalty", None)
+            if penalty is not None:  # a share of each image's own objective, whatever the layer's scale
+                total -= tf.reduce_sum((tf.stop_gradient(tf.abs(objective)) + 1e-12) * penalty(params))
+            if diverse:
+                scale = tf.stop_gradient(tf.abs(objective)) + 1e-6
+                total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * _diversity(full_post, groups))
+        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps)
         return params, state, objective
 
     def evaluate(x: Any, filters: Any) -> Any:
-        pre = pre_activation(x)
-        post = activation(pre)
+        pre, post = outputs(x)
+        if post is None:
+            post = activation(pre)
         onehot = tf.one_hot(filters, int(post.shape[-1]), dtype=tf.float32)
         peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
         return _channel_means(pre, filters), _channel_means(post, filters), peak
 
     def render(params: Any) -> Any:
-        return pixel_map.to_model(method.image(params, width))
+        return pixel_map.to_model(method.image(method.finish(params), width))
 
     if not traceable(model):
-        return _Compiled(_in_view(step, nodes, layer, compute_dtype), render, _in_view(evaluate, nodes, layer))
+        return _Compiled(_in_view(step, nodes, stripped, compute_dtype), render, _in_view(evaluate, nodes, stripped))
     param_spec = tf.TensorSpec([None, *method.param_shape(height, width, channels)], tf.float32)
     index_spec = tf.TensorSpec([None], tf.int32)
-    with _tracing_view(nodes, layer, compute_dtype):
+    scalar = tf.TensorSpec([], tf.float32)
+    with _tracing_view(nodes, stripped, compute_dtype):
         step_fn = tf.function(step, autograph=False).get_concrete_function(
-            param_spec, (param_spec, param_spec), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.float32),
-            index_spec, tf.TensorSpec([None], tf.float32))
-    with _tracing_view(nodes, layer, "float32"):
+            param_spec, (param_spec, param_spec), tf.TensorSpec([2], tf.int64), scalar, scalar, index_spec,
+            tf.TensorSpec([None], tf.float32), index_spec)
+    with _tracing_view(nodes, stripped, "float32"):
         evaluate_fn = tf.function(evaluate, autograph=False).get_concrete_function(
             tf.TensorSpec([None, height, width, channels], tf.float32), index_spec)
     return _Compiled(step_fn, tf.function(render, autograph=False).get_concrete_function(param_spec), evaluate_fn)
@@ -327,9 +463,13 @@ def _in_view(function: Any, nodes: Sequence[LayerNode], layer: Any, compute_dtyp
     return run
 
 
-def _batches(count: int, limit: int) -> list[np.ndarray]:
-    """Indices 0..count-1 in near-equal batches of at most `limit`."""
-    return [part for part in np.array_split(np.arange(count), -(-count // limit)) if part.size]
+def _batches(count: int, limit: int, group: int = 1) -> list[np.ndarray]:
+    """Indices 0..count-1 in near-equal batches of at most `limit` (at least `group`), each a whole number of
+    consecutive groups of `group` (the diversity patterns of one filter share a batch)."""
+    groups = count // group
+    per = max(1, limit // group)
+    return [np.concatenate([np.arange(g * group, (g + 1) * group) for g in part])
+            for part in np.array_split(np.arange(groups), -(-groups // per)) if part.size]
 
 
 def _evaluate(compiled: _Compiled, inputs: np.ndarray, filters: np.ndarray, limit: int) -> tuple[np.ndarray, ...]:
@@ -347,57 +487,73 @@ def search_patterns(
     settings: PatternSettings,
     pixel_map: PixelMap,
     flops_per_step: float = 0.0,
+    target: PatternTarget | None = None,
+    method: Method | None = None,
 ) -> LayerPatterns:
-    """Optimise the patterns of `filters` of the layer at `layer_path` in every direction of `settings`.
+    """Optimise the patterns of `filters` of the layer at `layer_path` in every direction of `settings`, driving
+    `target`'s output (default: `pattern_target`, the conv's block output).
 
+    With `settings.diversity` K > 1 each filter gets K patterns per direction, optimised together with a penalty
+    on their similarity; `DirectionPatterns.inputs` then holds them filter by filter (K rows per filter).
     Deterministic for a given `settings.seed`: each filter's starting image is drawn from (seed, layer, filter),
     and the random transforms of each step from (seed, layer, step). `flops_per_step` (see `search_flops`) is
-    only carried into the result for reporting.
+    only carried into the result for reporting. `method` replaces `settings.method`'s (for benchmarks).
     """
     import tensorflow as tf
 
     started = time.perf_counter()
-    method = method_named(settings.method)
+    if target is None:
+        target = pattern_targets(model, [layer_path])[0]
+    method = method or method_named(settings.method)
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
-    compiled = _compile(model, layer_path, method, pixel_map, (height, width, channels), settings.compute_dtype)
+    diversity = settings.diversity
+    compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,
+                        diversity > 1)
 
     salt = zlib.crc32(layer_path.encode("utf-8"))
-    starts = np.stack([method.init(np.random.default_rng([settings.seed, salt, f]), height, width, channels)
-                       for f in filters])
-    count = len(filters)
+
+    def start(f: int, k: int) -> np.ndarray:
+        rng = np.random.default_rng([settings.seed, salt, f] if k == 0 else [settings.seed, salt, f, k])
+        return method.init(rng, height, width, channels)
+
+    starts = np.stack([start(f, k) for f in filters for k in range(diversity)])
+    count = len(filters) * diversity  # patterns per direction
     directions = settings.directions
-    # One job per (direction, filter); both directions of a filter start from the same image.
+    # One job per (direction, filter, k); both directions of a filter start from the same images.
     params = np.concatenate([starts] * len(directions))
-    job_filters = np.tile(np.asarray(filters, np.int32), len(directions))
+    job_filters = np.tile(np.repeat(np.asarray(filters, np.int32), diversity), len(directions))
+    groups = np.repeat(np.arange(len(params) // diversity, dtype=np.int32), diversity)
     signs = np.repeat([1.0 if d == "ascent" else -1.0 for d in directions], count).astype(np.float32)
 
     final = np.empty_like(params)
-    for b, batch in enumerate(_batches(len(params), settings.batch_limit)):
+    limit = max(settings.batch_limit, diversity)
+    for b, batch in enumerate(_batches(len(params), limit, diversity)):
         p = tf.constant(params[batch])
         state = (tf.zeros_like(p), tf.zeros_like(p))
-        f, s = tf.constant(job_filters[batch]), tf.constant(signs[batch])
+        f, s, g = tf.constant(job_filters[batch]), tf.constant(signs[batch]), tf.constant(groups[batch])
+        total = tf.constant(float(settings.steps))
         for t in range(1, settings.steps + 1):
             seed = tf.constant([(settings.seed * 1_000_003 + salt) % 2**63, b * 1_000_003 + t], tf.int64)
-            p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), f, s)
+            p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), total, f, s, g)
         final[batch] = p.numpy()
 
     def render(values: np.ndarray) -> np.ndarray:
         return np.concatenate([compiled.render(tf.constant(values[b])).numpy()
-                               for b in _batches(len(values), settings.batch_limit)])
+                               for b in _batches(len(values), limit)])
 
-    start_inputs = render(starts)
-    start_pre, start_post, _ = _evaluate(compiled, start_inputs, job_filters[:count], settings.batch_limit)
+    start_inputs = render(starts[::diversity])
+    start_pre, start_post, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
     inputs = render(final)
-    pre, post, peak = _evaluate(compiled, inputs, job_filters, settings.batch_limit)
+    pre, post, peak = _evaluate(compiled, inputs, job_filters, limit)
 
     # Dead: the ascent pattern cannot switch the filter on, or no direction could move it at all.
-    dead = np.zeros(count, bool)
+    dead = np.zeros(len(filters), bool)
     for k, direction in enumerate(directions):
         rows = slice(k * count, (k + 1) * count)
         if direction == "ascent":
-            dead |= peak[rows] <= DEAD_LEVEL
+            dead |= np.all((peak[rows] <= DEAD_LEVEL).reshape(len(filters), diversity), axis=1)
         if settings.steps > 0:
-            dead |= np.all((final[rows] == params[rows]).reshape(count, -1), axis=1)
+            dead |= np.all((final[rows] == params[rows]).reshape(len(filters), -1), axis=1)
     patterns = tuple(
         DirectionPatterns(direction=d, inputs=inputs[k * count:(k + 1) * count],
                           activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count])
@@ -406,7 +562,7 @@ def search_patterns(
     return LayerPatterns(
         layer=layer_path, filters=tuple(int(f) for f in filters), patterns=patterns, start_activation=start_post,
         start_pre_activation=start_pre, dead=dead, seconds=time.perf_counter() - started,
-        flops=flops_per_step * len(params) * settings.steps,
+        flops=flops_per_step * len(params) * settings.steps, target=target, diversity=diversity,
     )
 
 
@@ -425,3 +581,103 @@ def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: S
         run = tf.function(run, autograph=False)
     rows = [run(tf.constant(inputs[b], tf.float32)).numpy() for b in _batches(len(inputs), batch)]
     return np.concatenate(rows)[:, list(filters)]
+
+
+# The fixed views of the scorecard's robust activation: (rotation in degrees, scale, shift x and y as shares of the
+# width and height), each applied about the image centre with bilinear sampling and mirrored borders.
+ROBUST_VIEWS = ((5.0, 1.0, 0.0, 0.0), (-5.0, 1.0, 0.0, 0.0), (0.0, 1.1, 0.0, 0.0), (0.0, 0.9, 0.0, 0.0),
+                (0.0, 1.0, 0.0625, 0.0), (0.0, 1.0, 0.0, -0.0625), (3.0, 1.05, 0.03, 0.03), (-3.0, 0.95, -0.03, 0.03))
+SATURATION_MARGIN = 0.01  # a pixel within this share of the range's ends is saturated
+# Scores the page flags: a pattern that does not survive a small change of view, that drives other filters as
+# much as its own, or that is mostly clipping.
+FLAG_ROBUST = 0.5
+FLAG_SPECIFICITY = 0.5
+FLAG_SATURATION = 0.10
+
+
+def view_transform(view: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """(2, 3) map from each output pixel (x, y, 1) to the input point it samples, for one of `ROBUST_VIEWS`."""
+    degrees, scale, shift_x, shift_y = view
+    angle = np.deg2rad(degrees)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    tx, ty = shift_x * width, shift_y * height
+    return np.array([[cos, -sin, cx - cos * cx + sin * cy + tx], [sin, cos, cy - sin * cx - cos * cy + ty]])
+
+
+def robust_views(inputs: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (V, N, H, W, C): every image in each of `ROBUST_VIEWS` (the affine per-pixel preprocessing
+    commutes with resampling, so model inputs can be transformed directly)."""
+    import tensorflow as tf
+
+    height, width = inputs.shape[1:3]
+    out = []
+    for view in ROBUST_VIEWS:
+        row = np.concatenate([view_transform(view, height, width).ravel(), [0.0, 0.0]]).astype(np.float32)
+        out.append(tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.constant(inputs, tf.float32), transforms=tf.constant(np.tile(row, (len(inputs), 1))),
+            output_shape=tf.constant([height, width], tf.int32), fill_value=tf.constant(0.0),
+            interpolation="BILINEAR", fill_mode="REFLECT").numpy())
+    return np.stack(out)
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """How far each pattern of one direction can be trusted, in the order of `DirectionPatterns.inputs`."""
+
+    activation: np.ndarray  # (P,) the filter's mean output on its pattern (float32)
+    robust: np.ndarray  # (P,) mean output over `ROBUST_VIEWS` of the pattern, as a share of `activation`
+    specificity: np.ndarray  # (P,) share of the other filters' patterns on which the filter responds less
+    saturation: np.ndarray  # (P,) share of pixel values within `SATURATION_MARGIN` of the range's ends
+
+    def flags(self, index: int, direction: str) -> tuple[str, ...]:
+        out = []
+        if direction == "ascent" and self.robust[index] < FLAG_ROBUST:
+            out.append("fragile")
+        # Descent is scored but not flagged for these: behind a ReLU many patterns tie at zero.
+        if direction == "ascent" and self.specificity[index] < FLAG_SPECIFICITY:
+            out.append("unspecific")
+        if self.saturation[index] > FLAG_SATURATION:
+            out.append("saturated")
+        return tuple(out)
+
+
+def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray) -> Scorecard:
+    """The scorecard of `result`'s patterns in `direction`; `display` holds the same patterns as pixels in [0, 1]
+    (the preprocessing inverted)."""
+    return score_layer(model, result, {direction: display})[direction]
+
+
+def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray]) -> dict[str, Scorecard]:
+    """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
+    in [0, 1]). Responses are the model's own float32 outputs of the target layer, from one traced pass over every
+    pattern and view of the layer."""
+    output = result.target.output if result.target is not None else result.layer
+    k = result.diversity
+    stacks = {d: result.direction(d).inputs for d in displays}
+    batch = np.concatenate([np.concatenate([x, robust_views(x).reshape(-1, *x.shape[1:])])
+                            for x in stacks.values()])
+    everything = filter_responses(model, output, batch, result.filters)
+    cards, start = {}, 0
+    for direction, inputs in stacks.items():
+        count = len(inputs)
+        responses = everything[start:start + count]  # (pattern, filter)
+        viewed = everything[start + count:start + count * (1 + len(ROBUST_VIEWS))]
+        start += count * (1 + len(ROBUST_VIEWS))
+        viewed = viewed.reshape(len(ROBUST_VIEWS), count, len(result.filters))
+        filters = np.repeat(result.filters, k)
+        column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
+        own_view = viewed[:, np.arange(count), column].mean(axis=0)
+        activation = result.direction(direction).activation
+        robust = own_view / np.where(np.abs(activation) > 1e-12, activation, np.nan)
+        specificity = np.full(count, np.nan)
+        for i, (f, j) in enumerate(zip(filters, column, strict=True)):
+            others = responses[filters != f, j]
+            if others.size:
+                below = others < responses[i, j] if direction == "ascent" else others > responses[i, j]
+                specificity[i] = float(np.mean(below))
+        display = displays[direction]
+        saturated = (display <= SATURATION_MARGIN) | (display >= 1.0 - SATURATION_MARGIN)
+        cards[direction] = Scorecard(activation=activation, robust=robust, specificity=specificity,
+                                     saturation=saturated.reshape(count, -1).mean(axis=1))
+    return cards

@@ -1,16 +1,22 @@
 """How a filter pattern is parameterised, transformed and updated during the search, in TensorFlow ops.
 
 Every method works on display pixels `unit` in [0, 1] (RGB order, what pixels/255 would be); `PixelMap` turns
-them into the model's input, so a pattern is always a real image whatever the preprocessing. Two methods:
+them into the model's input, so a pattern is always a real image whatever the preprocessing. The methods:
 
+- `LogitAscent` ("logit", the default): pixels through a sigmoid, Adam on the logits with a cosine learning-rate
+  decay and a penalty on saturation. Chosen by `benchmarks/pattern_methods.py` on six models: in 40 steps it
+  reaches 0.92-1.26x the tutorials' mean activation (9x on a random MobileNetV2) with no pixel within 1% of the
+  range's ends, where the tutorials' loop pins 40-80% of them; the Fourier methods reach 0.4-0.8x.
 - `PixelAscent` ("pixel"): the tutorials' method (Chollet, *Deep Learning with Python* 5.4): the pixels are the
   parameters, each step adds the gradient divided by its RMS; here batched, compiled and clipped to [0, 1].
 - `FourierAscent` ("fourier"): Lucid's recipe (Olah et al., "Feature Visualization", Distill 2017): the image is
   the inverse FFT of a spectrum scaled by 1/frequency (so every frequency learns at a similar rate and
   high-frequency noise is not favoured), colours are decorrelated with the ImageNet colour-correlation square
-  root, a sigmoid keeps pixels inside [0, 1], Adam updates the spectrum and every ascent step sees the image
-  through a small random jitter, scale and rotation (seeded, stateless), so the pattern cannot rely on
-  pixel-exact noise.
+  root (none for grey or other channel counts), a sigmoid keeps pixels inside [0, 1], Adam updates the spectrum
+  and every ascent step sees the image through a small random jitter, scale and rotation (seeded, stateless), so
+  the pattern cannot rely on pixel-exact noise.
+- `MacoAscent` ("maco"): the phase of the spectrum only, at a fixed natural 1/f magnitude (Fel et al., 2023).
+- `TutorialAscent` ("tutorial"): the yardstick of the benchmark and the tests, not a report method.
 """
 
 from __future__ import annotations
@@ -101,7 +107,11 @@ class PixelAscent:
     def image(self, params: Any, width: int) -> Any:
         return params
 
-    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any) -> tuple[Any, tuple[Any, Any]]:
+    def finish(self, params: Any) -> Any:
+        return params
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
         import tensorflow as tf
 
         rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=[1, 2, 3], keepdims=True))
@@ -113,6 +123,7 @@ class FourierAscent:
     """Lucid-style: 1/f-scaled Fourier spectrum, decorrelated colour, sigmoid into range, Adam, jitter."""
 
     learning_rate: float = 0.3  # Lucid uses 0.05 for 512 steps; 0.3 suits 40 (see benchmarks/)
+    final_rate: float | None = None  # cosine decay to this at the last step (None: constant)
     decay_power: float = 1.0
     init_std: float = 0.01
     name: str = "fourier"
@@ -141,29 +152,186 @@ class FourierAscent:
         spectrum = tf.complex(params[:, 0] * scale, params[:, 1] * scale)
         # Lucid divides by 4 so the sigmoid starts in its linear part.
         image = tf.transpose(tf.signal.irfft2d(spectrum, fft_length=[height, width]), (0, 2, 3, 1)) / 4.0
-        if channels == 3:
-            norm = np.max(np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0))
-            image = tf.tensordot(image, tf.constant((COLOR_CORRELATION_SVD_SQRT / norm).T), axes=1)
-        return tf.sigmoid(image)
+        return tf.sigmoid(_decorrelate(image, channels))
 
-    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any) -> tuple[Any, tuple[Any, Any]]:
+    def finish(self, params: Any) -> Any:
+        return params
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
         """One Adam step of ascent (beta1 0.9, beta2 0.999), written out so the state is plain tensors."""
+        return _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))
+
+
+def _schedule(start: float, end: float | None, step: Any, total: Any) -> Any:
+    """Cosine decay from `start` at step 1 to `end` at the last step (`end` None: constant)."""
+    import tensorflow as tf
+
+    if end is None:
+        return start
+    progress = (step - 1.0) / tf.maximum(total - 1.0, 1.0)
+    return end + (start - end) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+
+def _adam(params: Any, grad: Any, state: tuple[Any, Any], step: Any, rate: Any) -> tuple[Any, tuple[Any, Any]]:
+    import tensorflow as tf
+
+    m, v = state
+    m = 0.9 * m + 0.1 * grad
+    v = 0.999 * v + 0.001 * tf.square(grad)
+    m_hat = m / (1.0 - tf.pow(0.9, step))
+    v_hat = v / (1.0 - tf.pow(0.999, step))
+    return params + rate * m_hat / (tf.sqrt(v_hat) + 1e-8), (m, v)
+
+
+def _decorrelate(image: Any, channels: int) -> Any:
+    """(B, H, W, C) independent logits -> correlated colour logits: ImageNet's colour correlation for RGB, none
+    for grey (one channel) or other channel counts, each channel's variance kept at most 1."""
+    import tensorflow as tf
+
+    if channels != 3:
+        return image
+    norm = np.max(np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0))
+    return tf.tensordot(image, tf.constant((COLOR_CORRELATION_SVD_SQRT / norm).T), axes=1)
+
+
+def natural_magnitude(height: int, width: int, decay_power: float = 1.0) -> np.ndarray:
+    """(H, W // 2 + 1) amplitude spectrum of natural images, 1 / f^decay (Field 1987), the DC term left out."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    freqs = np.sqrt(fx * fx + fy * fy)
+    magnitude = 1.0 / np.maximum(freqs, 1.0 / max(height, width)) ** decay_power
+    magnitude[0, 0] = 0.0
+    return magnitude.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TutorialAscent:
+    """The tutorials' loop as the issue states it: from grey plus 20% noise (0.5 + U(-0.1, 0.1)), each step adds
+    0.05 of the range times the gradient divided by its RMS, unclipped; the pattern is clipped to the valid range
+    at the end. A yardstick for the benchmark and the tests, not a report method."""
+
+    learning_rate: float = 0.05
+    name: str = "tutorial"
+    jitter: Jitter | None = None
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (height, width, channels)
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        return (0.4 + 0.2 * rng.random((height, width, channels))).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        return params
+
+    def finish(self, params: Any) -> Any:
         import tensorflow as tf
 
-        m, v = state
-        m = 0.9 * m + 0.1 * grad
-        v = 0.999 * v + 0.001 * tf.square(grad)
-        m_hat = m / (1.0 - tf.pow(0.9, step))
-        v_hat = v / (1.0 - tf.pow(0.999, step))
-        return params + self.learning_rate * m_hat / (tf.sqrt(v_hat) + 1e-8), (m, v)
+        return tf.clip_by_value(params, 0.0, 1.0)
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
+        import tensorflow as tf
+
+        rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=[1, 2, 3], keepdims=True))
+        return params + self.learning_rate * grad / (rms + 1e-5), state
 
 
-Method = PixelAscent | FourierAscent
+@dataclass(frozen=True)
+class MacoAscent:
+    """MACO (Fel et al., "Unlocking Feature Visualization for Deeper Networks with MAgnitude Constrained
+    Optimization", NeurIPS 2023): only the phase of the image's spectrum is optimised; its magnitude stays fixed
+    at natural images' 1/f, so the pattern keeps a natural image's contrast at every frequency. The image is
+    standardised, its colours correlated like ImageNet's (RGB only) and mapped by a sigmoid at a fixed gain,
+    which keeps almost every pixel off the ends of the range. Adam on the phase, every ascent step jittered."""
+
+    learning_rate: float = 1.0
+    final_rate: float | None = 0.1
+    gain: float = 1.6  # sigmoid(1.6 z) of a unit-variance image: 0.2% of pixels past 0.99 or below 0.01
+    name: str = "maco"
+    jitter: Jitter | None = Jitter()
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (channels, height, width // 2 + 1)
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        shape = self.param_shape(height, width, channels)
+        return rng.uniform(-np.pi, np.pi, shape).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        import tensorflow as tf
+
+        channels, height = int(params.shape[1]), int(params.shape[2])
+        magnitude = tf.constant(natural_magnitude(height, width))
+        spectrum = tf.complex(magnitude * tf.cos(params), magnitude * tf.sin(params))
+        image = tf.transpose(tf.signal.irfft2d(spectrum, fft_length=[height, width]), (0, 2, 3, 1))
+        mean, variance = tf.nn.moments(image, axes=[1, 2, 3], keepdims=True)
+        image = (image - mean) / tf.sqrt(variance + 1e-12)
+        return tf.sigmoid(self.gain * _decorrelate(image, channels))
+
+    def finish(self, params: Any) -> Any:
+        return params
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
+        return _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))
+
+
+@dataclass(frozen=True)
+class LogitAscent:
+    """Pixels through a sigmoid, `unit = sigmoid(z)`, Adam on the logits `z` with a cosine learning-rate decay,
+    and a penalty on logits past `margin` (pixels nearer the range's ends than sigmoid(-margin)).
+
+    The sigmoid keeps every image valid without clipping, and its gradient never reaches zero, so a pixel pushed to
+    an end can come back; Adam gives every pixel its own step size. Alone it pins most pixels at the ends (the
+    objective rewards contrast), which the penalty stops: it costs, per image, `saturation_weight` times the mean
+    squared excess of the logits past `margin`, as a share of the image's own objective (`penalty`), so its pull
+    is the same whatever the scale of the layer's activations.
+    """
+
+    learning_rate: float = 0.5
+    final_rate: float | None = 0.05
+    margin: float = 3.0  # logit of 0.953: pixels between 4.7% and 95.3% of the range cost nothing
+    saturation_weight: float = 4.0
+    decorrelate: bool = False
+    name: str = "logit"
+    jitter: Jitter | None = None
+
+    def param_shape(self, height: int, width: int, channels: int) -> tuple[int, ...]:
+        return (height, width, channels)
+
+    def init(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
+        # The tutorials' start: grey plus 20% noise (logits of 0.4-0.6).
+        return rng.uniform(-0.405, 0.405, (height, width, channels)).astype(np.float32)
+
+    def image(self, params: Any, width: int) -> Any:
+        import tensorflow as tf
+
+        channels = int(params.shape[-1])
+        return tf.sigmoid(_decorrelate(params, channels) if self.decorrelate else params)
+
+    def finish(self, params: Any) -> Any:
+        return params
+
+    def penalty(self, params: Any) -> Any:
+        """(B,) the saturation penalty of each image, as a share of its objective."""
+        import tensorflow as tf
+
+        excess = tf.nn.relu(tf.abs(params) - self.margin)
+        return self.saturation_weight * tf.reduce_mean(tf.square(excess), axis=[1, 2, 3])
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any,
+               total: Any) -> tuple[Any, tuple[Any, Any]]:
+        return _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))
+
+
+Method = PixelAscent | FourierAscent | TutorialAscent | MacoAscent | LogitAscent
 
 
 def method_named(name: str) -> Method:
     """The parameterisation behind `--pattern-method`."""
-    methods: dict[str, Method] = {"pixel": PixelAscent(), "fourier": FourierAscent()}
+    methods: dict[str, Method] = {"pixel": PixelAscent(), "fourier": FourierAscent(), "maco": MacoAscent(),
+                                  "logit": LogitAscent(), "tutorial": TutorialAscent()}
     if name not in methods:
         raise ValueError(f"unknown pattern method {name!r}")
     return methods[name]
