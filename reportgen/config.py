@@ -150,10 +150,11 @@ def split_list(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 # What each config key takes, as its flag does: a TOML string is never a boolean, a boolean never a number.
 _BOOL_KEYS = {"save_arrays", "unsafe", "force", "quiet"}
-_INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k"}
+_INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k", "pattern_diversity", "detail",
+             "examples"}
 _STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_layer", "pattern_method",
              "class_names"}
-_LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes"}  # "a,b" or ["a", "b"]
+_LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}  # "a,b" or ["a", "b"]
 _NOT_CONFIG = {"output_dir": "give the output folder with -o/--output-dir", "debug": "pass --debug on the command "
                "line (reportgen --debug generate ...)", "config": "a config file cannot name another"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; a huge or endless file (a FIFO, /dev/zero) is refused

@@ -104,3 +104,14 @@ def test_option_bounds_in_the_api():
     with pytest.raises(InputError, match="--pattern-size"):
         ReportOptions(pattern_size=MAX_PATTERN_SIZE + 1)
     ReportOptions(seed=2**32 - 1, image_size=(8000, 10000), pattern_size=MAX_PATTERN_SIZE)
+
+
+def test_every_option_has_a_config_type():
+    """A new option that no key type names would be accepted from TOML as anything: each has one."""
+    import dataclasses
+
+    from reportgen import config
+
+    typed = (config._BOOL_KEYS | config._INT_KEYS | config._STR_KEYS | config._LIST_KEYS
+             | {"filter_indices", "image_size"})
+    assert {f.name for f in dataclasses.fields(config.ReportOptions)} <= typed
