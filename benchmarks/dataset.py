@@ -42,7 +42,9 @@ def run_report(model: str, images: Path, out: Path, extra: list[str], source: st
                str(out), "--quiet", "--force", *extra]
     env = dict(os.environ, PYTHONPATH=source) if source else None
     started = time.perf_counter()
-    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    # From the output's parent: `python -m` puts the working directory first on sys.path, which would shadow
+    # the --baseline-src checkout with the one the benchmark is run from.
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out.parent)
     seconds = time.perf_counter() - started
     if run.returncode != 0:
         sys.exit(f"reportgen failed:\n{run.stderr[-3000:]}")
@@ -60,7 +62,7 @@ def predict_floor(model, images: Path, size: int, preprocess) -> float:
     files = sorted(images.rglob("*.png"))
     x = np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size)) for f in files]).astype("float32")
     x = preprocess(x)
-    model.predict(x[:64], batch_size=32, verbose=0)  # trace
+    model.predict(x, batch_size=32, verbose=0)  # traces every batch shape it will see
     started = time.perf_counter()
     model.predict(x, batch_size=32, verbose=0)
     return len(x) / (time.perf_counter() - started)
