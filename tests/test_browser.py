@@ -14,25 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-               "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with playwright_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        except Exception as exc:  # a broken Chromium install is an environment problem, not a report bug
-            pytest.skip(f"Chromium did not start: {exc}")
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +77,7 @@ def test_demo_report_in_chromium(browser, demo_report, tmp_path):
         page.wait_for_function(
             "id => { const e = document.getElementById(id); if (!e) return false;"
             " const r = e.getBoundingClientRect(); return r.top < window.innerHeight && r.bottom > 0; }",
-            arg=href[1:], timeout=5000,
+            arg=href[1:], timeout=15000,  # smooth scrolling on a loaded 2-core machine can take seconds
         )
 
     assert events["blocked"] == [] and events["failed"] == []

@@ -54,22 +54,6 @@ def test_show_picks_sections_by_id_kind_or_layer(report):
 # ------------------------------------------------------------------------------------------------- Chromium
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from test_browser import CHROMIUM, LAUNCH_ARGS
-
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with playwright_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        except Exception as exc:
-            pytest.skip(f"Chromium did not start: {exc}")
-        yield browser
-        browser.close()
-
-
 def _notebook(tmp_path: Path, *cells: str) -> Path:
     """A page standing in for a notebook: each cell's HTML output, the frames sized like the direct page."""
     path = tmp_path / "notebook.html"
