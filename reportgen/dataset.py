@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,25 +165,34 @@ class DatasetPass:
         conversions = [""] * listed
         method: str | None = None
         done = 0
-        for batch in reader.batches(batch_size):
-            x = self.preprocessor.apply(batch.pixels)
-            batch_labels = np.asarray(labels, np.int64)[batch.indices]
-            out = self._step(tf.constant(x, tf.float32), tf.constant(batch_labels, tf.int32))
-            raw = np.asarray(out["raw"], np.float64)
-            if method is None:  # decided on the first batch, then kept: every image is read the same way
-                method, _ = probability_method(raw, self.activation)
-            probabilities = convert(raw, method)
-            batch_names = [names[i] for i in batch.indices]
-            top = np.argmax(probabilities, axis=1)
-            predicted[batch.indices] = top
-            sizes[batch.indices] = batch.sizes
-            for i, conversion in zip(batch.indices, batch.conversions, strict=True):
-                conversions[i] = conversion
-            confidence[batch.indices] = probabilities[np.arange(len(top)), top]
-            self._update(batch.indices, batch_names, batch_labels, probabilities, out)
-            done += len(batch.indices)
-            if progress:
-                progress(done + len(reader.skipped), listed)
+        # The accumulators take each batch on a thread of their own while the model runs the next one (TensorFlow
+        # releases the GIL while it computes); at most one batch waits, so memory stays one batch deep.
+        with ThreadPoolExecutor(1, thread_name_prefix="reportgen-accumulate") as accumulating:
+            pending: Future | None = None
+            for batch in reader.batches(batch_size):
+                x = self.preprocessor.apply(batch.pixels)
+                batch_labels = np.asarray(labels, np.int64)[batch.indices]
+                out = self._step(tf.constant(x, tf.float32), tf.constant(batch_labels, tf.int32))
+                out = {key: np.asarray(value) for key, value in out.items()}
+                raw = np.asarray(out["raw"], np.float64)
+                if method is None:  # decided on the first batch, then kept: every image is read the same way
+                    method, _ = probability_method(raw, self.activation)
+                probabilities = convert(raw, method)
+                top = np.argmax(probabilities, axis=1)
+                predicted[batch.indices] = top
+                confidence[batch.indices] = probabilities[np.arange(len(top)), top]
+                sizes[batch.indices] = batch.sizes
+                for i, conversion in zip(batch.indices, batch.conversions, strict=True):
+                    conversions[i] = conversion
+                if pending is not None:
+                    pending.result()  # batches are folded in order, and an error surfaces here
+                pending = accumulating.submit(self._update, batch.indices, [names[i] for i in batch.indices],
+                                              batch_labels, probabilities, out)
+                done += len(batch.indices)
+                if progress:
+                    progress(done + len(reader.skipped), listed)
+            if pending is not None:
+                pending.result()
         seconds = time.perf_counter() - started
         return DatasetResult(
             images=done, listed=listed, labels=np.asarray(labels, np.int64), predicted=predicted,

@@ -58,8 +58,7 @@ class FilterExtremes:
         ranks = self.name_rank[indices] if self.name_rank is not None else indices
         keyed = -scores if side == "top" else scores
         keyed = np.where(np.isfinite(keyed), keyed, np.inf)  # NaN never wins
-        order = np.stack([np.lexsort((ranks[f], keyed[f]))[:self.k] for f in range(len(scores))]) if len(scores) \
-            else np.zeros((0, 0), np.int64)
+        order = np.lexsort((ranks, keyed), axis=-1)[:, :self.k]  # every filter's row sorted at once
         take = np.take_along_axis
         self.sides[side] = (take(scores, order, axis=1), take(indices, order, axis=1),
                             take(cells, order[..., None], axis=1))
@@ -74,7 +73,8 @@ class FilterExtremes:
         means = np.asarray(means, np.float64).T
         self._keep("top", means, per_filter, np.asarray(strongest).transpose(1, 0, 2))
         self._keep("bottom", means, per_filter, np.asarray(weakest).transpose(1, 0, 2))
-        self.names = {i: self.names[i] for side in self.sides.values() for i in side[1].ravel().tolist()}
+        if len(self.names) > 64 * (1 + len(self.filters) * self.k):  # forget names no list holds any more
+            self.names = {i: self.names[i] for side in self.sides.values() for i in side[1].ravel().tolist()}
 
     def merge(self, other: FilterExtremes) -> None:
         self.names.update(other.names)
