@@ -43,5 +43,5 @@ def sections_for(layer: Any, shape: Any) -> tuple[str, ...]:
     if (is_conv(layer) or is_pool(layer)) and is_spatial(shape):
         kinds.append("feature_maps")
     if isinstance(layer, PATTERN_TYPES):
-        kinds.append("filter_patterns")
+        kinds.extend(("filter_patterns", "dataset_examples"))
     return tuple(kinds)

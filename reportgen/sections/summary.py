@@ -10,7 +10,8 @@ from reportgen.sections.anchors import cam_section_id, section_id
 from reportgen.techniques.cams import METHODS
 from reportgen.techniques.summary import summarize_model
 
-SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns"}
+SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns",
+                       "dataset_examples": "examples"}
 
 
 def format_shape(shape: object) -> str:
