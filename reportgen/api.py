@@ -230,6 +230,10 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     from reportgen.techniques.predictions import resolve_classes
 
     options = analysis.options
+    if options.detail_images:
+        from reportgen.techniques.detail import check_requested
+
+        check_requested([s.name for s in analysis.all_sources], options.detail_images)
     try:
         analysis.layer_shapes  # noqa: B018 - computes every layer's output shape at the images' size
     except InputError:

@@ -273,3 +273,17 @@ def test_dataset_progress_is_a_bar_on_a_terminal_and_periodic_lines_elsewhere():
     counter(50)
     counter.close()
     assert quiet.text == ""
+
+
+def test_a_detail_images_typo_is_refused_before_the_dataset_pass(cli, tmp_path, monkeypatch):
+    from reportgen import dataset
+    from reportgen.example import example_images_dir, example_model_path
+
+    def never(*args, **kwargs):
+        raise AssertionError("the dataset pass ran before the option was checked")
+
+    monkeypatch.setattr(dataset.DatasetPass, "run", never)
+    result = cli("generate", example_model_path(), example_images_dir(), "-o", tmp_path / "out", "--detail-images",
+                 "circle/*,nomatch*")
+    assert result.exit_code == 2 and "--detail-images: 'nomatch*' matches no image" in result.output
+    assert not (tmp_path / "out").exists()

@@ -25,16 +25,26 @@ def _draw(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest(), "little")
 
 
+def unmatched_patterns(names: Sequence[str], requested: Sequence[str]) -> list[str]:
+    """The `--detail-images` patterns that match none of `names`."""
+    return [p for p in requested if not any(fnmatchcase(name, p) or name == p for name in names)]
+
+
+def check_requested(names: Sequence[str], requested: Sequence[str]) -> None:
+    """InputError naming the `--detail-images` patterns that match no image (checked before the dataset pass)."""
+    missing = unmatched_patterns(names, requested)
+    if missing:
+        raise InputError(f"{DETAIL_IMAGES_FLAG}: {', '.join(repr(m) for m in missing)} matches no image (names look "
+                         f"like {', '.join(names[:3])}); give names as the report lists them, or globs such as 'cat/*'")
+
+
 def choose_detail(names: Sequence[str], labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
                   count: int, seed: int, requested: Sequence[str] = ()) -> list[int]:
     """Indices (in list order) of the detail sample among the readable images (predicted >= 0)."""
     readable = [i for i in range(len(names)) if predicted[i] >= 0]
     if requested:
         chosen = [i for i in readable if any(fnmatchcase(names[i], p) or names[i] == p for p in requested)]
-        missing = [p for p in requested if not any(fnmatchcase(names[i], p) or names[i] == p for i in readable)]
-        if missing:
-            raise InputError(f"{DETAIL_IMAGES_FLAG}: {', '.join(repr(m) for m in missing)} matches no readable image "
-                             f"(names look like {', '.join(names[i] for i in readable[:3])})")
+        check_requested([names[i] for i in readable], requested)
         return chosen
     if len(readable) <= count:
         return readable
