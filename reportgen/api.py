@@ -152,7 +152,15 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
     dataset_pass = DatasetPass(analysis.model, analysis.preprocessor, len(analysis.class_names.names), plan, shapes,
                                final_layer(analysis.model).activation)
     counter = analysis.progress.counter("dataset", len(reader.sources))
-    result = dataset_pass.run(reader, labels, batch_size, counter)
+    workers = 1
+    if options.engine == "ray":
+        from reportgen.ray_engine import run_on_ray
+
+        result, workers = run_on_ray(analysis, dataset_pass, reader, labels, batch_size, counter)
+        reader.skipped.update(result.skipped)  # the detail sample is read here: skip what the workers could not
+        reader.warnings.extend(w for w in result.warnings if w not in reader.warnings)
+    else:
+        result = dataset_pass.run(reader, labels, batch_size, counter)
     counter.close()
     if result.images == 0:
         raise ImageError("no usable image: every file failed to decode (" + "; ".join(reader.warnings[-3:]) + ")")
@@ -165,7 +173,8 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
         "images": result.images, "listed": result.listed, "labelled": int(np.count_nonzero(result.labels >= 0)),
         "detail_images": [analysis.all_image_ids[i] for i in analysis.detail_indices],
         "seconds": round(result.seconds, 3), "images_per_second": round(result.images_per_second, 2),
-        "batch_size": batch_size, "probabilities": result.probability_method}
+        "batch_size": batch_size, "probabilities": result.probability_method, "engine": options.engine,
+        "workers": workers}
 
 
 def _load_detail(reader: ImageReader, indices: Sequence[int]) -> tuple[LoadedImages, list[int]]:
@@ -230,6 +239,10 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     from reportgen.techniques.predictions import resolve_classes
 
     options = analysis.options
+    if options.engine == "ray":
+        from reportgen.ray_engine import require_ray
+
+        require_ray()
     if options.detail_images:
         from reportgen.techniques.detail import check_requested
 

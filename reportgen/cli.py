@@ -22,6 +22,7 @@ from reportgen.config import (
     CAM_METHODS,
     DEFAULT_STEPS,
     DIRECTIONS,
+    ENGINES,
     PATTERN_METHODS,
     PREPROCESS_MODES,
     ReportOptions,
@@ -143,6 +144,10 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--detail-images", metavar="LIST", help="Pick the detail images by name or glob instead."),
         click.option("--examples", type=int, default=6, show_default=True,
                      help="Dataset examples per filter: the images that drive it most (and least)."),
+        click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                     help="Where the dataset pass runs: this process, or Ray Data (pip install 'reportgen[ray]')."),
+        click.option("--ray-address", help="With --engine ray: join this cluster (default: start a local Ray)."),
+        click.option("--workers", type=int, help="With --engine ray: workers, one model each (default: the CPUs)."),
         click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report."),
         click.option("--quiet", is_flag=True, help="No progress on stderr."),
     ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from reportgen.errors import InputError
 
+ENGINES = ("local", "ray")
 PREPROCESS_MODES = ("auto", "scale", "none", "caffe", "tf", "torch")
 DIRECTIONS = ("ascent", "descent")
 PATTERN_METHODS = ("logit", "fourier", "pixel", "maco")
@@ -66,8 +67,17 @@ class ReportOptions:
     detail: int = 12
     detail_images: tuple[str, ...] = ()
     examples: int = 6
+    # where the dataset pass runs: "local", or "ray" (Ray Data; a local Ray, or the cluster at ray_address)
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise InputError(f"--workers: must be a positive integer, got {self.workers!r}")
         if self.preprocess not in PREPROCESS_MODES:
             raise InputError(f"--preprocess: {self.preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
         for direction in self.directions:
@@ -151,9 +161,9 @@ def split_list(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 # What each config key takes, as its flag does: a TOML string is never a boolean, a boolean never a number.
 _BOOL_KEYS = {"save_arrays", "unsafe", "force", "quiet"}
 _INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k", "pattern_diversity", "detail",
-             "examples"}
+             "examples", "workers"}
 _STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_layer", "pattern_method",
-             "class_names"}
+             "class_names", "engine", "ray_address"}
 _LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}  # "a,b" or ["a", "b"]
 _NOT_CONFIG = {"output_dir": "give the output folder with -o/--output-dir", "debug": "pass --debug on the command "
                "line (reportgen --debug generate ...)", "config": "a config file cannot name another"}

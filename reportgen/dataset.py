@@ -21,7 +21,7 @@ import numpy as np
 
 from reportgen.graph import LayerNode, traceable
 from reportgen.loading.preprocess import Preprocessor
-from reportgen.loading.stream import ImageReader
+from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
 from reportgen.techniques.dataset_examples import FilterExamples, FilterExtremes, filter_statistics
 from reportgen.techniques.evaluation import Evaluation, EvaluationAccumulator
@@ -92,14 +92,9 @@ class DatasetPass:
         self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers),
                                            *(output for _, output, _ in plan.example_layers),
                                            *([plan.cam_layer] if plan.cam_layer else [])]))
-        cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
-        cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
-        self.evaluation = EvaluationAccumulator(classes)
-        self.class_stats = ClassAccumulator(classes, cam_shape, cam_channels)
-        self.layer_stats = {n.path: LayerStatsAccumulator(n, tuple(int(d) for d in shapes[n.path][1:]))
-                            for n in plan.stat_layers}
-        self.extremes: list[FilterExtremes] = []
-        self.example_layers = plan.example_layers
+        self.cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
+        self.cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
+        self.stat_shapes = {n.path: tuple(int(d) for d in shapes[n.path][1:]) for n in plan.stat_layers}
         self._step = compiled(self._step_graph, model)
         self.traced = traceable(model)
 
@@ -145,24 +140,47 @@ class DatasetPass:
             out[f"mean/{path}"], out[f"max/{path}"], out[f"min/{path}"] = means, strongest, weakest
         return out
 
-    def run(self, reader: ImageReader, labels: np.ndarray, batch_size: int,
-            progress: Callable[[int, int], None] | None = None) -> DatasetResult:
-        """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
+    def new_state(self, name_rank: np.ndarray | None = None) -> PassState:
+        """Empty accumulators for this pass (`name_rank`: each image's position among the sorted names, for ties)."""
+        plan = self.plan
+        return PassState(
+            evaluation=EvaluationAccumulator(self.classes),
+            class_stats=ClassAccumulator(self.classes, self.cam_shape, self.cam_channels),
+            layer_stats={n.path: LayerStatsAccumulator(n, self.stat_shapes[n.path]) for n in plan.stat_layers},
+            extremes=[FilterExtremes(path, filters, plan.examples, name_rank, output)
+                      for path, output, filters in plan.example_layers])
+
+    def probabilities(self, batch: ImageBatch, labels: np.ndarray, method: str | None
+                      ) -> tuple[np.ndarray, str, dict[str, np.ndarray]]:
+        """One compiled step on a batch: class probabilities (B, classes), how they were read (decided from the
+        first batch when `method` is None) and the step's reductions."""
         import tensorflow as tf
 
         from reportgen.techniques.predictions import convert, probability_method
 
+        x = self.preprocessor.apply(batch.pixels)
+        out = self._step(tf.constant(x, tf.float32), tf.constant(labels, tf.int32))
+        out = {key: np.asarray(value) for key, value in out.items()}
+        raw = np.asarray(out["raw"], np.float64)
+        if method is None:
+            method, _ = probability_method(raw, self.activation)
+        return convert(raw, method), method, out
+
+    def process(self, state: PassState, batch: ImageBatch, labels: np.ndarray, names: list[str],
+                method: str | None) -> str:
+        """Run one batch (`labels`, `names` for its images) and fold it into `state`; returns the probability
+        method. This is the whole work of a distributed worker, too."""
+        probabilities, method, out = self.probabilities(batch, labels, method)
+        state.record(batch, probabilities)
+        self.fold(state, batch.indices, names, labels, probabilities, out)
+        return method
+
+    def run(self, reader: ImageReader, labels: np.ndarray, batch_size: int,
+            progress: Callable[[int, int], None] | None = None) -> DatasetResult:
+        """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
         started = time.perf_counter()
-        listed = len(reader.sources)
         names = [s.name for s in reader.sources]
-        name_rank = np.empty(listed, np.int64)
-        name_rank[sorted(range(listed), key=names.__getitem__)] = np.arange(listed)
-        self.extremes = [FilterExtremes(path, filters, self.plan.examples, name_rank, output)
-                         for path, output, filters in self.example_layers]
-        predicted = np.full(listed, -1, np.int64)
-        confidence = np.full(listed, np.nan)
-        sizes = np.zeros((listed, 2), np.int64)
-        conversions = [""] * listed
+        state = self.new_state(name_ranks(names))
         method: str | None = None
         done = 0
         # The accumulators take each batch on a thread of their own while the model runs the next one (TensorFlow
@@ -170,53 +188,95 @@ class DatasetPass:
         with ThreadPoolExecutor(1, thread_name_prefix="reportgen-accumulate") as accumulating:
             pending: Future | None = None
             for batch in reader.batches(batch_size):
-                x = self.preprocessor.apply(batch.pixels)
                 batch_labels = np.asarray(labels, np.int64)[batch.indices]
-                out = self._step(tf.constant(x, tf.float32), tf.constant(batch_labels, tf.int32))
-                out = {key: np.asarray(value) for key, value in out.items()}
-                raw = np.asarray(out["raw"], np.float64)
-                if method is None:  # decided on the first batch, then kept: every image is read the same way
-                    method, _ = probability_method(raw, self.activation)
-                probabilities = convert(raw, method)
-                top = np.argmax(probabilities, axis=1)
-                predicted[batch.indices] = top
-                confidence[batch.indices] = probabilities[np.arange(len(top)), top]
-                sizes[batch.indices] = batch.sizes
-                for i, conversion in zip(batch.indices, batch.conversions, strict=True):
-                    conversions[i] = conversion
+                probabilities, method, out = self.probabilities(batch, batch_labels, method)
+                state.record(batch, probabilities)
                 if pending is not None:
                     pending.result()  # batches are folded in order, and an error surfaces here
-                pending = accumulating.submit(self._update, batch.indices, [names[i] for i in batch.indices],
+                pending = accumulating.submit(self.fold, state, batch.indices, [names[i] for i in batch.indices],
                                               batch_labels, probabilities, out)
                 done += len(batch.indices)
                 if progress:
-                    progress(done + len(reader.skipped), listed)
+                    progress(done + len(reader.skipped), len(names))
             if pending is not None:
                 pending.result()
-        seconds = time.perf_counter() - started
+        state.skipped.update(reader.skipped)
+        state.warnings.extend(reader.warnings)
+        return state.result(labels, method, time.perf_counter() - started)
+
+    def fold(self, state: PassState, indices: np.ndarray, names: list[str], labels: np.ndarray,
+             probabilities: np.ndarray, out: dict[str, Any]) -> None:
+        """Feed one batch's reductions to every accumulator of `state`."""
+        state.evaluation.update(indices, names, labels, probabilities)
+        cam = np.asarray(out["cam"], np.float32) if "cam" in out else None
+        channels = np.asarray(out["cam_channels"], np.float32) if "cam_channels" in out else None
+        state.class_stats.update(indices, names, labels, probabilities, cam, channels)
+        for path, acc in state.layer_stats.items():
+            low, high = np.asarray(out[f"low/{path}"]), np.asarray(out[f"high/{path}"])
+            bad = np.asarray(out[f"bad/{path}"])
+            count = len(indices) * int(np.prod(acc.shape))
+            acc.update_reduced(low, high, float(np.asarray(out[f"sum/{path}"], np.float64).sum()),
+                               int(out[f"zeros/{path}"]), count, len(indices), int(out[f"nonfinite/{path}"]), bad)
+        for extremes in state.extremes:
+            path = extremes.layer
+            extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"max/{path}"]),
+                            np.asarray(out[f"min/{path}"]))
+
+
+def name_ranks(names: Sequence[str]) -> np.ndarray:
+    """Each image's position among the sorted names: the tie-break every top-k shares, on every worker."""
+    ranks = np.empty(len(names), np.int64)
+    ranks[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return ranks
+
+
+@dataclass
+class PassState:
+    """What some batches contributed: every accumulator and each image's own few numbers. States of disjoint
+    batches `merge` into the state of all of them, in any order."""
+
+    evaluation: EvaluationAccumulator
+    class_stats: ClassAccumulator
+    layer_stats: dict[str, LayerStatsAccumulator]
+    extremes: list[FilterExtremes]
+    images: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]] = field(default_factory=list)
+    skipped: set[int] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    def record(self, batch: ImageBatch, probabilities: np.ndarray) -> None:
+        """Keep each image's top-1 class and probability, size and conversion."""
+        top = np.argmax(probabilities, axis=1)
+        self.images.append((batch.indices, top, probabilities[np.arange(len(top)), top],
+                            np.asarray(batch.sizes, np.int64).reshape(-1, 2), batch.conversions))
+
+    def merge(self, other: PassState) -> None:
+        self.evaluation.merge(other.evaluation)
+        self.class_stats.merge(other.class_stats)
+        for path, acc in self.layer_stats.items():
+            acc.merge(other.layer_stats[path])
+        for mine, theirs in zip(self.extremes, other.extremes, strict=True):
+            mine.merge(theirs)
+        self.images.extend(other.images)
+        self.skipped |= other.skipped
+        self.warnings.extend(w for w in other.warnings if w not in self.warnings)
+
+    def result(self, labels: np.ndarray, method: str | None, seconds: float) -> DatasetResult:
+        listed = len(labels)
+        predicted = np.full(listed, -1, np.int64)
+        confidence = np.full(listed, np.nan)
+        sizes = np.zeros((listed, 2), np.int64)
+        conversions = [""] * listed
+        done = 0
+        for indices, top, probability, size, conversion in self.images:
+            predicted[indices], confidence[indices], sizes[indices] = top, probability, size
+            for i, text in zip(indices.tolist(), conversion, strict=True):
+                conversions[i] = text
+            done += len(indices)
         return DatasetResult(
             images=done, listed=listed, labels=np.asarray(labels, np.int64), predicted=predicted,
             confidence=confidence, probability_method=method or "softmax applied",
             evaluation=self.evaluation.result(), classes=self.class_stats.result(),
             layer_stats={path: acc.result() for path, acc in self.layer_stats.items()},
             examples=[e for extremes in self.extremes for e in extremes.result()], seconds=seconds,
-            sizes=sizes, conversions=tuple(conversions),
-            skipped=tuple(sorted(reader.skipped)), warnings=tuple(reader.warnings))
-
-    def _update(self, indices: np.ndarray, names: list[str], labels: np.ndarray, probabilities: np.ndarray,
-                out: dict[str, Any]) -> None:
-        """Feed one batch's reductions to every accumulator."""
-        self.evaluation.update(indices, names, labels, probabilities)
-        cam = np.asarray(out["cam"], np.float32) if "cam" in out else None
-        channels = np.asarray(out["cam_channels"], np.float32) if "cam_channels" in out else None
-        self.class_stats.update(indices, names, labels, probabilities, cam, channels)
-        for path, acc in self.layer_stats.items():
-            low, high = np.asarray(out[f"low/{path}"]), np.asarray(out[f"high/{path}"])
-            bad = np.asarray(out[f"bad/{path}"])
-            count = len(indices) * int(np.prod(acc.shape))
-            acc.update_reduced(low, high, float(np.asarray(out[f"sum/{path}"], np.float64).sum()),
-                               int(out[f"zeros/{path}"]), count, len(indices), int(out[f"nonfinite/{path}"]), bad)
-        for extremes in self.extremes:
-            path = extremes.layer
-            extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"max/{path}"]),
-                            np.asarray(out[f"min/{path}"]))
+            sizes=sizes, conversions=tuple(conversions), skipped=tuple(sorted(self.skipped)),
+            warnings=tuple(self.warnings))

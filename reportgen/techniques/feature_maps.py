@@ -233,7 +233,8 @@ class LayerStatsAccumulator:
     """
 
     def __init__(self, node: LayerNode, shape: tuple[int, int, int]) -> None:
-        self.node = node
+        # The layer's path and type, not the layer: the accumulator travels between processes.
+        self.path, self.type_name = node.path, node.type_name
         self.shape = shape
         self.channel_low = np.full(shape[2], np.inf, dtype=np.float32)  # per channel min so far
         self.channel_high = np.full(shape[2], -np.inf, dtype=np.float32)
@@ -293,8 +294,8 @@ class LayerStatsAccumulator:
         dead = (span <= np.maximum(CONSTANT_TOLERANCE * largest, VANISHING)) & ~self.non_finite_channels
         rectified = math.isfinite(low) and low >= 0
         return LayerMapStats(
-            path=self.node.path,
-            type_name=self.node.type_name,
+            path=self.path,
+            type_name=self.type_name,
             shape=self.shape,
             images=self.images,
             dead_channels=tuple(int(c) for c in np.flatnonzero(dead)) if self.count else (),
