@@ -1,13 +1,14 @@
 """Validation-set scale: a whole default report over many images, against the physical floor of a forward pass.
 
-    python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR]
+    python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR] [--engine ray]
 
 For the bundled model on generated shapes images (64 px) at each size: the report's wall time and images/s, the
 dataset pass's own images/s (decoding included, from report.json), peak resident memory (/usr/bin/time -v) and
 index.html's size, against a bare `model.predict` over the same images already decoded and preprocessed (the
 floor of one forward pass). `--vgg N`: VGG16 with random weights on N images at 224 px, reported as the whole
 report's marginal cost per image against one forward and backward pass per image. `--baseline-src DIR`: a
-checkout of an older reportgen, run on the smallest size for "today's way".
+checkout of an older reportgen, run on the smallest size for "today's way". `--engine ray`: the same reports
+on Ray Data with 1 and 2 workers (a local Ray started per run), against the local engine, and Ray's start-up.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,5000,20000")
     parser.add_argument("--vgg", type=int, default=0, help="images for the VGG16 run (0: skip)")
     parser.add_argument("--baseline-src", default=None, help="an older checkout for today's way, smallest size")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
     args = parser.parse_args()
 
     import keras
@@ -115,6 +117,20 @@ def main() -> None:
               f"pass {result['pass_images_per_second']:.0f} images/s = "
               f"{result['pass_images_per_second'] / floor:.2f}x bare model.predict ({floor:.0f} images/s), "
               f"peak {result['peak_mib']:.0f} MiB, index.html {result['page_mb']:.1f} MB", flush=True)
+    if args.engine == "ray":
+        import ray
+
+        started = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.shutdown()
+        print(f"starting and stopping a local Ray: {time.perf_counter() - started:.1f} s")
+        for count, local, _ in rows:
+            for workers in (1, 2):
+                result = run_report(model_path, work / f"shapes-{count}", work / f"ray-{count}-{workers}",
+                                    ["--engine", "ray", "--workers", str(workers)])
+                print(f"{count:>6} images on Ray, {workers} worker(s): report {result['seconds']:.1f} s, pass "
+                      f"{result['pass_images_per_second']:.0f} images/s (local engine: report {local['seconds']:.1f} "
+                      f"s, pass {local['pass_images_per_second']:.0f} images/s)", flush=True)
     if len(rows) > 1:
         ratio = rows[-1][1]["peak_mib"] / rows[0][1]["peak_mib"]
         print(f"peak memory at {rows[-1][0]} images / at {rows[0][0]}: {ratio:.2f}")
