@@ -64,9 +64,12 @@ def predict_floor(model, images: Path, size: int, preprocess) -> float:
     x = np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size)) for f in files]).astype("float32")
     x = preprocess(x)
     model.predict(x, batch_size=32, verbose=0)  # traces every batch shape it will see
-    started = time.perf_counter()
-    model.predict(x, batch_size=32, verbose=0)
-    return len(x) / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(3):  # the best of three: this machine is shared and noisy
+        started = time.perf_counter()
+        model.predict(x, batch_size=32, verbose=0)
+        best = min(best, time.perf_counter() - started)
+    return len(x) / best
 
 
 def forward_backward_seconds(model, size: int, batch: int = 8, repeats: int = 3) -> float:
@@ -76,17 +79,16 @@ def forward_backward_seconds(model, size: int, batch: int = 8, repeats: int = 3)
 
     x = tf.constant(np.random.default_rng(0).random((batch, size, size, 3), np.float32) * 255)
 
-    @tf.function
-    def step(x):
+    def step() -> tf.Tensor:  # eager: for VGG16's arithmetic the dispatch overhead is noise
         with tf.GradientTape() as tape:
             tape.watch(x)
-            top = tf.reduce_max(model(x, training=False), axis=1)
-        return tape.gradient(tf.reduce_sum(top), x)
+            score = tf.reduce_sum(model(x, training=False))
+        return tape.gradient(score, x)
 
-    step(x)
+    step()
     started = time.perf_counter()
     for _ in range(repeats):
-        step(x).numpy()
+        step().numpy()
     return (time.perf_counter() - started) / (batch * repeats)
 
 
@@ -106,7 +108,7 @@ def main() -> None:
     model_path = str(example_model_path())
     model = keras.models.load_model(model_path)
     rows = []
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     for count in sizes:
         images = work / f"shapes-{count}"
         write_shapes(images, count)
@@ -151,7 +153,10 @@ def main() -> None:
         big = run_report("vgg16", images, work / "vgg-report", ["--weights", "none"])
         base = run_report("vgg16", small, work / "vgg-small-report", ["--weights", "none"])
         vgg = keras.applications.VGG16(weights=None)
-        per_image = forward_backward_seconds(vgg, 224)
+        # The convolutions are 99% of VGG16's arithmetic (15.4 of 15.5 GFLOPs per image); its dense head gave no
+        # input gradient through Keras 3 here, so the forward and backward floor is timed on the conv base.
+        per_image = forward_backward_seconds(keras.applications.VGG16(weights=None, include_top=False,
+                                                                      input_shape=(224, 224, 3)), 224)
         floor = predict_floor(vgg, images, 224, Preprocessor("caffe").apply)
         marginal = (big["seconds"] - base["seconds"]) / (args.vgg - 24)
         print(f"VGG16 (random weights) on {args.vgg} images at 224 px: {big['seconds']:.0f} s, peak "
