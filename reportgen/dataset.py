@@ -136,8 +136,7 @@ class DatasetPass:
             out[f"bad/{node.path}"] = tf.reduce_any(bad, axis=0)
             out[f"nonfinite/{node.path}"] = non_finite
         for path, output, filters in plan.example_layers:
-            means, strongest, weakest = filter_statistics(run.captured[output], filters)
-            out[f"mean/{path}"], out[f"max/{path}"], out[f"min/{path}"] = means, strongest, weakest
+            out[f"mean/{path}"], out[f"maps/{path}"] = filter_statistics(run.captured[output], filters)
         return out
 
     def new_state(self, name_rank: np.ndarray | None = None) -> PassState:
@@ -219,8 +218,7 @@ class DatasetPass:
                                int(out[f"zeros/{path}"]), count, len(indices), int(out[f"nonfinite/{path}"]), bad)
         for extremes in state.extremes:
             path = extremes.layer
-            extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"max/{path}"]),
-                            np.asarray(out[f"min/{path}"]))
+            extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"maps/{path}"]))
 
 
 def name_ranks(names: Sequence[str]) -> np.ndarray:

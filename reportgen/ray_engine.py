@@ -90,7 +90,7 @@ class PassWorker:
         from reportgen.loading.stream import ImageReader
 
         spec = self.spec
-        if spec.fail_once and not os.path.exists(spec.fail_once):
+        if spec.fail_once and not Path(spec.fail_once).exists():
             Path(spec.fail_once).write_text("failed once\n", encoding="utf-8")
             raise RuntimeError("reportgen test hook: this batch fails once")
         indices = np.asarray(rows["index"], np.int64)

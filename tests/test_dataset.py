@@ -176,6 +176,10 @@ def test_dataset_examples_equal_a_brute_force_argsort_and_class_maps_the_per_ima
     sources = discover_images([folder])
     names = [s.name for s in sources]
     x = load_images(sources, (16, 16, 3)).pixels / 255.0
+    from reportgen.techniques.dataset_examples import receptive_field
+
+    fields = {layer: receptive_field(model, layer, (16, 16, 3)) for layer in ("c1", "c2")}
+    assert fields["c1"].size == (3, 3) and fields["c2"].size == (5, 5)  # two 3x3 convs, stride 1
     for layer in ("c1", "c2"):
         acts = keras.Model(model.inputs, model.get_layer(layer).output)(x).numpy()
         means = acts.mean(axis=(1, 2))
@@ -188,6 +192,11 @@ def test_dataset_examples_equal_a_brute_force_argsort_and_class_maps_the_per_ima
                 assert [e["image"] for e in entry["images"]] == [names[i] for i in expected]
                 np.testing.assert_allclose([e["activation"] for e in entry["images"]], means[expected, f],
                                            rtol=1e-4, atol=1e-6)
+                # Each patch is the receptive field of the filter's strongest (weakest) cell on that image.
+                for e, i in zip(entry["images"], expected, strict=True):
+                    values = acts[i, :, :, f]
+                    cell = np.unravel_index(values.argmax() if kind == "top" else values.argmin(), values.shape)
+                    assert e["patch"] == list(fields[layer].box(*cell))
     assert manifest["dataset"]["images"] == 70 and len(manifest["images"]) == 70
     assert len(manifest["dataset"]["detail_images"]) == 4
 

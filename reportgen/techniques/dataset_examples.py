@@ -50,29 +50,46 @@ class FilterExtremes:
                       for side in ("top", "bottom")}
         self.names: dict[int, str] = {}
 
-    def _keep(self, side: str, scores: np.ndarray, indices: np.ndarray, cells: np.ndarray) -> None:
+    def _keep(self, side: str, scores: np.ndarray, indices: np.ndarray, cells: np.ndarray | None,
+              maps: np.ndarray | None = None) -> None:
+        """Merge candidates (F, n) into one side. `cells` (F, n, 2), or None with `maps` (n, h, w, F): then the
+        cells are found only for the candidates that make the list, so a batch costs one argmax per newcomer,
+        not one per image and filter."""
         old_scores, old_indices, old_cells = self.sides[side]
+        kept = old_scores.shape[1]
         scores = np.concatenate([old_scores, scores], axis=1)
         indices = np.concatenate([old_indices, indices], axis=1)
-        cells = np.concatenate([old_cells, cells], axis=1)
         ranks = self.name_rank[indices] if self.name_rank is not None else indices
         keyed = -scores if side == "top" else scores
         keyed = np.where(np.isfinite(keyed), keyed, np.inf)  # NaN never wins
         order = np.lexsort((ranks, keyed), axis=-1)[:, :self.k]  # every filter's row sorted at once
         take = np.take_along_axis
+        if cells is None:
+            filters, slots = np.nonzero(order >= kept)
+            fresh = np.zeros((len(self.filters), order.shape[1], 2), np.int64)
+            fresh[:, :, :] = take(old_cells, np.minimum(order, max(0, kept - 1))[..., None], axis=1) if kept \
+                else 0
+            if len(filters):
+                images = order[filters, slots] - kept
+                chosen = maps[images, :, :, filters]  # (M, h, w): one map per newcomer
+                flat = chosen.reshape(len(images), -1)
+                best = flat.argmax(axis=1) if side == "top" else flat.argmin(axis=1)
+                fresh[filters, slots] = np.stack(np.unravel_index(best, chosen.shape[1:]), axis=1)
+            self.sides[side] = (take(scores, order, axis=1), take(indices, order, axis=1), fresh)
+            return
+        cells = np.concatenate([old_cells, cells], axis=1)
         self.sides[side] = (take(scores, order, axis=1), take(indices, order, axis=1),
                             take(cells, order[..., None], axis=1))
 
-    def update(self, indices: np.ndarray, names: list[str], means: np.ndarray, strongest: np.ndarray,
-               weakest: np.ndarray) -> None:
-        """means (B, F): each filter's mean over the map; strongest / weakest (B, F, 2): (row, col) of its
-        highest / lowest cell."""
+    def update(self, indices: np.ndarray, names: list[str], means: np.ndarray, maps: np.ndarray) -> None:
+        """means (B, F): each filter's mean over the map; maps (B, h, w, F): the filters' maps, for the cells of
+        the images that make a list (the strongest cell for the top images, the weakest for the bottom ones)."""
         indices = np.asarray(indices, np.int64)
         self.names.update(zip(indices.tolist(), names, strict=True))
         per_filter = np.broadcast_to(indices, (len(self.filters), len(indices)))
         means = np.asarray(means, np.float64).T
-        self._keep("top", means, per_filter, np.asarray(strongest).transpose(1, 0, 2))
-        self._keep("bottom", means, per_filter, np.asarray(weakest).transpose(1, 0, 2))
+        self._keep("top", means, per_filter, None, maps)
+        self._keep("bottom", means, per_filter, None, maps)
         if len(self.names) > 64 * (1 + len(self.filters) * self.k):  # forget names no list holds any more
             self.names = {i: self.names[i] for side in self.sides.values() for i in side[1].ravel().tolist()}
 
@@ -94,21 +111,13 @@ class FilterExtremes:
         return out
 
 
-def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any, Any]:
-    """For a batch of maps (B, h, w, C) (a tensor): the chosen filters' spatial means (B, F) and the (row, col)
-    of each one's highest and lowest cell (B, F, 2)."""
+def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any]:
+    """For a batch of maps (B, h, w, C) (a tensor): the chosen filters' spatial means (B, F) and their maps
+    (B, h, w, F), from which `FilterExtremes` finds the extreme cells of the few images it keeps."""
     import tensorflow as tf
 
     chosen = tf.gather(tf.cast(maps, tf.float32), list(filters), axis=3)  # (B, h, w, F)
-    width = tf.shape(chosen)[2]
-    flat = tf.reshape(chosen, (tf.shape(chosen)[0], -1, len(filters)))  # (B, h * w, F): no transpose
-    means = tf.reduce_mean(flat, axis=1)
-
-    def cell(index: Any) -> Any:
-        index = tf.cast(index, tf.int32)
-        return tf.stack([index // width, index % width], axis=-1)
-
-    return means, cell(tf.argmax(flat, axis=1)), cell(tf.argmin(flat, axis=1))
+    return tf.reduce_mean(chosen, axis=(1, 2)), chosen
 
 
 @dataclass(frozen=True)
