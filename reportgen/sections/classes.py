@@ -177,16 +177,18 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
         arrays[key] = summary.mean_map
         data["average_map"] = {"array_key": key if analysis.options.save_arrays else None,
                                "layer": target.path if target else None}
-    ranked = [*summary.most_confident, *summary.least_confident]
+    most_shown = {r.index for r in summary.most_confident}
+    least = [r for r in summary.least_confident if r.index not in most_shown]  # a small class: no image twice
+    ranked = [*summary.most_confident, *least]
     for entry, pixels in zip(ranked, analysis.read_images([r.index for r in ranked]), strict=True):
         tiles.append(figures.fit_box(pixels, 128))
         labels.append(f"{short(entry.name.rsplit('/', 1)[-1], 12)} {entry.score:.0%}")
     if tiles:
-        most, least = len(summary.most_confident), len(summary.least_confident)
+        most, fewest = len(summary.most_confident), len(least)
         where = target.path if target else "the CAM layer"
         caption = (f"First: the Grad-CAM map of {name} at {where} averaged over all {summary.images} of its images "
                    f"(each scaled to its maximum); then the {most} images the model gives the highest p({name}), "
-                   f"then the {least} it gives the lowest.")
+                   f"then the {fewest} other images it gives the lowest.")
         blocks.append(Figure(key=f"{sid}-dataset", title=f"{name}: over the whole set", caption=caption,
                              pixels=analysis.encode(figures.fit_width(figures.tile_grid(
                                  tiles, columns=min(len(tiles), 9), labels=labels)))))
