@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.graph import LayerNode, traceable
+from reportgen.graph import LayerNode
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
@@ -96,7 +96,6 @@ class DatasetPass:
         self.cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
         self.stat_shapes = {n.path: tuple(int(d) for d in shapes[n.path][1:]) for n in plan.stat_layers}
         self._step = compiled(self._step_graph, model)
-        self.traced = traceable(model)
 
     def _step_graph(self, x: Any, labels: Any) -> dict[str, Any]:
         import tensorflow as tf

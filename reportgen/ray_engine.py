@@ -51,7 +51,7 @@ class WorkerSpec:
     channels: int
     classes: int
     plan: Any  # PassPlan, its layer nodes replaced by their paths
-    stat_layers: tuple[tuple[str, str], ...]  # (path, type name) of each feature-map layer
+    stat_layers: tuple[str, ...]  # the feature-map layers' paths
     shapes: dict[str, Any]
     activation: str
     method: str
@@ -68,7 +68,7 @@ class PassWorker:
         import ray
 
         from reportgen.dataset import DatasetPass
-        from reportgen.graph import LayerNode
+        from reportgen.graph import walk_layers
         from reportgen.loading.models import load_model
         from reportgen.loading.preprocess import Preprocessor
 
@@ -76,10 +76,8 @@ class PassWorker:
         path = folder / "model.keras"
         path.write_bytes(ray.get(spec.model))
         model = load_model(path, unsafe=spec.unsafe).model
-        by_path = {}
-        for node in _nodes(model):
-            by_path[node.path] = node
-        stat_layers = tuple(by_path.get(p) or LayerNode(p, None, 0, None) for p, _ in spec.stat_layers)
+        by_path = {node.path: node for node in walk_layers(model)}  # the same paths as on the driver
+        stat_layers = tuple(by_path[p] for p in spec.stat_layers)
         plan = replace(spec.plan, stat_layers=stat_layers)
         self.spec = spec
         self.dataset_pass = DatasetPass(model, Preprocessor(spec.preprocess, spec.channels), spec.classes, plan,
@@ -104,15 +102,7 @@ class PassWorker:
             self.dataset_pass.process(state, batch, labels[local], [sources[i].name for i in local], spec.method)
         state.skipped.update(int(indices[i]) for i in reader.skipped)
         state.warnings.extend(reader.warnings)
-        done = len(sources) - len(reader.skipped)
-        return {"state": np.array([pickle.dumps(state)], dtype=object), "images": np.array([done + len(
-            reader.skipped)])}
-
-
-def _nodes(model: Any) -> list[Any]:
-    from reportgen.graph import walk_layers
-
-    return walk_layers(model)
+        return {"state": np.array([pickle.dumps(state)], dtype=object), "images": np.array([len(sources)])}
 
 
 def run_on_ray(analysis: Any, dataset_pass: Any, reader: Any, labels: np.ndarray, batch_size: int,
@@ -153,7 +143,7 @@ def run_on_ray(analysis: Any, dataset_pass: Any, reader: Any, labels: np.ndarray
         spec = WorkerSpec(
             model=model_ref, unsafe=options.unsafe, preprocess=analysis.preprocessor.mode,
             channels=analysis.preprocessor.channels, classes=dataset_pass.classes,
-            plan=replace(plan, stat_layers=()), stat_layers=tuple((n.path, n.type_name) for n in plan.stat_layers),
+            plan=replace(plan, stat_layers=()), stat_layers=tuple(n.path for n in plan.stat_layers),
             shapes=dict(analysis.layer_shapes), activation=dataset_pass.activation, method=method or "softmax applied",
             input_shape=analysis.loaded.input_shape, image_size=options.image_size, name_rank=name_ranks(names),
             fail_once=os.environ.get(FAIL_ONCE_VARIABLE))
@@ -169,7 +159,6 @@ def run_on_ray(analysis: Any, dataset_pass: Any, reader: Any, labels: np.ndarray
             seen += int(row["images"])
             if progress:
                 progress(seen, len(names))
-        # Workers report skipped files by image; the warning text is the same as a local run's.
         return state.result(labels, method, time.perf_counter() - started), workers
     finally:
         if own_cluster:
