@@ -12,6 +12,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text
 from reportgen.sections.predictions import prediction_plan
+from reportgen.techniques.evaluation import Calibration
 from reportgen.techniques.streaming import Ranked
 
 KIND = "evaluation"
@@ -87,12 +88,7 @@ def build(analysis: Analysis) -> list[Section]:
                    caption="Rows: the label; columns: the top prediction; every labelled image of the set.",
                    pixels=analysis.encode(figures.plot_matrix(matrix, labels, labels, "Confusion matrix",
                                                               "predicted class", "label"))),
-            Figure(key="evaluation-reliability", title="Reliability diagram",
-                   caption=(f"Accuracy against confidence per bin; dashed: perfect calibration; ECE "
-                            f"{calibration.ece:.3f}. Below: the share of images per bin."),
-                   pixels=analysis.encode(figures.plot_reliability(calibration.confidence, calibration.accuracy,
-                                                                   calibration.counts, calibration.edges,
-                                                                   "Reliability"))),
+            _reliability_figure(analysis, calibration),
         )))
     else:
         pairs = [(names[shown[r]], names[shown[c]], int(matrix[r, c])) for r, c in zip(*np.nonzero(matrix),
@@ -101,11 +97,7 @@ def build(analysis: Analysis) -> list[Section]:
         blocks.append(Table(columns=("Label", "Predicted", "Images"), rows=tuple(pairs[:50]),
                             caption=f"{len(shown)} classes occur, too many for a matrix: the 50 most frequent "
                                     "confusions; report.json holds the whole matrix."))
-        blocks.append(Figure(key="evaluation-reliability", title="Reliability diagram",
-                             caption=f"Accuracy against confidence per bin; ECE {calibration.ece:.3f}.",
-                             pixels=analysis.encode(figures.plot_reliability(
-                                 calibration.confidence, calibration.accuracy, calibration.counts,
-                                 calibration.edges, "Reliability"))))
+        blocks.append(_reliability_figure(analysis, calibration))
     for ranked, key, title, caption in (
             (evaluation.confident_mistakes, "evaluation-mistakes", "Most confident mistakes",
              "The wrong predictions the model was surest of (label > prediction, probability)."),
@@ -137,6 +129,15 @@ def build(analysis: Analysis) -> list[Section]:
     analysis.manifest_lists["evaluation"] = data  # type: ignore[assignment]
     summary = {"accuracy": evaluation.accuracy, "ece": calibration.ece, "labelled": evaluation.labelled}
     return [Section(id=KIND, kind=KIND, title="Evaluation", blocks=tuple(blocks), data=summary)]
+
+
+def _reliability_figure(analysis: Analysis, calibration: Calibration) -> Figure:
+    return Figure(key="evaluation-reliability", title="Reliability diagram",
+                  caption=(f"Accuracy against confidence per bin; dashed: perfect calibration; ECE "
+                           f"{calibration.ece:.3f}. Below: the share of images per bin."),
+                  pixels=analysis.encode(figures.plot_reliability(calibration.confidence, calibration.accuracy,
+                                                                  calibration.counts, calibration.edges,
+                                                                  "Reliability")))
 
 
 def _entry(analysis: Analysis, ranked: Ranked) -> dict[str, Any]:
