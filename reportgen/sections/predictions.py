@@ -154,7 +154,13 @@ def build(analysis: Analysis) -> list[Section]:
     data: dict[str, Any] = {"probabilities": predictions.probabilities.method, "top_k": k, "images": n,
                             "labelled": predictions.labelled, "accuracy": predictions.accuracy,
                             "top_k_accuracy": predictions.top_k_accuracy, "uniform_outputs": int(uniform.sum())}
-    if predictions.confusion is not None:
+    sections = analysis.options.sections
+    whole_set = analysis.dataset is not None and analysis.dataset.images > n and (
+        sections is None or "evaluation" in sections)
+    if whole_set:  # a second confusion matrix over the sample would only compete with the whole set's
+        blocks.append(Text("Accuracy, the confusion matrix and calibration over every image are in the evaluation "
+                           "section."))
+    elif predictions.confusion is not None:
         blocks.extend(_confusion_blocks(predictions, names, data))
     else:
         blocks.append(Text("No image has a label that is one of the model's classes, so there is no accuracy or "
