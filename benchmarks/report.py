@@ -1,0 +1,231 @@
+"""The whole default report, end to end, against the tutorials' code and against the machine's physical floor.
+
+    python benchmarks/report.py [--models example,small,vgg16] [--tutorial example,small] [--repeats 1]
+
+Models: the bundled example CNN on its 12 images; `small`, a CNN this script trains in seconds that the project
+was not designed on (three conv layers with ReLU and max pooling, 64 px RGB shapes,
+pixels/255, flatten and dense head) on 8 images; VGG16 with random weights (`--weights none`) on 4 images of 224 px.
+
+Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model:
+the process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported),
+and per section its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs over
+the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower bound, not a target: it
+counts the conv and dense multiply-adds of every pass a section needs (a backward pass to the input or to a layer
+counted as its forward again, weight gradients never needed), nothing for memory-bound layers, figures or pages.
+
+`--tutorial` runs `benchmarks/tutorial_report.py` on the same model and images, the tutorials' way (sub-models per
+layer and image, one filter at a time, the Keras Grad-CAM function per image, matplotlib figures), doing less
+work than the report (ascent only, Grad-CAM only, no deletion/insertion, no sanity check, 16 filters of every
+conv layer at 40 steps, 64 px), and prints the ratio of its time to the report's, with and without imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = Path(__file__).resolve().parent
+FLOOR_SECTIONS = ("dataset", "feature_maps", "filter_patterns", "dataset_examples", "predictions", "cam")
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> None:
+    import cv2
+
+    from reportgen.example.shapes import CLASS_NAMES, generate
+
+    data = generate(count, seed=seed, size=size)
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        (folder / CLASS_NAMES[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / CLASS_NAMES[label] / f"{i:03d}.png"), image[:, :, ::-1])
+
+
+def train_small_cnn(path: Path) -> float:
+    """Three conv -> ReLU -> max-pool blocks, flatten, two dense layers (the Keras tutorials' CNN), 64 px RGB,
+    pixels/255, trained for half a minute on shapes; returns the held-out accuracy."""
+    import keras
+
+    from reportgen.example.shapes import generate
+
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    # Functional, not Sequential: the Keras Grad-CAM tutorial's sub-model gets no gradient from a loaded
+    # Sequential model in Keras 3.
+    inputs = keras.Input((64, 64, 3), name="image")
+    x = inputs
+    for i, filters in enumerate((16, 32, 32), start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"c{i}")(x)
+        x = layers.MaxPooling2D(name=f"p{i}")(x)
+    x = layers.Dense(64, activation="relu", name="fc")(layers.Flatten(name="flatten")(x))
+    model = keras.Model(inputs, layers.Dense(4, activation="softmax", name="out")(x), name="small_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    train, held = generate(2048, seed=11), generate(200, seed=12)
+    model.fit(train.images / 255.0, train.labels, epochs=14, batch_size=32, verbose=0)
+    accuracy = float(model.evaluate(held.images / 255.0, held.labels, verbose=0)[1])
+    model.save(path)
+    return accuracy
+
+
+def conv_macs(model, size: tuple[int, int, int]) -> list[tuple[str, float]]:
+    """(layer path, multiply-adds of one image at `size`) in execution order: conv, depthwise, separable, dense."""
+    import numpy as np
+
+    from reportgen.graph import layer_output_shapes, walk_layers
+
+    shapes = layer_output_shapes(model, size)
+    out = []
+    for node in walk_layers(model):
+        shape = shapes.get(node.path)
+        macs = 0.0
+        for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+            kernel = getattr(node.layer, name, None)
+            if kernel is None or not isinstance(shape, tuple):
+                continue
+            spatial = float(np.prod([d for d in shape[1:-1] if d])) if len(shape) == 4 else 1.0
+            macs += spatial * float(np.prod(kernel.shape))
+        out.append((node.path, macs))
+    return out
+
+
+def prefix_flops(macs: list[tuple[str, float]]) -> dict[str, float]:
+    """Forward FLOPs from the input to each layer (2 per multiply-add; every layer before it in execution order)."""
+    total, out = 0.0, {}
+    for path, value in macs:
+        total += 2.0 * value
+        out[path] = total
+    return out
+
+
+def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
+    """The FLOPs each section's passes need, from the report's own manifest and the model."""
+    import keras
+
+    from reportgen.loading.models import load_model
+    from reportgen.techniques.cam_trust import DELETION_STEPS
+    from reportgen.techniques.filter_patterns import pattern_size
+
+    model = (keras.applications.VGG16(weights=None) if model_name == "vgg16" else load_model(model_name).model)
+    height, width, channels = model.inputs[0].shape[1:]
+    full = prefix_flops(conv_macs(model, (height, width, channels)))
+    total = max(full.values())
+    requested = manifest["options"].get("pattern-size")
+    ph, pw = pattern_size((height, width, channels), requested)
+    small = prefix_flops(conv_macs(model, (ph, pw, channels)))
+    images = manifest["dataset"]["images"] if manifest.get("dataset") else len(manifest["images"])
+    detail = sum(1 for image in manifest["images"] if image.get("detail"))
+    heatmaps = manifest.get("heatmaps") or []
+    cam_layer = heatmaps[0]["layer"] if heatmaps else None
+    to_cam = full.get(cam_layer, total)
+    flops = {"dataset": images * (total + (total - to_cam))}
+    layers = [entry["layer"] for entry in manifest.get("feature_maps") or [] if isinstance(entry, dict)]
+    flops["feature_maps"] = detail * max((full.get(path, 0.0) for path in layers), default=total)
+    steps = manifest["options"]["steps"]
+    patterns = manifest.get("filter_patterns") or []
+    # Each pattern: `steps` forward and input-gradient passes to its target, then the scorecard's 1 + 8 views.
+    flops["filter_patterns"] = sum((2 * steps + 9) * small.get(p.get("target") or p["layer"], 0.0) for p in patterns)
+    example_layers = {entry.get("output") or entry["layer"] for entry in manifest.get("dataset_examples") or []}
+    flops["dataset_examples"] = sum(2 * full.get(path, 0.0) for path in example_layers)  # one receptive field each
+    flops["predictions"] = detail * total
+    methods = len(manifest["options"]["cam-methods"])
+    by_image: dict[str, set] = {}
+    for entry in heatmaps:
+        by_image.setdefault(entry["image"], set()).add(entry["class_index"])
+    maps = sum(len(classes) for classes in by_image.values())
+    backward = total - to_cam
+    curves = sum(len(classes) * (methods + 1) * 2 * (DELETION_STEPS + 1) for classes in by_image.values())
+    flops["cam"] = ((detail * total + maps * backward)  # one forward per image, a backward per class
+                    + curves * total  # deletion and insertion variants
+                    + min(detail, 8) * (total + backward))  # the freshly initialised model's maps
+    return flops
+
+
+def run_report(model: str, images: Path, out: Path) -> dict:
+    command = [sys.executable, "-m", "reportgen", "generate", model, str(images), "-o", str(out), "--force"]
+    if model == "vgg16":
+        command += ["--weights", "none"]
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        sys.exit(f"reportgen failed:\n{run.stderr[-3000:]}")
+    done = re.findall(r"\[\s*([\d.]+)s\] done", run.stderr)
+    manifest = json.loads((out / "report.json").read_text())
+    return {"wall": wall, "after_imports": float(done[-1]) if done else float("nan"), "manifest": manifest}
+
+
+def run_tutorial(model: str, images: Path, out: Path, preprocess: str) -> dict:
+    command = [sys.executable, str(HERE / "tutorial_report.py"), model, str(images), str(out), "--preprocess",
+               preprocess]
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        sys.exit(f"tutorial script failed:\n{run.stderr[-3000:]}")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"wall": wall, "after_imports": result["seconds"], "sections": result["sections"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="example,small,vgg16")
+    parser.add_argument("--tutorial", default="example,small", help="Models to also run the tutorials' way on.")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of each report; the fastest is printed.")
+    args = parser.parse_args()
+
+    from reportgen.example import example_images_dir, example_model_path
+    from reportgen.techniques.filter_patterns import matmul_rate
+
+    f32, bf16 = matmul_rate("float32", 2048), matmul_rate("bfloat16", 2048)
+    print(f"matmul 2048^2: float32 {f32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s; load average "
+          f"{os.getloadavg()[0]:.1f}\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in args.models.split(","):
+            if name == "example":
+                model, images, preprocess = str(example_model_path()), example_images_dir(), "scale"
+            elif name == "small":
+                model, images, preprocess = str(root / "small.keras"), root / "small_images", "scale"
+                accuracy = train_small_cnn(Path(model))
+                write_images(images, 8, 64, seed=21)
+                print(f"small: 3-conv CNN trained on shapes, held-out accuracy {accuracy:.0%}")
+            elif name == "vgg16":
+                model, images, preprocess = "vgg16", root / "vgg_images", "caffe"
+                write_images(images, 4, 224, seed=22)
+            else:
+                sys.exit(f"--models: unknown model {name!r}")
+            results = [run_report(model, images, root / f"{name}-report") for _ in range(max(1, args.repeats))]
+            best = min(results, key=lambda r: r["wall"])
+            manifest = best["manifest"]
+            flops = section_flops(model, manifest)
+            seconds = {"dataset": manifest["dataset"]["seconds"], **manifest["seconds"]}
+            print(f"== {name}: {len(manifest['images'])} images; wall {best['wall']:.1f} s, after imports "
+                  f"{best['after_imports']:.1f} s")
+            print(f"   {'section':17s} {'s':>7s} {'GFLOP':>9s} {'floor f32':>10s} {'bf16':>7s} {'x floor':>8s}")
+            for section, spent in seconds.items():
+                work = flops.get(section)
+                if work is None:
+                    print(f"   {section:17s} {spent:7.2f}")
+                    continue
+                floor = work / 1e9 / f32
+                print(f"   {section:17s} {spent:7.2f} {work / 1e9:9.1f} {floor:10.2f} {work / 1e9 / bf16:7.2f} "
+                      f"{spent / max(floor, 1e-9):7.1f}x")
+            if name in args.tutorial.split(","):
+                tutorial = run_tutorial(model, images, root / f"{name}-tutorial", preprocess)
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in tutorial["sections"].items())
+                print(f"   tutorials' way: wall {tutorial['wall']:.1f} s, after imports "
+                      f"{tutorial['after_imports']:.1f} s ({parts})")
+                print(f"   reportgen is {tutorial['wall'] / best['wall']:.1f}x the tutorials' way "
+                      f"({tutorial['after_imports'] / best['after_imports']:.1f}x after imports)")
+            print()
+
+
+if __name__ == "__main__":
+    main()
