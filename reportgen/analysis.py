@@ -16,7 +16,7 @@ from reportgen.loading.labels import ClassNames
 from reportgen.loading.models import LoadedModel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.progress import SILENT, Progress
-from reportgen.report import EncodedImage, SlugRegistry, slugify
+from reportgen.report import EncodedImage, PendingImage, SlugRegistry, slugify
 from reportgen.techniques.cams import TargetLayer, choose_target_layer
 
 if TYPE_CHECKING:
@@ -40,9 +40,10 @@ class Analysis:
     manifest_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Results several section kinds share (predictions feed the predictions, cam and class sections).
     shared_results: dict[str, Any] = field(default_factory=dict)
-    # The renderer's figure encoder (`render.encode_image`): builders pass each figure's pixels through it as they
-    # make them, so only compressed figures pile up. The default keeps raw pixels (render encodes them later).
-    encode: Callable[[np.ndarray], np.ndarray | EncodedImage] = lambda pixels: pixels
+    # The renderer's figure encoder (`render.FigureEncoder`): builders pass each figure's pixels through it as they
+    # make them, so only compressed figures pile up (`page=False`: a figure the page only links to). The default
+    # keeps raw pixels (render encodes them later).
+    encode: Callable[..., np.ndarray | EncodedImage | PendingImage] = lambda pixels, page=True: pixels
     # Validation-set scale: `images` is the detail sample (per-image figures); `dataset` holds what every image of
     # `all_sources` contributed in the dataset pass, and `detail_indices` where the sample sits among them.
     dataset: DatasetResult | None = None

@@ -25,7 +25,7 @@ from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.loading.stream import ImageReader
 from reportgen.progress import Progress
-from reportgen.render import check_output_dir, encode_image, sweep_leftovers, write_report
+from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section
 from reportgen.sections import BUILDERS, available_sections
 from reportgen.techniques.detail import choose_detail
@@ -306,14 +306,29 @@ def generate_report(
     names, name_warnings = resolve_class_names(
         output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
     )
+    with FigureEncoder() as encoder:
+        early_warnings = [*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])]
+        report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
+                          wanted, options, progress, encoder)
+        progress("render", str(out))
+        write_report(report, out, force=force, save_arrays=options.save_arrays)
+    progress("done", f"{out / 'index.html'}")
+    return ReportResult(Path(out_dir), report.sections, report.warnings)
+
+
+def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names: Any, sources: Sequence[Any],
+             early_warnings: list[str], discovered: int, wanted: Sequence[str], options: ReportOptions,
+             progress: Progress, encoder: FigureEncoder) -> Report:
+    """The checks that need the model, the dataset pass and every section: the report model, not yet written.
+    `early_warnings` come first in the report, the reader's (skipped files) after the first `discovered`."""
     empty = LoadedImages((), np.zeros((0, reader.height, reader.width, reader.channels), np.float32), (), ())
     analysis = Analysis(loaded=loaded, images=empty, preprocessor=preprocessor, class_names=names,
-                        options=options, progress=progress, encode=encode_image,
-                        warnings=[*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])],
+                        options=options, progress=progress, encode=encoder,
+                        warnings=list(early_warnings),
                         all_sources=tuple(sources), input_size=(reader.height, reader.width), reader=reader)
     check_options(analysis, wanted)
     run_dataset_pass(analysis, reader, wanted)
-    analysis.warnings[len(discovery_warnings):len(discovery_warnings)] = reader.warnings  # skipped files early
+    analysis.warnings[discovered:discovered] = reader.warnings  # skipped files early
     seconds: dict[str, float] = {}
 
     sections: list[Section] = []
@@ -351,7 +366,4 @@ def generate_report(
         versions=versions(),
         extra=dict(analysis.manifest_lists),
     )
-    progress("render", str(out))
-    write_report(report, out, force=force, save_arrays=options.save_arrays)
-    progress("done", f"{out / 'index.html'}")
-    return ReportResult(Path(out_dir), report.sections, report.warnings)
+    return report

@@ -21,6 +21,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
-from reportgen.report import EncodedImage, Report, Section, SlugRegistry
+from reportgen.report import EncodedImage, PendingImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
 SUMMARY_MD = "summary.md"
@@ -205,17 +206,54 @@ def encode_webp(pixels: np.ndarray, quality: int = WEBP_QUALITY) -> bytes | None
     return buffer.tobytes() if ok else None
 
 
-def encode_image(pixels: np.ndarray) -> EncodedImage:
-    """A figure's pixels as PNG for figures/ and, for the page, the smaller of that PNG and a WebP
-    (`Analysis.encode` hands every figure here as it is drawn)."""
+def _check_pixels(pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"figure pixels must be (H, W, 3) uint8, got {pixels.dtype} {pixels.shape}")
+
+
+def encode_image(pixels: np.ndarray, page: bool = True) -> EncodedImage:
+    """A figure's pixels as PNG for figures/ and, for the page, the smaller of that PNG and a WebP. `page=False`
+    for a figure the page only links to: no WebP is made for it."""
+    _check_pixels(pixels)
     height, width = pixels.shape[:2]
     png = encode_png(pixels)
-    webp = encode_webp(pixels)
+    webp = encode_webp(pixels) if page else None
     if webp is not None and len(webp) <= WEBP_SHARE * len(png):
         return EncodedImage(png, width, height, webp, "image/webp")
     return EncodedImage(png, width, height, png, "image/png")
+
+
+# Figures waiting for the encoder at most: beyond it, the builder handing it one more waits, so raw pixels never
+# pile up faster than they are compressed.
+ENCODER_BACKLOG = 16
+
+
+class FigureEncoder:
+    """`Analysis.encode`: compresses each figure on a small thread pool while the builders compute the next ones
+    (OpenCV's encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
+    `PendingImage` at once; the renderer waits for each. The pixels passed in must not be changed afterwards."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode")
+        self._backlog = threading.BoundedSemaphore(ENCODER_BACKLOG + self.workers)
+
+    def __call__(self, pixels: np.ndarray, page: bool = True) -> PendingImage:
+        _check_pixels(pixels)  # a wrong figure fails where it is made, not at render time
+        self._backlog.acquire()
+        future = self._pool.submit(encode_image, pixels, page)
+        future.add_done_callback(lambda _: self._backlog.release())
+        return PendingImage(future)
+
+    def close(self) -> None:
+        """Wait for every figure handed in, then stop the threads."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> FigureEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -245,7 +283,8 @@ def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
         for figure in section.figures():
             if figure.key in encoded:
                 raise ValueError(f"two figures share the key {figure.key!r}")
-            image = figure.pixels if isinstance(figure.pixels, EncodedImage) else encode_image(figure.pixels)
+            image = (figure.pixels if isinstance(figure.pixels, EncodedImage) else figure.pixels.result()
+                     if isinstance(figure.pixels, PendingImage) else encode_image(figure.pixels, figure.embed))
             name = files.take(figure.key, "figure") + ".png"  # slug again: a key can never leave figures/
             page, page_type = (image.page, image.page_type) if image.page else (image.png, "image/png")
             encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png, page, page_type,

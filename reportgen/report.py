@@ -2,7 +2,8 @@
 
 Section builders produce these; `render` turns them into files. A figure holds its pixels, or the PNG the renderer
 already made of them: builders that make hundreds of figures hand each one to the renderer's encoder as they go
-(`Analysis.encode`), so a report's memory holds compressed figures, not every figure's raw pixels at once.
+(`Analysis.encode`), so a report's memory holds compressed figures, not every figure's raw pixels at once; the
+encoder compresses them on a thread pool while the next figures are computed (a `PendingImage` until then).
 Encoding is the renderer's job either way.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,16 @@ class EncodedImage:
     page_type: str = "image/png"
 
 
+class PendingImage:
+    """A figure the renderer's encoder is still compressing (on its thread pool); `result()` waits for it."""
+
+    def __init__(self, future: Future[EncodedImage]) -> None:
+        self._future = future
+
+    def result(self) -> EncodedImage:
+        return self._future.result()
+
+
 @dataclass(frozen=True)
 class Figure:
     """An image for the page and for `figures/<key>.png`."""
@@ -38,11 +50,11 @@ class Figure:
     key: str  # unique, file-name safe (see `slugify`)
     title: str
     caption: str
-    pixels: np.ndarray | EncodedImage  # (H, W, 3) uint8 RGB, or already encoded
+    pixels: np.ndarray | EncodedImage | PendingImage  # (H, W, 3) uint8 RGB, encoded, or being encoded
     embed: bool = True  # False: only in figures/, the page links to it (detail a reader rarely needs inline)
 
     def __post_init__(self) -> None:
-        if isinstance(self.pixels, EncodedImage):
+        if isinstance(self.pixels, (EncodedImage, PendingImage)):
             return
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
             raise ValueError(f"figure {self.key}: pixels must be (H, W, 3) uint8, got {self.pixels.shape}")

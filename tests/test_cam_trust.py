@@ -96,7 +96,8 @@ def test_progress_is_reported_per_chunk_and_throttled():
     updates = []
     deletion_insertion(_probabilities, image, [np.ones((4, 4))] * 3, [0, 1, 2],
                        progress=lambda done, total: updates.append((done, total)))
-    assert len(updates) > 1 and updates[-1] == (2 * 3 * 17, 2 * 3 * 17)
+    # Both curves' ends (intact, all deleted, blurred) are shared by the maps: 3 variants, then 15 per curve.
+    assert len(updates) > 1 and updates[-1] == (3 + 2 * 3 * 15, 3 + 2 * 3 * 15)
     assert [d for d, _ in updates] == sorted(d for d, _ in updates)
 
     now = [0.0]

@@ -181,6 +181,43 @@ def test_figures_past_the_page_budget_are_linked_not_embedded(monkeypatch):
     assert note.startswith("page size: 3 figures") and "noise-3" in note and "10 MB" in note
 
 
+def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monkeypatch):
+    """Figures encoded on the pool equal those encoded in line; a page-less figure gets no WebP; a builder
+    handing in figures faster than they are encoded waits once ENCODER_BACKLOG are queued."""
+    import threading
+    import time
+
+    from reportgen import render
+
+    rng = np.random.default_rng(2)
+    pictures = [rng.integers(0, 255, (96, 128, 3), np.uint8) for _ in range(6)]
+    with render.FigureEncoder(workers=2) as encoder:
+        pending = [encoder(p) for p in pictures] + [encoder(pictures[0], page=False)]
+    done = [p.result() for p in pending]
+    assert done[:6] == [render.encode_image(p) for p in pictures]
+    assert done[6].png == done[0].png and done[6].page == done[6].png  # linked: its PNG only
+    with pytest.raises(ValueError, match="uint8"):
+        render.FigureEncoder(workers=1)(np.zeros((4, 4, 3), np.float32))
+
+    release, encode = threading.Event(), render.encode_image
+
+    def slow(pixels, page=True):
+        release.wait(10)
+        return encode(pixels, page)
+
+    monkeypatch.setattr(render, "encode_image", slow)
+    encoder = render.FigureEncoder(workers=1)
+    handed = []
+    feeder = threading.Thread(target=lambda: [handed.append(encoder(pictures[0])) for _ in range(40)])
+    feeder.start()
+    time.sleep(0.5)
+    assert len(handed) == render.ENCODER_BACKLOG + 1  # the rest wait for room
+    release.set()
+    feeder.join(10)
+    encoder.close()
+    assert len(handed) == 40 and all(p.result().png == done[0].png for p in handed)
+
+
 def test_anchors_for_sections_and_layers(hostile_report):
     html = (hostile_report / "index.html").read_text()
     manifest = json.loads((hostile_report / "report.json").read_text())

@@ -11,7 +11,7 @@ from reportgen.api import generate_report
 from reportgen.config import ReportOptions
 from reportgen.figures import kernel_grid
 from reportgen.graph import walk_layers
-from reportgen.techniques.weights import compare_weights, fresh_copy, weight_stats
+from reportgen.techniques.weights import STATS_CHUNK, compare_weights, fresh_copy, histogram, weight_stats
 
 
 def test_weight_stats_match_numpy():
@@ -22,6 +22,26 @@ def test_weight_stats_match_numpy():
     assert stats.mean == pytest.approx(finite.mean()) and stats.std == pytest.approx(finite.std())
     assert (stats.min, stats.max) == (-2.0, 1.5)
     assert stats.near_zero == pytest.approx(2 / 5)  # |w| < 1% of 2.0: -0.001 and 0.0
+
+
+def test_chunked_stats_and_histogram_equal_numpy_over_the_whole_tensor():
+    """Over several chunks, with non-finite values in some and a mean far from zero (where one-pass variance
+    loses every digit): the same numbers numpy gives on the whole tensor at once."""
+    rng = np.random.default_rng(4)
+    values = (1000.0 + 0.01 * rng.standard_normal(3 * STATS_CHUNK + 17)).astype(np.float32)
+    values[[5, STATS_CHUNK + 9]] = [np.nan, -np.inf]
+    stats = weight_stats(values.reshape(-1, 1))
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert stats.non_finite == 2 and stats.count == values.size
+    assert stats.mean == pytest.approx(finite.mean(), rel=1e-12)
+    assert stats.std == pytest.approx(finite.std(), rel=1e-9)
+    assert (stats.min, stats.max) == (finite.min(), finite.max())
+    assert stats.near_zero == 0.0
+    fresh = rng.standard_normal(2 * STATS_CHUNK).astype(np.float32) + 1000.0
+    edges, trained_counts, fresh_counts = histogram(values, fresh)
+    assert edges[0] == min(finite.min(), fresh.min()) and edges[-1] == max(finite.max(), fresh.max())
+    np.testing.assert_array_equal(trained_counts, np.histogram(finite, bins=edges)[0])
+    np.testing.assert_array_equal(fresh_counts, np.histogram(fresh, bins=edges)[0])
 
 
 def test_fresh_copy_has_same_architecture_new_weights_and_is_seeded(plain_model, nested_model):

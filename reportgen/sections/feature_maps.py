@@ -232,7 +232,8 @@ def build(analysis: Analysis) -> list[Section]:
             for j in range(len(maps)):
                 # Encoded at once: raw grids of every layer and image would dominate the report's memory.
                 pixels[path].append(analysis.encode(feature_map_figure(normalised.unit[j], normalised.constant[j],
-                                                                       panels[batch.start + j], layouts[path])))
+                                                                       panels[batch.start + j], layouts[path]),
+                                                    page=not strongest.get(path)))  # else only linked
                 if path in strongest:
                     strong_rows[path].append(_strong_tiles(normalised.unit[j], normalised.constant[j],
                                                            strongest[path]))

@@ -97,12 +97,14 @@ def deletion_insertion(
 ) -> Curves:
     """Deletion and insertion curves of one image (H, W, C model input) for T heatmaps and their classes.
 
-    Deleted pixels take the image's mean colour; insertion starts from the blurred image. The 2 x T x (steps + 1)
-    variants are built in float32 and go through `probabilities` in chunks (at most CURVE_CHUNK_BYTES and
-    CURVE_CHUNK_VARIANTS), so memory does not grow with the number of maps and steps, only with one chunk of the
-    image's size. Pixels are ranked on a grid of at most MAX_RANK_SIDE cells per side (the whole image below that
-    size, so the curves are exactly those of ranking every pixel); larger images delete the grid's cells, each a
-    small block of pixels. `progress(done, total)` is called after each chunk.
+    Deleted pixels take the image's mean colour; insertion starts from the blurred image. Both curves' ends are
+    the same for every map (the intact image, the image all mean colour, the blurred image), so they go through
+    the model once; the T x 2 x (steps - 1) variants between are built in float32 and go through
+    `probabilities` in chunks (at most CURVE_CHUNK_BYTES and CURVE_CHUNK_VARIANTS), so memory does not grow with
+    the number of maps and steps, only with one chunk of the image's size. Pixels are ranked on a grid of at most
+    MAX_RANK_SIDE cells per side (the whole image below that size, so the curves are exactly those of ranking
+    every pixel); larger images delete the grid's cells, each a small block of pixels. `progress(done, total)`
+    is called after each chunk.
     """
     height, width, channels = image.shape
     grid = _rank_grid(height, width)
@@ -112,10 +114,11 @@ def deletion_insertion(
     image32 = np.asarray(image, np.float32)
     mean_colour = image.reshape(-1, channels).mean(axis=0).astype(np.float32)
     start = blurred(image32)
-    total = 2 * len(heatmaps) * (steps + 1)
-    if not total:
+    if not heatmaps:
         empty = np.zeros((0, steps + 1))
         return Curves(empty, empty)
+    interior = counts[1:-1]
+    total = 3 + 2 * len(heatmaps) * len(interior)
     per_chunk = max(1, min(CURVE_CHUNK_VARIANTS, CURVE_CHUNK_BYTES // max(1, image32.nbytes), total))
     chunk = np.empty((per_chunk, height, width, channels), np.float32)
     outputs: list[np.ndarray] = []
@@ -128,28 +131,39 @@ def deletion_insertion(
         if progress is not None:
             progress(sum(len(o) for o in outputs), total)
 
+    def add(variant: np.ndarray, where: np.ndarray | None = None, fill: np.ndarray | None = None) -> None:
+        nonlocal filled
+        np.copyto(chunk[filled], variant)
+        if where is not None:
+            np.copyto(chunk[filled], fill, where=where[..., None])
+        filled += 1
+        if filled == per_chunk:
+            flush()
+
+    add(image32)  # deletion's start and insertion's end
+    add(np.broadcast_to(mean_colour, image32.shape))  # deletion's end: every pixel deleted
+    add(start)  # insertion's start
     for heatmap in heatmaps:
         ranks = pixel_order(heatmap, grid, rng)
         for deletion in (True, False):
-            for count in counts:
+            for count in interior:
                 taken = ranks < count  # cells in map order so far
                 if grid != (height, width):
                     taken = cv2.resize(taken.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-                variant = chunk[filled]
                 if deletion:
-                    np.copyto(variant, image32)
-                    np.copyto(variant, mean_colour, where=taken[..., None])
+                    add(image32, taken, mean_colour)
                 else:
-                    np.copyto(variant, start)
-                    np.copyto(variant, image32, where=taken[..., None])
-                filled += 1
-                if filled == per_chunk:
-                    flush()
+                    add(start, taken, image32)
     if filled:
         flush()
-    probs = np.concatenate(outputs).reshape(len(heatmaps), 2, steps + 1, -1)
-    picked = probs[np.arange(len(heatmaps)), :, :, np.asarray(classes)]  # (T, 2, steps + 1)
-    return Curves(deletion=picked[:, 0], insertion=picked[:, 1])
+    probs = np.concatenate(outputs)
+    classes = np.asarray(classes)
+    ends = probs[:3][:, classes].T  # (T, 3): intact, all deleted, blurred
+    middle = probs[3:].reshape(len(heatmaps), 2, len(interior), -1)
+    picked = np.take_along_axis(middle, classes[:, None, None, None], axis=3)[..., 0]  # (T, 2, steps - 1)
+    deletion = np.concatenate([ends[:, :1], picked[:, 0], ends[:, 1:2]], axis=1)
+    insertion = np.concatenate([ends[:, 2:3], picked[:, 1], ends[:, :1]], axis=1)
+    return Curves(deletion=deletion, insertion=insertion)
 
 
 def _rank_grid(height: int, width: int) -> tuple[int, int]:
@@ -177,7 +191,7 @@ class CurvesProgress:
             if now - self.last >= self.every:
                 self.last = now
                 self.report(f"deletion and insertion curves: image {index + 1} of {self.images}, "
-                            f"{done}/{total} variants of this map set")
+                            f"{done}/{total} variants of its maps")
 
         return update
 

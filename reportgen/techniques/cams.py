@@ -706,23 +706,22 @@ def explain(
         step = tracker.image(i)
         # The random baseline has each method's own resolution: deleting 4x4 blocks at random is not deleting
         # pixels at random, so layer-resolution and input-resolution (saliency) maps each get their own.
-        noise_by_shape: dict[tuple[int, ...], Any] = {}
-        for method in methods:
-            shape = tuple(maps[method][i][0].shape)
-            if shape not in noise_by_shape:
-                noise_by_shape[shape] = deletion_insertion(functions.probabilities, inputs[i],
-                                                           random_maps(shape, len(row), seed), classes, steps, seed,
-                                                           step)
-        for method in methods:
-            noise = noise_by_shape[tuple(maps[method][i][0].shape)]
-            curves = deletion_insertion(functions.probabilities, inputs[i], maps[method][i], classes, steps, seed,
-                                        step)
+        shapes = list(dict.fromkeys(tuple(maps[method][i][0].shape) for method in methods))
+        # One call for every map set of the image: the curves' ends (intact, deleted, blurred) are shared.
+        sets = [random_maps(shape, len(row), seed) for shape in shapes] + [maps[method][i] for method in methods]
+        curves = deletion_insertion(functions.probabilities, inputs[i], [m for maps_ in sets for m in maps_],
+                                    classes * len(sets), steps, seed, step)
+        deletion_auc = curves.deletion_auc.reshape(len(sets), len(row))
+        insertion_auc = curves.insertion_auc.reshape(len(sets), len(row))
+        probability = curves.deletion[:, 0].reshape(len(sets), len(row))
+        for m, method in enumerate(methods, start=len(shapes)):
+            noise = shapes.index(tuple(maps[method][i][0].shape))
             for t, target in enumerate(row):
                 heatmaps.append(Heatmap(
                     method=method, image=i, target=target, raw=maps[method][i][t],
-                    probability=float(curves.deletion[t, 0]), deletion_auc=float(curves.deletion_auc[t]),
-                    insertion_auc=float(curves.insertion_auc[t]), random_deletion_auc=float(noise.deletion_auc[t]),
-                    random_insertion_auc=float(noise.insertion_auc[t]),
+                    probability=float(probability[m, t]), deletion_auc=float(deletion_auc[m, t]),
+                    insertion_auc=float(insertion_auc[m, t]), random_deletion_auc=float(deletion_auc[noise, t]),
+                    random_insertion_auc=float(insertion_auc[noise, t]),
                 ))
 
     sanity: dict[str, SanityCheck] = {}
