@@ -26,6 +26,7 @@ import numpy as np
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers
 from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
+from reportgen.precision import computing_in
 from reportgen.techniques.cam_trust import (
     DELETION_STEPS,
     CurvesProgress,
@@ -49,6 +50,7 @@ class CamSettings:
     smoothgrad_noise: float = 0.15  # noise std as a share of the input's value range (the paper's 10-20%)
     ig_steps: int = 32  # Riemann midpoint steps from the black image to the input
     seed: int = 0
+    curves_dtype: str = "float32"  # the deletion and insertion curves' arithmetic (`precision.ranking_dtype`)
 
 
 # --------------------------------------------------------------------------------------------- target layer
@@ -276,14 +278,20 @@ class ModelFunctions:
     """The model as the methods use it; each function is one `tf.function`, traced once per batch shape."""
 
     def __init__(self, model: Any, head: ScoreHead, layer: str | None,
-                 to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16) -> None:
+                 to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
+                 curves_dtype: str = "float32") -> None:
+        import tensorflow as tf
+
         self.model, self.head, self.layer = model, head, layer
         self.to_probabilities = to_probabilities
         self.batch_size = batch_size
         self.traced = traceable(model)
+        self.curves_dtype = curves_dtype
         self._layer_pass = compiled(self._layer_pass_graph, model)
         self._input_gradients = compiled(self._input_gradients_graph, model)
         self._raw = compiled(lambda x: model(x, training=False), model)
+        self._raw_curves = self._raw if curves_dtype == "float32" else compiled(
+            lambda x: tf.cast(model(x, training=False), tf.float32), model)
 
     def scores(self, x: Any, capture: Sequence[str]) -> tuple[Any, Any]:
         """Class scores (B, classes) and the run, with `capture` recorded."""
@@ -348,10 +356,19 @@ class ModelFunctions:
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes), in chunks of a few batches."""
+        return self._probabilities(self._raw, inputs)
+
+    def curve_probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """`probabilities` in the arithmetic of the deletion and insertion curves (`curves_dtype`): hundreds of
+        variants per image whose probabilities are only averaged into areas."""
+        with computing_in(self.model, self.curves_dtype):
+            return self._probabilities(self._raw_curves, inputs)
+
+    def _probabilities(self, function: Callable[[Any], Any], inputs: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         chunk = 4 * self.batch_size
-        outs = [np.asarray(self._raw(tf.constant(inputs[i:i + chunk], tf.float32)), np.float64)
+        outs = [np.asarray(function(tf.constant(inputs[i:i + chunk], tf.float32)), np.float64)
                 for i in range(0, len(inputs), chunk)]
         raw = np.concatenate(outs).reshape(len(inputs), -1)
         return self.to_probabilities(raw)
@@ -581,6 +598,7 @@ class CamResults:
     fresh_maps: dict[str, list[list[np.ndarray]]]  # the fresh model's maps of the first `sanity_images` images
     sanity_images: int
     steps: int
+    curves_dtype: str = "float32"  # the arithmetic of the deletion and insertion curves' forward passes
 
     def for_method(self, method: str) -> list[Heatmap]:
         return [h for h in self.heatmaps if h.method == method]
@@ -693,7 +711,7 @@ def explain(
     units = output_units(model)
     head = score_head(model, final_layer(model), units)
     path = layer.path if layer else None
-    functions = ModelFunctions(model, head, path, to_probabilities, settings.batch_size)
+    functions = ModelFunctions(model, head, path, to_probabilities, settings.batch_size, settings.curves_dtype)
     maps = compute_maps(functions, inputs, targets, methods, settings, baseline, value_range, progress)
 
     heatmaps: list[Heatmap] = []
@@ -709,17 +727,19 @@ def explain(
         shapes = list(dict.fromkeys(tuple(maps[method][i][0].shape) for method in methods))
         # One call for every map set of the image: the curves' ends (intact, deleted, blurred) are shared.
         sets = [random_maps(shape, len(row), seed) for shape in shapes] + [maps[method][i] for method in methods]
-        curves = deletion_insertion(functions.probabilities, inputs[i], [m for maps_ in sets for m in maps_],
+        curves = deletion_insertion(functions.curve_probabilities, inputs[i], [m for maps_ in sets for m in maps_],
                                     classes * len(sets), steps, seed, step)
         deletion_auc = curves.deletion_auc.reshape(len(sets), len(row))
         insertion_auc = curves.insertion_auc.reshape(len(sets), len(row))
-        probability = curves.deletion[:, 0].reshape(len(sets), len(row))
+        # The class probabilities shown are float32 whatever the curves' arithmetic.
+        probability = (curves.deletion[:len(row), 0] if functions.curves_dtype == "float32"
+                       else functions.probabilities(inputs[i][None])[0, classes])
         for m, method in enumerate(methods, start=len(shapes)):
             noise = shapes.index(tuple(maps[method][i][0].shape))
             for t, target in enumerate(row):
                 heatmaps.append(Heatmap(
                     method=method, image=i, target=target, raw=maps[method][i][t],
-                    probability=float(probability[m, t]), deletion_auc=float(deletion_auc[m, t]),
+                    probability=float(probability[t]), deletion_auc=float(deletion_auc[m, t]),
                     insertion_auc=float(insertion_auc[m, t]), random_deletion_auc=float(deletion_auc[noise, t]),
                     random_insertion_auc=float(insertion_auc[noise, t]),
                 ))
@@ -739,4 +759,5 @@ def explain(
             fresh = [m for row in fresh_maps[method] for m in row]
             sanity[method] = sanity_check(method, trained, fresh)
     ordered = sorted(heatmaps, key=lambda h: list(methods).index(h.method))
-    return CamResults(layer, tuple(methods), head, tuple(ordered), sanity, fresh_maps, count, steps)
+    return CamResults(layer, tuple(methods), head, tuple(ordered), sanity, fresh_maps, count, steps,
+                      settings.curves_dtype)

@@ -174,7 +174,7 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
 
     if not traceable(model):
         return capture
-    return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)])
+    return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)], autograph=False)
 
 
 def iter_feature_maps(model: Any, inputs: np.ndarray, paths: Sequence[str], batch_size: int) -> Iterator[MapBatch]:

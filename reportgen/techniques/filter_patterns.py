@@ -293,7 +293,7 @@ def matmul_rate(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> f
     import tensorflow as tf
 
     a = tf.cast(tf.random.stateless_normal([size, size], seed=[0, 0]), dtype)
-    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
+    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)), autograph=False)
     matmul(a).numpy()
     best = float("inf")
     for _ in range(repeats):

@@ -1,0 +1,80 @@
+"""The arithmetic of the passes whose numbers are only ranked or averaged: bfloat16 where it pays, else float32.
+
+CPUs with native bfloat16 (AVX512-BF16, AMX) run convolutions 1.5-3x faster in it, with float32 accumulation.
+That pays where a model has enough arithmetic per activation element (VGG, ResNet: hundreds to thousands of FLOPs);
+memory-bound models (MobileNet's depthwise and 1x1 layers: tens) get slower, as the casts cost more than the
+arithmetic saves. The choice depends only on the model and the CPU, so the same machine gives the same report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from reportgen.graph import LayerNode, walk_layers
+from reportgen.layer_kinds import is_spatial
+
+# Measured per step of the pattern search (2 cores, AVX512-BF16): VGG16 1.7x faster, ResNet50 1.2x, the example
+# CNN 1.2x (100-2,800 FLOPs per activation element); MobileNetV2 0.65x (33).
+BF16_MIN_INTENSITY = 100.0
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def fast_bfloat16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def forward_intensity(nodes: Sequence[LayerNode], shapes: dict[str, Any]) -> float:
+    """FLOPs of a forward pass per activation element it writes, over the whole model (sizes from `shapes`,
+    measured at the model's input size)."""
+    flops = elements = 0.0
+    for node in nodes:
+        shape = shapes.get(node.path)
+        if not isinstance(shape, tuple) or len(shape) < 2:
+            continue
+        spatial = float(np.prod([d for d in shape[1:-1] if d])) if len(shape) == 4 else 1.0
+        flops += sum(2.0 * spatial * float(np.prod(getattr(node.layer, name).shape)) for name in KERNELS
+                     if getattr(node.layer, name, None) is not None)
+        if is_spatial(shape):
+            elements += float(np.prod(shape[1:]))
+    return flops / max(elements, 1.0)
+
+
+def ranking_dtype(model: Any, shapes: dict[str, Any]) -> str:
+    """"bfloat16" for the forward passes whose outputs are averaged into scores (deletion and insertion curves)
+    on a CPU with native bfloat16 and a model with enough arithmetic to gain from it; else "float32"."""
+    if not fast_bfloat16():
+        return "float32"
+    return "bfloat16" if forward_intensity(walk_layers(model), shapes) >= BF16_MIN_INTENSITY else "float32"
+
+
+@contextlib.contextmanager
+def computing_in(model: Any, dtype: str) -> Iterator[None]:
+    """While a function of `model` is traced (or, for eager models, runs): for "bfloat16", every float32 layer
+    computes in mixed bfloat16 (float32 weights, bfloat16 arithmetic). A traced graph keeps what it saw; the
+    model's own policies are restored on exit."""
+    if dtype != "bfloat16":
+        yield
+        return
+    import keras
+
+    changed: list[tuple[Any, Any]] = []
+    try:
+        for node in walk_layers(model):
+            policy = node.layer.dtype_policy
+            if policy.name == "float32":
+                changed.append((node.layer, policy))
+                node.layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
+        yield
+    finally:
+        for layer, policy in changed:
+            layer.dtype_policy = policy
