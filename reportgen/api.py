@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.config import ReportOptions
 from reportgen.dataset import DatasetPass, PassPlan, pass_batch_size
@@ -296,6 +297,8 @@ def generate_report(
     discovery_warnings: list[str] = []
     sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
+    if {"weights", "predictions", "evaluation"} & set(wanted):
+        figures.warm_up_plots()  # matplotlib's import and fonts, while the model loads and the images stream
     progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
     loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                         unsafe=options.unsafe, seed=options.seed)
