@@ -14,7 +14,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Figure, Section, Text
 from reportgen.sections.anchors import section_id
-from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField, receptive_field
+from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField, receptive_fields
 
 KIND = "dataset_examples"
 PATCH = 48  # px, the side of each patch tile
@@ -58,10 +58,10 @@ def build(analysis: Analysis) -> list[Section]:
         "maximises) and the ones that drive it least, each cut to the receptive field of the filter's strongest "
         "(weakest) position. Kept as a bounded top-k per filter while the images streamed through the model."),),
         data={"layers": list(by_layer), "examples": analysis.options.examples})]
+    outputs = {path: rows[0].output or path for path, rows in by_layer.items()}
+    fields = receptive_fields(analysis.model, list(outputs.values()), (height, width, channels), analysis.options.seed)
     for path, rows in by_layer.items():
-        output = rows[0].output or path
-        field = receptive_field(analysis.model, output, (height, width, channels), analysis.options.seed)
-        sections.append(_layer_section(analysis, path, rows, field, images, manifest))
+        sections.append(_layer_section(analysis, path, rows, fields[outputs[path]], images, manifest))
     analysis.manifest_lists["dataset_examples"] = manifest
     return sections
 

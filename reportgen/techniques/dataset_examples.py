@@ -140,29 +140,40 @@ class ReceptiveField:
 
 
 def receptive_field(model: Any, layer: str, input_shape: tuple[int, int, int], seed: int = 0) -> ReceptiveField:
-    """The receptive field of the centre cell of `layer`, measured: the input pixels whose gradient is non-zero
-    for that cell (summed over channels), over a few random inputs. Works for any graph (residual, nested,
-    dilated) where the convolution arithmetic would need every layer's kernel, stride and padding."""
+    """The receptive field of the centre cell of `layer` (see `receptive_fields`)."""
+    return receptive_fields(model, [layer], input_shape, seed)[layer]
+
+
+def receptive_fields(model: Any, layers: Sequence[str], input_shape: tuple[int, int, int],
+                     seed: int = 0) -> dict[str, ReceptiveField]:
+    """The receptive field of the centre cell of each of `layers`, measured: the input pixels whose gradient is
+    non-zero for that cell (summed over channels), over two random inputs. Works for any graph (residual,
+    nested, dilated) where the convolution arithmetic would need every layer's kernel, stride and padding. One
+    forward pass of both inputs serves every layer; each layer then takes one backward pass."""
     import tensorflow as tf
 
     height, width, channels = input_shape
     rng = np.random.default_rng(seed)
-    support = np.zeros((height, width), bool)
-    map_size = (1, 1)
-    for _ in range(2):
-        x = tf.Variable(rng.normal(size=(1, height, width, channels)).astype(np.float32))
-        with tf.GradientTape() as tape:
-            out = run_layers(model, x, capture=[layer], stop_early=True).captured[layer]
+    x = tf.Variable(rng.normal(size=(2, height, width, channels)).astype(np.float32))
+    layers = list(dict.fromkeys(layers))
+    with tf.GradientTape(persistent=True) as tape:
+        captured = run_layers(model, x, capture=layers, stop_early=True).captured
+        centres = {}
+        for layer in layers:
+            out = captured[layer]
             h, w = int(out.shape[1]), int(out.shape[2])
-            map_size = (h, w)
-            centre = tf.reduce_sum(out[0, h // 2, w // 2, :])
+            centres[layer] = ((h, w), tf.reduce_sum(out[:, h // 2, w // 2, :]))
+    fields = {}
+    for layer, (map_size, centre) in centres.items():
         gradient = tape.gradient(centre, x)
-        if gradient is not None:
-            support |= np.abs(np.asarray(gradient)[0]).sum(axis=-1) > 0
-    stride = (height / map_size[0], width / map_size[1])
-    rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
-    if rows.size == 0:  # nothing reaches the cell (a dead path): fall back to one cell's own footprint
-        size = (max(1, round(stride[0])), max(1, round(stride[1])))
-    else:
-        size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
-    return ReceptiveField(stride, size, (height, width))
+        support = (np.abs(np.asarray(gradient)).sum(axis=-1) > 0).any(axis=0) if gradient is not None else \
+            np.zeros((height, width), bool)
+        stride = (height / map_size[0], width / map_size[1])
+        rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
+        if rows.size == 0:  # nothing reaches the cell (a dead path): fall back to one cell's own footprint
+            size = (max(1, round(stride[0])), max(1, round(stride[1])))
+        else:
+            size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+        fields[layer] = ReceptiveField(stride, size, (height, width))
+    del tape
+    return fields
