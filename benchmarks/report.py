@@ -8,7 +8,8 @@ pixels/255, flatten and dense head) on 8 images; VGG16 with random weights (`--w
 
 Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model:
 the process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported),
-and per section its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs over
+the phases outside the sections (process start and imports, model load and option checks, render), and per
+section (the dataset pass first) its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs over
 the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower bound, not a target: it
 counts the conv and dense multiply-adds of every pass a section needs (a backward pass to the input or to a layer
 counted as its forward again, weight gradients never needed), nothing for memory-bound layers, figures or pages.
@@ -156,9 +157,15 @@ def run_report(model: str, images: Path, out: Path) -> dict:
     wall = time.perf_counter() - started
     if run.returncode != 0:
         sys.exit(f"reportgen failed:\n{run.stderr[-3000:]}")
-    done = re.findall(r"\[\s*([\d.]+)s\] done", run.stderr)
+    stamps = {stage: float(t) for t, stage in re.findall(r"\[\s*([\d.]+)s\] (\w+):", run.stderr)[::-1]}
+    last = {stage: float(t) for t, stage in re.findall(r"\[\s*([\d.]+)s\] (\w+):", run.stderr)}
     manifest = json.loads((out / "report.json").read_text())
-    return {"wall": wall, "after_imports": float(done[-1]) if done else float("nan"), "manifest": manifest}
+    after = last.get("done", float("nan"))
+    first_section = min(stamps[kind] for kind in manifest["seconds"] if kind in stamps)
+    return {"wall": wall, "after_imports": after, "manifest": manifest,
+            "phases": {"process start and imports": wall - after,
+                       "model load and checks": first_section - manifest["dataset"]["seconds"],
+                       "render (waits for figure encoding)": after - last.get("render", after)}}
 
 
 def run_tutorial(model: str, images: Path, out: Path, preprocess: str) -> dict:
@@ -208,6 +215,7 @@ def main() -> None:
             seconds = {"dataset": manifest["dataset"]["seconds"], **manifest["seconds"]}
             print(f"== {name}: {len(manifest['images'])} images; wall {best['wall']:.1f} s, after imports "
                   f"{best['after_imports']:.1f} s")
+            print("   " + ", ".join(f"{phase} {spent:.1f} s" for phase, spent in best["phases"].items()))
             print(f"   {'section':17s} {'s':>7s} {'GFLOP':>9s} {'floor f32':>10s} {'bf16':>7s} {'x floor':>8s}")
             for section, spent in seconds.items():
                 work = flops.get(section)
