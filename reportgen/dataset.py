@@ -27,7 +27,9 @@ from reportgen.techniques.dataset_examples import FilterExamples, FilterExtremes
 from reportgen.techniques.evaluation import Evaluation, EvaluationAccumulator
 from reportgen.techniques.feature_maps import ACTIVATION_BUDGET, LayerMapStats, LayerStatsAccumulator
 
-PASS_BATCH = 64  # images per batch when the layers' activations allow it
+# Images per batch when the layers' activations allow it: on a small model, 128 halves the per-batch Python and
+# dispatch of 64 (a few percent faster); larger batches gain nothing more on CPU.
+PASS_BATCH = 128
 
 
 @dataclass(frozen=True)

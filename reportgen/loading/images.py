@@ -231,7 +231,7 @@ def fit_to_model(image: np.ndarray, height: int, width: int, channels: int) -> n
     """Resize to (height, width) and convert to `channels` (1 or 3); float32 in [0, 255]."""
     h, w = image.shape[:2]
     interpolation = cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    resized = image if (h, w) == (height, width) else cv2.resize(image, (width, height), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[:, :, None]
     if channels == 3 and resized.shape[2] == 1:
