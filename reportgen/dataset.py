@@ -1,11 +1,11 @@
 """The dataset pass: every image once through the model, in streamed batches, feeding every dataset-level
 accumulator from one forward pass (and one backward pass to the CAM layer, for the class-average maps).
 
-Per batch a single compiled function returns only reductions — predictions, per-channel minima, maxima, sums and
-zero counts of the feature-map layers, each chosen filter's mean and extreme cells, the Grad-CAM map of each
-image's own class and the CAM layer's channel means — so what crosses back to Python is a few numbers per image,
-whatever the model. The accumulators (`update`, `merge`, `result`) are the same classes a distributed engine can
-run on several workers and merge.
+Per batch a single compiled function returns reductions — predictions, per-channel minima, maxima, sums and zero
+counts of the feature-map layers, each chosen filter's mean, the Grad-CAM map of each image's own class and the
+CAM layer's channel means — and the example layers' outputs as they are (on CPU NumPy reads them without a copy),
+in which `FilterExtremes` finds the extreme cells of only the images that make a list. The accumulators (`update`,
+`merge`, `result`) are the same classes a distributed engine can run on several workers and merge.
 """
 
 from __future__ import annotations
