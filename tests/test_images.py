@@ -8,7 +8,14 @@ import pytest
 from PIL import Image
 
 from reportgen.errors import ImageError
-from reportgen.loading.images import decode_image, discover_images, fit_to_model, load_images, target_size
+from reportgen.loading.images import (
+    declared_size,
+    decode_image,
+    discover_images,
+    fit_to_model,
+    load_images,
+    target_size,
+)
 from reportgen.loading.preprocess import Preprocessor
 
 
@@ -156,6 +163,21 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     Image.fromarray(np.full((10, 12, 3), (200, 30, 30), np.uint8)).convert("CMYK").save(path, quality=95)
     image = decode_image(path)
     assert image.shape == (10, 12, 3) and image[5, 5, 0] > 150 > image[5, 5, 1]
+
+
+@pytest.mark.parametrize("options", [{"format": "PNG"}, {"format": "JPEG"}, {"format": "JPEG", "progressive": True},
+                                     {"format": "JPEG", "exif": b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00"},
+                                     {"format": "GIF"}, {"format": "BMP"}, {"format": "WEBP"}, {"format": "TIFF"}])
+def test_declared_size_read_from_the_header_is_the_size_pillow_reads(options):
+    import io
+
+    for width, height in ((37, 21), (1, 300), (640, 2)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, **options)
+        data = buffer.getvalue()
+        with Image.open(io.BytesIO(data)) as image:
+            assert declared_size(data) == image.size == (width, height)
+    assert declared_size(data[:5]) is None and declared_size(b"\xff\xd8\xff\xe0") is None
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +118,12 @@ def decode_image(path: Path) -> np.ndarray:
 def decode_with_notes(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     """`decode_image`, and what was done to the file's pixels on the way (for the report)."""
     notes: list[str] = []
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
+    with open(path, "rb") as file:
+        raw = file.read()
+    if not raw:
         raise ValueError("the file is empty")
-    declared = _declared_size(path)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    declared = declared_size(raw)
     if declared is not None and declared[0] * declared[1] > MAX_PIXELS:
         raise ValueError(
             f"{declared[0]}x{declared[1]} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel limit; "
@@ -160,11 +164,54 @@ def channel_conversion(decoded: int, channels: int) -> str:
     return f"{decoded} to {channels} channels"
 
 
-def _declared_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header alone, without decoding pixels; None when the header is unreadable.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (C0-CF but C4 Huffman tables, C8 reserved, CC arithmetic coding) carry the size.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
-    Pillow (a matplotlib dependency) reads headers lazily; OpenCV has no header-only call.
-    """
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a file's header alone, without decoding pixels; None when the header is unreadable.
+
+    PNG, JPEG, GIF and BMP headers are read from the bytes (a few microseconds); other formats through Pillow (a
+    matplotlib dependency), which reads headers lazily. OpenCV has no header-only call."""
+    try:
+        if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_size(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data.startswith(b"BM") and len(data) >= 26:
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+                return struct.unpack("<HH", data[18:22])
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)  # a negative height is a top-down bitmap
+    except struct.error:
+        return None
+    return _pillow_size(data)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the first frame header of a JPEG, walking its marker segments."""
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            at += 2
+            continue
+        if marker in _JPEG_FRAMES:
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width, height
+        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+    return None
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
     from PIL import Image
 
     # Pillow refuses to even open files far over its own limit (DecompressionBombError); opening only reads the
@@ -172,7 +219,7 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return image.size
     except Exception:
         return None
@@ -184,7 +231,7 @@ def fit_to_model(image: np.ndarray, height: int, width: int, channels: int) -> n
     """Resize to (height, width) and convert to `channels` (1 or 3); float32 in [0, 255]."""
     h, w = image.shape[:2]
     interpolation = cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    resized = image if (h, w) == (height, width) else cv2.resize(image, (width, height), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[:, :, None]
     if channels == 3 and resized.shape[2] == 1:

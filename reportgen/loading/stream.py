@@ -9,7 +9,7 @@ index (`ImageReader.load`), so only the images that get per-image figures are ev
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,6 +38,7 @@ class ImageBatch:
     pixels: np.ndarray
     sizes: tuple[tuple[int, int], ...]  # (width, height) before resizing
     conversions: tuple[str, ...]
+    inputs: np.ndarray | None = None  # the model's inputs, when the reader was given a `prepare` step
 
 
 class ImageReader:
@@ -65,23 +66,26 @@ class ImageReader:
         return fit_to_model(image, self.height, self.width, self.channels), (image.shape[1], image.shape[0]), \
             conversion
 
-    def _batch(self, indices: Sequence[int], pool: ThreadPoolExecutor | None) -> ImageBatch | None:
-        results = list(pool.map(self._read, indices)) if pool else [self._read(i) for i in indices]
+    def _batch(self, indices: Sequence[int], prepare: Callable[[np.ndarray], np.ndarray] | None
+               ) -> ImageBatch | None:
+        results = [self._read(i) for i in indices]
         kept = [(i, r) for i, r in zip(indices, results, strict=True) if r is not None]
         if not kept:
             return None
-        return ImageBatch(np.asarray([i for i, _ in kept], np.int64), np.stack([r[0] for _, r in kept]),
-                          tuple(r[1] for _, r in kept), tuple(r[2] for _, r in kept))
+        pixels = np.stack([r[0] for _, r in kept])
+        return ImageBatch(np.asarray([i for i, _ in kept], np.int64), pixels, tuple(r[1] for _, r in kept),
+                          tuple(r[2] for _, r in kept), prepare(pixels) if prepare else None)
 
-    def batches(self, batch_size: int, indices: Sequence[int] | None = None,
-                prefetch: int = PREFETCH_BATCHES) -> Iterator[ImageBatch]:
-        """Every image (or `indices`) in order, `batch_size` at a time, decoded up to `prefetch` batches ahead."""
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None, prefetch: int = PREFETCH_BATCHES,
+                prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[ImageBatch]:
+        """Every image (or `indices`) in order, `batch_size` at a time, decoded up to `prefetch` batches ahead;
+        `prepare` (e.g. the preprocessing) turns each batch's pixels into its `inputs` on the decoding thread."""
         order = list(range(len(self.sources)) if indices is None else indices)
         chunks = [order[i:i + batch_size] for i in range(0, len(order), max(1, batch_size))]
         with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="reportgen-decode") as pool:
             waiting: deque[Future] = deque()
             for chunk in chunks:
-                waiting.append(pool.submit(self._batch, chunk, None))
+                waiting.append(pool.submit(self._batch, chunk, prepare))
                 if len(waiting) > prefetch:
                     batch = waiting.popleft().result()
                     if batch is not None:

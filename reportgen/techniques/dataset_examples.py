@@ -42,6 +42,7 @@ class FilterExtremes:
         self.layer = layer
         self.output = output or layer  # whose channel means rank the images (the patterns' target)
         self.filters = tuple(int(f) for f in filters)
+        self.channels = np.asarray(self.filters, np.int64)  # where each filter's map is in the layer's output
         self.k = k
         self.name_rank = name_rank
         f = len(self.filters)
@@ -52,7 +53,7 @@ class FilterExtremes:
 
     def _keep(self, side: str, scores: np.ndarray, indices: np.ndarray, cells: np.ndarray | None,
               maps: np.ndarray | None = None) -> None:
-        """Merge candidates (F, n) into one side. `cells` (F, n, 2), or None with `maps` (n, h, w, F): then the
+        """Merge candidates (F, n) into one side. `cells` (F, n, 2), or None with `maps` (n, h, w, C): then the
         cells are found only for the candidates that make the list, so a batch costs one argmax per newcomer,
         not one per image and filter."""
         old_scores, old_indices, old_cells = self.sides[side]
@@ -71,7 +72,7 @@ class FilterExtremes:
                 else 0
             if len(filters):
                 images = order[filters, slots] - kept
-                chosen = maps[images, :, :, filters]  # (M, h, w): one map per newcomer
+                chosen = maps[images, :, :, self.channels[filters]]  # (M, h, w): one map per newcomer
                 flat = chosen.reshape(len(images), -1)
                 best = flat.argmax(axis=1) if side == "top" else flat.argmin(axis=1)
                 fresh[filters, slots] = np.stack(np.unravel_index(best, chosen.shape[1:]), axis=1)
@@ -82,8 +83,9 @@ class FilterExtremes:
                             take(cells, order[..., None], axis=1))
 
     def update(self, indices: np.ndarray, names: list[str], means: np.ndarray, maps: np.ndarray) -> None:
-        """means (B, F): each filter's mean over the map; maps (B, h, w, F): the filters' maps, for the cells of
-        the images that make a list (the strongest cell for the top images, the weakest for the bottom ones)."""
+        """means (B, F): each filter's mean over the map; maps (B, h, w, C): the layer's whole output (read only
+        at the filters' channels), for the cells of the images that make a list (the strongest cell for the top
+        images, the weakest for the bottom ones)."""
         indices = np.asarray(indices, np.int64)
         self.names.update(zip(indices.tolist(), names, strict=True))
         per_filter = np.broadcast_to(indices, (len(self.filters), len(indices)))
@@ -112,12 +114,15 @@ class FilterExtremes:
 
 
 def filter_statistics(maps: Any, filters: Sequence[int]) -> tuple[Any, Any]:
-    """For a batch of maps (B, h, w, C) (a tensor): the chosen filters' spatial means (B, F) and their maps
-    (B, h, w, F), from which `FilterExtremes` finds the extreme cells of the few images it keeps."""
+    """For a batch of maps (B, h, w, C) (a tensor): the chosen filters' spatial means (B, F) and the maps as
+    float32 (B, h, w, C), from which `FilterExtremes` finds the extreme cells of the few images it keeps.
+
+    The means are taken over every channel and then picked: a gather on the channel axis copies the maps and
+    costs more than the reduction of all of them."""
     import tensorflow as tf
 
-    chosen = tf.gather(tf.cast(maps, tf.float32), list(filters), axis=3)  # (B, h, w, F)
-    return tf.reduce_mean(chosen, axis=(1, 2)), chosen
+    maps = tf.cast(maps, tf.float32)
+    return tf.gather(tf.reduce_mean(maps, axis=(1, 2)), list(filters), axis=1), maps
 
 
 @dataclass(frozen=True)
