@@ -6,11 +6,11 @@ Models: the bundled example CNN on its 12 images; `small`, a CNN this script tra
 was not designed on (three conv layers with ReLU and max pooling, 64 px RGB shapes,
 pixels/255, flatten and dense head) on 8 images; VGG16 with random weights (`--weights none`) on 4 images of 224 px.
 
-Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model:
-the process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported),
-the phases outside the sections (process start and imports, model load and option checks, render), and per
-section (the dataset pass first) its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs over
-the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower bound, not a target: it
+Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model: the
+process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported), the
+phases outside the sections (process start and imports, model load and option checks, render), and per section (the
+dataset pass first) its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs
+over the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower bound, not a target: it
 counts the conv and dense multiply-adds of every pass a section needs (a backward pass to the input or to a layer
 counted as its forward again, weight gradients never needed), nothing for memory-bound layers, figures or pages.
 
