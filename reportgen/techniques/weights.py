@@ -106,16 +106,25 @@ def weight_stats(values: np.ndarray) -> WeightStats:
     )
 
 
+def variable_values(variable: Any) -> np.ndarray:
+    """A weight variable's values as a float32 array, sharing TensorFlow's buffer where it can (a copy of
+    VGG16's 103M-weight first dense kernel costs about a second); read only."""
+    value = getattr(variable, "value", variable)  # a Keras variable wraps the backend's
+    read = getattr(value, "read_value", None)
+    array = np.asarray(read() if callable(read) else value)
+    return array if array.dtype == np.float32 else array.astype(np.float32)
+
+
 def layer_kernels(layer: Any) -> list[KernelWeights]:
     """The kernels of a conv or dense layer, each with the layer's bias statistics."""
     bias = getattr(layer, "bias", None)
-    bias_stats = weight_stats(np.asarray(bias)) if bias is not None else None
+    bias_stats = weight_stats(variable_values(bias)) if bias is not None else None
     kernels = []
     for name in KERNEL_NAMES:
         variable = getattr(layer, name, None)
         if variable is None:
             continue
-        values = np.asarray(variable, dtype=np.float32)
+        values = variable_values(variable)
         kernels.append(KernelWeights(name, values, weight_stats(values), bias_stats))
     return kernels
 
