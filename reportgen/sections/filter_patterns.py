@@ -48,6 +48,9 @@ LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the pa
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
 ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
+    "projected": "Adam on the pixels, each step projected onto the valid images with at most 10% of their values "
+                 "within 1% of the range's ends (the first conv layer, whose best image is two-level, only onto "
+                 "the valid range), so nothing is clipped afterwards",
     "logit": "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a penalty that "
              "keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is clipped",
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
@@ -194,10 +197,24 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
     )
 
 
+# Up to this many conv layers a model gets patterns of every one; deeper ones one per stage (see `pattern_layers`).
+ALL_LAYERS_UP_TO = 8
+
+
+def one_per_stage(targets: list[PatternTarget], shapes: dict) -> list[PatternTarget]:
+    """The deepest of `targets` (in order) at each map size of their outputs: the last conv of each stage, before
+    the network downsamples (VGG16: block1_conv2, block2_conv2, block3_conv3, block4_conv3, block5_conv3)."""
+    last = {tuple(shapes[t.output][1:3]): t for t in targets}
+    keep = {id(t) for t in last.values()}
+    return [t for t in targets if id(t) in keep]
+
+
 def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
-    """The layers whose filters get patterns, each with the output its patterns drive: every conv layer, or the
-    layers --layers chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another
-    layer's its own). Layers driving the same output are shown once."""
+    """The layers whose filters get patterns, each with the output its patterns drive: the layers --layers
+    chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another layer's its own),
+    else every conv layer of a model with at most `ALL_LAYERS_UP_TO` of them, else one per stage
+    (`one_per_stage`): a stage's convs refine one texture scale, and its last shows the most of it for the same
+    search. Layers driving the same output are shown once."""
     consumers = layer_consumers(analysis.model)
     if analysis.options.layers:
         chosen = select_layers(analysis.layers, analysis.layer_shapes, analysis.options.layers)
@@ -220,6 +237,8 @@ def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
         if target.output not in seen:
             seen.add(target.output)
             targets.append(target)
+    if not analysis.options.layers and len(targets) > ALL_LAYERS_UP_TO:
+        return one_per_stage(targets, analysis.layer_shapes)
     return targets
 
 
@@ -276,7 +295,8 @@ def build(analysis: Analysis) -> list[Section]:
                                  by_layer[node.path])
         results.append(result)
         scores[node.path] = score_layer(analysis.model, result,
-                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns})
+                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns},
+                                        settings.compute_dtype)
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
         spent, expected = spent + time.perf_counter() - started, expected + predicted[node.path]

@@ -17,6 +17,7 @@ move it at all (zero gradient).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 import zlib
@@ -30,7 +31,7 @@ from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
-from reportgen.techniques.pattern_params import Method, PixelMap, method_named
+from reportgen.techniques.pattern_params import Method, PixelMap, ProjectedAscent, method_named
 
 DEFAULT_PATTERN_SIZE = 128
 # A filter whose output stays within this of zero on its ascent pattern cannot be switched on (ReLU gives exact 0).
@@ -129,6 +130,11 @@ def pattern_target(nodes: Sequence[LayerNode], consumers: dict[str, list[str]], 
     return PatternTarget(path, pre, pre, tuple(chain))
 
 
+def first_conv(nodes: Sequence[LayerNode]) -> str | None:
+    """The path of the first conv layer (the walk's order), None without one."""
+    return next((node.path for node in nodes if isinstance(node.layer, PATTERN_TYPES)), None)
+
+
 def pattern_targets(model: Any, paths: Sequence[str], nodes: Sequence[LayerNode] | None = None) -> list[PatternTarget]:
     nodes = walk_layers(model) if nodes is None else nodes
     consumers = layer_consumers(model)
@@ -142,7 +148,7 @@ class PatternSettings:
     steps: int = DEFAULT_STEPS
     height: int = DEFAULT_PATTERN_SIZE
     width: int = DEFAULT_PATTERN_SIZE
-    method: str = "logit"
+    method: str = "projected"
     seed: int = 0
     directions: tuple[str, ...] = DIRECTIONS
     compute_dtype: str = "float32"  # "bfloat16" runs the search steps in bfloat16 (final numbers stay float32)
@@ -505,6 +511,10 @@ def search_patterns(
     if target is None:
         target = pattern_targets(model, [layer_path])[0]
     method = method or method_named(settings.method)
+    if isinstance(method, ProjectedAscent) and first_conv(walk_layers(model)) == layer_path:
+        # The first conv is linear in the pixels up to its activation: its best image is two-level, any budget
+        # only lowers it.
+        method = dataclasses.replace(method, budget=None)
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
     diversity = settings.diversity
     compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,
@@ -567,18 +577,26 @@ def search_patterns(
 
 
 def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: Sequence[int],
-                     batch: int = 32) -> np.ndarray:
-    """(N, F): the mean output (after the layer's activation) of each of `filters` on each model input, float32.
+                     batch: int = 32, compute_dtype: str = "float32") -> np.ndarray:
+    """(N, F): the mean output (after the layer's activation) of each of `filters` on each model input.
 
-    Independent of the search (no activation trick, no bfloat16): what the model itself computes.
+    Independent of the search (no activation trick): what the model itself computes, in float32 unless
+    `compute_dtype` is "bfloat16" (for shares of an activation, where its ~0.4% rounding does not show).
     """
     import tensorflow as tf
 
+    nodes = walk_layers(model) if compute_dtype != "float32" else ()
+
     def run(x: Any) -> Any:
-        return tf.reduce_mean(run_layers(model, x, [layer_path], stop_early=True).captured[layer_path], axis=[1, 2])
+        out = run_layers(model, x, [layer_path], stop_early=True).captured[layer_path]
+        return tf.reduce_mean(tf.cast(out, tf.float32), axis=[1, 2])
 
     if traceable(model):
-        run = tf.function(run, autograph=False)
+        with _tracing_view(nodes, None, compute_dtype):
+            run = tf.function(run, autograph=False).get_concrete_function(
+                tf.TensorSpec([None, *inputs.shape[1:]], tf.float32))
+    else:
+        run = _in_view(run, nodes, None, compute_dtype)
     rows = [run(tf.constant(inputs[b], tf.float32)).numpy() for b in _batches(len(inputs), batch)]
     return np.concatenate(rows)[:, list(filters)]
 
@@ -642,28 +660,32 @@ class Scorecard:
         return tuple(out)
 
 
-def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray) -> Scorecard:
+def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray,
+                   compute_dtype: str = "float32") -> Scorecard:
     """The scorecard of `result`'s patterns in `direction`; `display` holds the same patterns as pixels in [0, 1]
     (the preprocessing inverted)."""
-    return score_layer(model, result, {direction: display})[direction]
+    return score_layer(model, result, {direction: display}, compute_dtype)[direction]
 
 
-def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray]) -> dict[str, Scorecard]:
+def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray],
+                compute_dtype: str = "float32") -> dict[str, Scorecard]:
     """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
-    in [0, 1]). Responses are the model's own float32 outputs of the target layer, from one traced pass over every
-    pattern and view of the layer."""
+    in [0, 1]). Responses are the model's own outputs of the target layer: one float32 pass over every pattern of
+    the layer (every filter's response to every pattern, for specificity), one pass over all their views in
+    `compute_dtype` (robustness is a share of the activation, which bfloat16 keeps to about 1%)."""
     output = result.target.output if result.target is not None else result.layer
     k = result.diversity
     stacks = {d: result.direction(d).inputs for d in displays}
-    batch = np.concatenate([np.concatenate([x, robust_views(x).reshape(-1, *x.shape[1:])])
-                            for x in stacks.values()])
-    everything = filter_responses(model, output, batch, result.filters)
+    patterns = np.concatenate(list(stacks.values()))
+    every_view = np.concatenate([robust_views(x).reshape(-1, *x.shape[1:]) for x in stacks.values()])
+    own = filter_responses(model, output, patterns, result.filters)
+    views = filter_responses(model, output, every_view, result.filters, compute_dtype=compute_dtype)
     cards, start = {}, 0
     for direction, inputs in stacks.items():
         count = len(inputs)
-        responses = everything[start:start + count]  # (pattern, filter)
-        viewed = everything[start + count:start + count * (1 + len(ROBUST_VIEWS))]
-        start += count * (1 + len(ROBUST_VIEWS))
+        responses = own[start:start + count]  # (pattern, filter)
+        viewed = views[start * len(ROBUST_VIEWS):(start + count) * len(ROBUST_VIEWS)]
+        start += count
         viewed = viewed.reshape(len(ROBUST_VIEWS), count, len(result.filters))
         filters = np.repeat(result.filters, k)
         column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
