@@ -65,7 +65,7 @@ class ProjectedAdam:
         keep = rank < free
         return tf.reshape(tf.where(keep, flat, band), tf.shape(x))
 
-    def update(self, params: Any, grad: Any, state: Any, step: Any, total: Any) -> Any:
+    def update(self, params: Any, grad: Any, state: Any, step: Any, total: Any, signs: Any) -> Any:
         from reportgen.techniques.pattern_params import _adam, _schedule
 
         params, state = _adam(params, grad, state, step, _schedule(self.learning_rate, self.final_rate, step, total))

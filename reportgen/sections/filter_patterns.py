@@ -183,8 +183,8 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                  "filters' patterns that drive this filter less; saturated, the share of pixel values within "
                  f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
                  f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
-                 f"{FLAG_SATURATION:.0%}; a first layer is linear in the pixels, so its best image is two-level "
-                 "and saturated by nature)."),
+                 f"{FLAG_SATURATION:.0%}; not on the first conv layer, which is linear in the pixels up to its "
+                 "activation, so its best image is two-level and saturated by nature)."),
     ))
     analysis.manifest_lists.setdefault("filter_patterns", []).extend(entries)
     node = next(n for n in analysis.layers if n.path == path)

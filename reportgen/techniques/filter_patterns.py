@@ -424,13 +424,16 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
             off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
             objective = tf.where(off, tf.reduce_mean(pre, axis=[1, 2]), tf.reduce_mean(post, axis=[1, 2]))
             total = tf.reduce_sum(signs * objective)  # each image's gradient is its own: images are independent
+            pre_share = getattr(method, "pre_share", 0.0)
+            if pre_share:  # ascent also raises the pre-activation a little: cells that are off keep a gradient
+                total += pre_share * tf.reduce_sum(tf.nn.relu(signs) * tf.reduce_mean(pre, axis=[1, 2]))
             penalty = getattr(method, "penalty", None)
             if penalty is not None:  # a share of each image's own objective, whatever the layer's scale
                 total -= tf.reduce_sum((tf.stop_gradient(tf.abs(objective)) + 1e-12) * penalty(params))
             if diverse:
                 scale = tf.stop_gradient(tf.abs(objective)) + 1e-6
                 total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * _diversity(full_post, groups))
-        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps)
+        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps, signs)
         return params, state, objective
 
     def evaluate(x: Any, filters: Any) -> Any:
@@ -647,6 +650,7 @@ class Scorecard:
     robust: np.ndarray  # (P,) mean output over `ROBUST_VIEWS` of the pattern, as a share of `activation`
     specificity: np.ndarray  # (P,) share of the other filters' patterns on which the filter responds less
     saturation: np.ndarray  # (P,) share of pixel values within `SATURATION_MARGIN` of the range's ends
+    two_level: bool = False  # the first conv layer: its best image is two-level, so saturation is not flagged
 
     def flags(self, index: int, direction: str) -> tuple[str, ...]:
         out = []
@@ -655,7 +659,7 @@ class Scorecard:
         # Descent is scored but not flagged for these: behind a ReLU many patterns tie at zero.
         if direction == "ascent" and self.specificity[index] < FLAG_SPECIFICITY:
             out.append("unspecific")
-        if self.saturation[index] > FLAG_SATURATION:
+        if self.saturation[index] > FLAG_SATURATION and not self.two_level:
             out.append("saturated")
         return tuple(out)
 
@@ -680,6 +684,7 @@ def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarra
     every_view = np.concatenate([robust_views(x).reshape(-1, *x.shape[1:]) for x in stacks.values()])
     own = filter_responses(model, output, patterns, result.filters)
     views = filter_responses(model, output, every_view, result.filters, compute_dtype=compute_dtype)
+    two_level = first_conv(walk_layers(model)) == result.layer
     cards, start = {}, 0
     for direction, inputs in stacks.items():
         count = len(inputs)
@@ -701,5 +706,5 @@ def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarra
         display = displays[direction]
         saturated = (display <= SATURATION_MARGIN) | (display >= 1.0 - SATURATION_MARGIN)
         cards[direction] = Scorecard(activation=activation, robust=robust, specificity=specificity,
-                                     saturation=saturated.reshape(count, -1).mean(axis=1))
+                                     saturation=saturated.reshape(count, -1).mean(axis=1), two_level=two_level)
     return cards
