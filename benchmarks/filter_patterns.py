@@ -140,14 +140,16 @@ def section_benchmark() -> None:
     dtype, steps, (height, width) = overview["compute_dtype"], overview["steps"], overview["size"]
     model = load_model("vgg16", weights="none").model
     nodes = walk_layers(model)
-    shapes = layer_output_shapes(model, (height, width, 3))
+    shapes = layer_output_shapes(model, (224, 224, 3))  # the report's image size; the search's area scales it
     floor = 0.0
-    print(f"VGG16 default filter_patterns: {len(layers)} layers, {steps} steps at {width}x{height} px, {dtype} "
-          f"search; matmul float32 {rates['float32'] / 1e9:.0f}, bfloat16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s")
-    print(f"  {'layer':<16} {'patterns':>8} {'search s':>9} {'floor s':>8}")
+    print(f"load average {os.getloadavg()[0]:.1f}; VGG16 default filter_patterns: {len(layers)} layers, {steps} "
+          f"steps, canvas up to {width}x{height} px, {dtype} search; matmul float32 "
+          f"{rates['float32'] / 1e9:.0f}, bfloat16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s")
+    print(f"  {'layer':<16} {'canvas':>8} {'patterns':>8} {'search s':>9} {'floor s':>8}")
     for section in layers:
         data = section["data"]
-        step = search_flops(nodes, shapes, data["target"], 1.0)  # forward + input gradient, one image
+        layer_h, layer_w = data["size"]
+        step = search_flops(nodes, shapes, data["target"], layer_h * layer_w / (224 * 224))  # forward + input grad.
         patterns = len(data["filters"]) * len(overview["directions"]) * data["diversity"]
         search = step * patterns * steps / rates[dtype]
         # float32 forwards (half a step each): the starts, the patterns, then the scorecard's views.
@@ -155,7 +157,8 @@ def section_benchmark() -> None:
         views = step / 2 * patterns * len(ROBUST_VIEWS) / rates[dtype]
         layer_floor = search + evaluation + views
         floor += layer_floor
-        print(f"  {section['layer']:<16} {patterns:>8} {data['seconds']:>9.1f} {layer_floor:>8.1f}")
+        print(f"  {section['layer']:<16} {layer_w:>5}x{layer_h:<2} {patterns:>8} {data['seconds']:>9.1f} "
+              f"{layer_floor:>8.1f}")
     print(f"section {seconds:.1f} s (whole run {whole:.1f} s), floor {floor:.1f} s: {seconds / floor:.1f}x the floor "
           f"(target: at most 55 s)")
 

@@ -35,6 +35,7 @@ class ProjectedAdam:
     final_rate: float | None = 0.002
     budget: float | None = None
     margin: float = 0.0101
+    pre_share: float = 0.1  # as the default: cells switched off keep a gradient
     name: str = "projected"
     jitter: Any = None
 

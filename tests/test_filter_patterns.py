@@ -487,3 +487,21 @@ def test_layers_chooses_pattern_layers(residual_model, shared_images, tmp_path):
     with pytest.raises(InputError, match="--layers"):
         generate_report(residual_model, [shared_images], tmp_path / "other", ReportOptions(
             sections=("filter_patterns",), layers=("nothing_like_this",)))
+
+
+def test_deep_networks_get_one_pattern_layer_per_stage(keras):
+    from reportgen.graph import layer_output_shapes, walk_layers
+    from reportgen.sections.filter_patterns import ALL_LAYERS_UP_TO, one_per_stage
+
+    inputs = keras.Input((32, 32, 3))
+    x, convs = inputs, []
+    for stage in range(3):  # VGG's layout: three convs, then pooling
+        for k in range(3):
+            x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"s{stage}_conv{k}")(x)
+            convs.append(x)
+        x = keras.layers.MaxPooling2D(name=f"s{stage}_pool")(x)
+    model = keras.Model(inputs, x)
+    paths = [n.path for n in walk_layers(model) if isinstance(n.layer, PATTERN_TYPES)]
+    assert len(paths) > ALL_LAYERS_UP_TO
+    chosen = one_per_stage(fp.pattern_targets(model, paths), layer_output_shapes(model, (32, 32, 3)))
+    assert [t.layer for t in chosen] == ["s0_conv2", "s1_conv2", "s2_conv2"]  # the last before each pooling

@@ -3,6 +3,7 @@ each chosen filter up (ascent) or down (descent), with the activation each reach
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from reportgen.techniques.filter_patterns import (
     FLAG_ROBUST,
     FLAG_SATURATION,
     FLAG_SPECIFICITY,
+    MIN_LAYER_SIZE,
     ROBUST_VIEWS,
     SATURATION_MARGIN,
     LayerPatterns,
@@ -25,6 +27,7 @@ from reportgen.techniques.filter_patterns import (
     Scorecard,
     choose_filters,
     layer_consumers,
+    layer_size,
     matmul_rate,
     pattern_target,
     score_layer,
@@ -68,6 +71,13 @@ def _finite(value: float) -> float | None:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _sizes_text(layer_settings: dict[str, PatternSettings]) -> str:
+    """"32x32 px" when every layer's canvas is that, else "32x32 to 128x128 px"."""
+    sizes = sorted({(s.width, s.height) for s in layer_settings.values()}, key=lambda size: size[0] * size[1])
+    (low_w, low_h), (high_w, high_h) = sizes[0], sizes[-1]
+    return f"{low_w}x{low_h} px" if sizes[0] == sizes[-1] else f"{low_w}x{low_h} to {high_w}x{high_h} px"
 
 
 def _fmt(value: float) -> str:
@@ -192,7 +202,8 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
         id=sid, kind="filter_patterns", title=f"Filter patterns: {path}", blocks=tuple(blocks), layer=path,
         data={"type": node.type_name, "filters": list(result.filters), "dead": int(result.dead.sum()),
               "target": target.output, "chain": list(target.chain), "linear": target.linear,
-              "diversity": k, "seconds": round(result.seconds, 3), "gflop": round(result.flops / 1e9, 3)},
+              "diversity": k, "size": [settings.height, settings.width], "seconds": round(result.seconds, 3),
+              "gflop": round(result.flops / 1e9, 3)},
         arrays=arrays,
     )
 
@@ -261,24 +272,32 @@ def build(analysis: Analysis) -> list[Section]:
                                compute_dtype=search_dtype(analysis.layers, analysis.layer_shapes,
                                                           [n.path for n in nodes]))
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
+    # Each layer's canvas: twice its receptive field (`layer_size`), unless --pattern-size sets one for all.
+    channels = analysis.loaded.input_shape[2]
+    layer_settings = {t.layer: settings if options.pattern_size is not None else dataclasses.replace(
+        settings, **dict(zip(("height", "width"), layer_size(analysis.model, t.output, (height, width), channels),
+                             strict=True))) for t in targets}
 
     image_h, image_w = analysis.images.pixels.shape[1:3]
-    area_scale = height * width / (image_h * image_w)
+    area_scale = {path: s.height * s.width / (image_h * image_w) for path, s in layer_settings.items()}
     patterns_per_layer = {path: len(filters) * len(settings.directions) * settings.diversity
                           for path, filters in chosen.items()}
-    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
              * patterns_per_layer[t.layer] * settings.steps for t in targets}
-    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
                 * patterns_per_layer[t.layer] * settings.steps for t in targets}
     rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    # The scorecard runs the model forward once per robust view and once more per pattern, about a third of a
-    # search step each (forward only, no input gradient), whatever the steps.
-    scoring = (len(ROBUST_VIEWS) + 1) / (3.0 * max(1, settings.steps))
+    float32_share = 1.0 if settings.compute_dtype == "float32" else rate / (matmul_rate("float32") * 1e9
+                                                                             * SEARCH_EFFICIENCY)
+    # Forward passes, about a third of a search step each (no input gradient), whatever the steps: the
+    # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern),
+    # the patterns' re-evaluation and the scorecard's responses to every pattern.
+    scoring = (len(ROBUST_VIEWS) + 2.5 * float32_share) / (3.0 * max(1, settings.steps))
     predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
                                                                    * ELEMENT_SECONDS)
                  for path in flops}
     analysis.progress("filter_patterns", (
-        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {width}x{height} px, "
+        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {_sizes_text(layer_settings)}, "
         f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about "
         f"{_duration(sum(predicted.values()))}"))
 
@@ -291,8 +310,8 @@ def build(analysis: Analysis) -> list[Section]:
         analysis.progress("filter_patterns", f"{node.path} ({k}/{len(nodes)}), about {_duration(left)} left")
         per_step = flops[node.path] / max(1, patterns_per_layer[node.path] * settings.steps)
         started = time.perf_counter()
-        result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step,
-                                 by_layer[node.path])
+        result = search_patterns(analysis.model, node.path, chosen[node.path], layer_settings[node.path],
+                                 pixel_map, per_step, by_layer[node.path])
         results.append(result)
         scores[node.path] = score_layer(analysis.model, result,
                                         {d.direction: _display(analysis, d.inputs) for d in result.patterns},
@@ -342,7 +361,9 @@ def build(analysis: Analysis) -> list[Section]:
         ("Method", f"{settings.method}: {METHOD_TEXT[settings.method]}"),
         ("Steps", str(settings.steps)),
         ("Patterns per filter", str(settings.diversity)),
-        ("Pattern size", f"{width}x{height} px"),
+        ("Pattern size", f"{width}x{height} px" if options.pattern_size is not None else
+         f"{_sizes_text(layer_settings)}: twice each layer's receptive field (at least {MIN_LAYER_SIZE} px, at "
+         f"most {width}x{height}); a filter sees no further, and a larger canvas repeats the same texture"),
         ("Directions", ", ".join(settings.directions)),
         ("Seed", str(settings.seed)),
         ("Arithmetic", f"{settings.compute_dtype} search steps; every reported number re-evaluated in float32"),
@@ -358,5 +379,6 @@ def build(analysis: Analysis) -> list[Section]:
                               "directions": list(settings.directions), "compute_dtype": settings.compute_dtype,
                               "diversity": settings.diversity,
                               "seconds": round(total_seconds, 3)})]
-    sections.extend(_layer_section(analysis, result, settings, scores[result.layer]) for result in results)
+    sections.extend(_layer_section(analysis, result, layer_settings[result.layer], scores[result.layer])
+                    for result in results)
     return sections
