@@ -212,9 +212,12 @@ def test_filter_choice_and_pattern_size():
     assert pattern_size((160, 320, 3), None) == (64, 128)  # aspect kept
 
 
-@pytest.mark.parametrize(("reshape", "expected"), [(False, [128, 128]), (True, [144, 144])])
+@pytest.mark.parametrize(("reshape", "expected", "layer"), [(False, [128, 128], [32, 32]),
+                                                             (True, [144, 144], [144, 144])])
 def test_default_pattern_size_falls_back_to_the_models_own_when_it_must(keras, shared_images, tmp_path, reshape,
-                                                                         expected):
+                                                                         expected, layer):
+    """The canvas is at most 128 px, and each layer's is twice its receptive field (3 px here), at least 32 px;
+    both stay the model's own size where it needs that."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((144, 144, 3))
     # A Reshape before the convolution pins the input size; plain convolutions take any.
@@ -226,8 +229,9 @@ def test_default_pattern_size_falls_back_to_the_models_own_when_it_must(keras, s
                                                                directions=("ascent",), save_arrays=True))
     manifest = json.loads((out / "report.json").read_text())
     assert manifest["sections"][0]["data"]["size"] == expected
+    assert manifest["sections"][1]["data"]["size"] == layer
     with np.load(out / "arrays.npz") as arrays:
-        assert arrays[manifest["filter_patterns"][0]["array_key"]].shape[1:3] == tuple(expected)
+        assert arrays[manifest["filter_patterns"][0]["array_key"]].shape[1:3] == tuple(layer)
 
 
 def test_cli_rejects_out_of_range_filter_indices(cli, saved_models, shared_images, tmp_path):

@@ -3,10 +3,14 @@
 Every method works on display pixels `unit` in [0, 1] (RGB order, what pixels/255 would be); `PixelMap` turns
 them into the model's input, so a pattern is always a real image whatever the preprocessing. The methods:
 
-- `LogitAscent` ("logit", the default): pixels through a sigmoid, Adam on the logits with a cosine learning-rate
-  decay and a penalty on saturation. Chosen by `benchmarks/pattern_methods.py` on six models: in 40 steps it
-  reaches 0.92-1.26x the tutorials' mean activation (9x on a random MobileNetV2) with no pixel within 1% of the
-  range's ends, where the tutorials' loop pins 40-80% of them; the Fourier methods reach 0.4-0.8x.
+- `ProjectedAscent` ("projected", the default): Adam on the pixels, each step projected onto the valid images
+  with at most 10% of their values within 1% of the range's ends. Chosen by `benchmarks/pattern_methods.py` on
+  six models: in 40 steps it reaches 1.08-1.10x the tutorials' mean activation on the small trained CNNs (every
+  layer above 1x; `benchmarks/pattern_bound.py` puts the best valid image at 1.13-1.17x there), 1.3-1.6x on
+  VGG16 and ResNet50 with random weights.
+- `LogitAscent` ("logit", the previous default): pixels through a sigmoid, Adam on the logits with a cosine
+  learning-rate decay and a penalty on saturation: no pixel near the ends, but 0.90-0.96x the tutorial's
+  activation on the trained models.
 - `PixelAscent` ("pixel"): the tutorials' method (Chollet, *Deep Learning with Python* 5.4): the pixels are the
   parameters, each step adds the gradient divided by its RMS; here batched, compiled and clipped to [0, 1].
 - `FourierAscent` ("fourier"): Lucid's recipe (Olah et al., "Feature Visualization", Distill 2017): the image is
@@ -392,7 +396,7 @@ class ProjectedAscent:
         return self.project(params), state
 
 
-Method = PixelAscent | FourierAscent | TutorialAscent | MacoAscent | LogitAscent | ProjectedAscent
+Method = ProjectedAscent | PixelAscent | FourierAscent | TutorialAscent | MacoAscent | LogitAscent
 
 
 def method_named(name: str) -> Method:
