@@ -1,13 +1,13 @@
 """How high can a valid image drive a filter? An upper-bound estimate for `benchmarks/pattern_methods.py`.
 
 Per model and layer: the tutorials' loop at 40 steps (the yardstick), then projected Adam on the pixels for many
-steps (`--steps`, default 600) from several random starts (`--starts`) with two learning-rate schedules (0.05 and
-0.25 decaying to 0.002 and 0.01), keeping each filter's best, twice: inside
+steps (`--steps`, default 400) from several random starts (`--starts`, default 2) with two learning-rate schedules
+(0.05 and 0.25 decaying to 0.002 and 0.01), keeping each filter's best, twice: inside
 the valid range (any saturation), and with a 10% saturation budget (at most that share of a pattern's pixel values
 within 1% of the range's ends: each step projects onto that set exactly, by clipping all but the pattern's
 farthest-out 10% of values to the band). Printed: each one's mean activation against the tutorial's.
 
-    python benchmarks/pattern_bound.py [--models rgb,grey,example] [--steps 600] [--starts 4] [--filters 8]
+    python benchmarks/pattern_bound.py [--models rgb,grey,example] [--steps 400] [--starts 2] [--filters 8]
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def best_of(model, layer, filters, method, steps, size, pixel_map, starts) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="rgb,grey,example")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--starts", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--starts", type=int, default=2)
     parser.add_argument("--filters", type=int, default=8)
     args = parser.parse_args()
 
