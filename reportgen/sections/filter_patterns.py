@@ -290,9 +290,9 @@ def build(analysis: Analysis) -> list[Section]:
     float32_share = 1.0 if settings.compute_dtype == "float32" else rate / (matmul_rate("float32") * 1e9
                                                                              * SEARCH_EFFICIENCY)
     # Forward passes, about a third of a search step each (no input gradient), whatever the steps: the
-    # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern),
-    # the patterns' re-evaluation and the scorecard's responses to every pattern.
-    scoring = (len(ROBUST_VIEWS) + 2.5 * float32_share) / (3.0 * max(1, settings.steps))
+    # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern)
+    # and the patterns' re-evaluation (which also gives the scorecard every filter's response).
+    scoring = (len(ROBUST_VIEWS) + 1.5 * float32_share) / (3.0 * max(1, settings.steps))
     predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
                                                                    * ELEMENT_SECONDS)
                  for path in flops}

@@ -167,6 +167,7 @@ class DirectionPatterns:
     inputs: np.ndarray  # (F, H, W, C) float32: the model input that produced each number below
     activation: np.ndarray  # (F,) mean of the filter's output (after the layer's activation) on the pattern
     pre_activation: np.ndarray  # (F,) mean before the layer's activation (e.g. ReLU)
+    responses: np.ndarray  # (F, len(filters)): every chosen filter's mean output on each pattern (float32)
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,8 @@ DIVERSITY_WEIGHT = 10.0
 class _Compiled:
     step: Any  # (params, (m, v), seed, t, total, filters, signs, groups) -> (params, (m, v), objective)
     render: Any  # params -> model input
-    evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|)
+    evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|,
+    # every channel's activation mean)
 
 
 def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: PixelMap, shape: tuple[int, int, int],
@@ -465,7 +467,8 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
             post = activation(pre)
         onehot = tf.one_hot(filters, int(post.shape[-1]), dtype=tf.float32)
         peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
-        return _channel_means(pre, filters), _channel_means(post, filters), peak
+        return (_channel_means(pre, filters), _channel_means(post, filters), peak,
+                tf.reduce_mean(tf.cast(post, tf.float32), axis=[1, 2]))
 
     def render(params: Any) -> Any:
         return pixel_map.to_model(method.image(method.finish(params), width))
@@ -509,7 +512,7 @@ def _evaluate(compiled: _Compiled, inputs: np.ndarray, filters: np.ndarray, limi
 
     parts = [compiled.evaluate(tf.constant(inputs[b]), tf.constant(filters[b], tf.int32)) for b in
              _batches(len(inputs), limit)]
-    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in range(3))
+    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
 
 
 def search_patterns(
@@ -578,9 +581,10 @@ def search_patterns(
                                for b in _batches(len(values), limit)])
 
     start_inputs = render(starts[::diversity])
-    start_pre, start_post, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
+    start_pre, start_post, _, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
     inputs = render(final)
-    pre, post, peak = _evaluate(compiled, inputs, job_filters, limit)
+    pre, post, peak, means = _evaluate(compiled, inputs, job_filters, limit)
+    responses = means[:, list(filters)]
 
     # Dead: the ascent pattern cannot switch the filter on, or no direction could move it at all.
     dead = np.zeros(len(filters), bool)
@@ -592,7 +596,8 @@ def search_patterns(
             dead |= np.all((final[rows] == params[rows]).reshape(len(filters), -1), axis=1)
     patterns = tuple(
         DirectionPatterns(direction=d, inputs=inputs[k * count:(k + 1) * count],
-                          activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count])
+                          activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count],
+                          responses=responses[k * count:(k + 1) * count])
         for k, d in enumerate(directions)
     )
     return LayerPatterns(
@@ -697,15 +702,15 @@ def score_patterns(model: Any, result: LayerPatterns, direction: str, display: n
 def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray],
                 compute_dtype: str = "float32") -> dict[str, Scorecard]:
     """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
-    in [0, 1]). Responses are the model's own outputs of the target layer: one float32 pass over every pattern of
-    the layer (every filter's response to every pattern, for specificity), one pass over all their views in
-    `compute_dtype` (robustness is a share of the activation, which bfloat16 keeps to about 1%)."""
+    in [0, 1]). Responses are the model's own outputs of the target layer: every filter's float32 response to every
+    pattern (`DirectionPatterns.responses`, from the search's own re-evaluation), for specificity, and one pass over
+    all the patterns' views in `compute_dtype` (robustness is a share of the activation, which bfloat16 keeps to
+    about 1%)."""
     output = result.target.output if result.target is not None else result.layer
     k = result.diversity
     stacks = {d: result.direction(d).inputs for d in displays}
-    patterns = np.concatenate(list(stacks.values()))
     every_view = np.concatenate([robust_views(x).reshape(-1, *x.shape[1:]) for x in stacks.values()])
-    own = filter_responses(model, output, patterns, result.filters)
+    own = np.concatenate([result.direction(d).responses for d in displays])
     views = filter_responses(model, output, every_view, result.filters, compute_dtype=compute_dtype)
     two_level = first_conv(walk_layers(model)) == result.layer
     cards, start = {}, 0
