@@ -14,7 +14,7 @@ blocks; a greyscale mini-Xception with separable convs); VGG16, ResNet50 and Mob
 (`weights=None`: nothing is downloaded). Small sizes and few filters keep it to minutes on 2 cores.
 
     python benchmarks/pattern_methods.py [--models example,rgb,grey,vgg16,resnet50,mobilenetv2]
-        [--methods tutorial,logit,logit-free,pixel,fourier,maco] [--filters 8] [--steps 40]
+        [--methods tutorial,projected,projected-free,logit,logit-free,pixel,fourier,maco] [--filters 8] [--steps 40]
         [--out pattern_methods.png]
 """
 
@@ -68,12 +68,15 @@ def variants() -> dict:
 
     return {
         "tutorial": pp.TutorialAscent(),
+        "projected": pp.ProjectedAscent(),
         "logit": pp.LogitAscent(),
         "pixel": pp.PixelAscent(),
         "fourier": pp.FourierAscent(),
         "maco": pp.MacoAscent(),
-        # Measured while choosing: the default without its saturation penalty, with jitter, with decorrelated
-        # colour, and Fourier with a cosine schedule.
+        # Measured while choosing: the default without its saturation budget and with a cosine decay; logit
+        # without its saturation penalty, with jitter, with decorrelated colour, and Fourier with a cosine schedule.
+        "projected-free": pp.ProjectedAscent(budget=None),
+        "projected-cos": pp.ProjectedAscent(learning_rate=0.3, final_rate=0.05),
         "logit-free": pp.LogitAscent(saturation_weight=0.0),
         "logit-jitter": pp.LogitAscent(jitter=pp.Jitter()),
         "logit-decor": pp.LogitAscent(decorrelate=True),
@@ -84,7 +87,7 @@ def variants() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--methods", default="tutorial,logit,logit-free,pixel,fourier,maco")
+    parser.add_argument("--methods", default="tutorial,projected,projected-free,logit,logit-free,pixel,fourier,maco")
     parser.add_argument("--filters", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default="pattern_methods.png", help="PNG of every method's grids per layer.")
@@ -93,28 +96,34 @@ def main() -> None:
     import cv2
 
     from reportgen import figures
+    from reportgen.graph import walk_layers
     from reportgen.loading.preprocess import Preprocessor
-    from reportgen.techniques.filter_patterns import PatternSettings, score_patterns, search_patterns
+    from reportgen.techniques.filter_patterns import (
+        PatternSettings,
+        first_conv,
+        score_patterns,
+        search_patterns,
+    )
     from reportgen.techniques.pattern_params import PixelMap
 
     methods = variants()
     chosen = args.methods.split(",")
     filters = tuple(range(args.filters))
-    print(f"{args.filters} filters per layer, {args.steps} ascent steps, float32\n")
-    header = f"{'model':<12} {'layer':<22} {'method':<12} {'mean act.':>10} {'x tutorial':>10} {'robust':>7} " \
-             f"{'saturated':>9} {'seconds':>8}"
-    print(header)
+    print(f"{args.filters} filters per layer, {args.steps} ascent steps, float32; saturated: share of pixel values "
+          f"within 1% of the range's ends, near ends: within 5%\n")
+    print(f"{'model':<12} {'layer':<22} {'method':<15} {'mean act.':>10} {'x tutorial':>10} {'robust':>7} "
+          f"{'saturated':>9} {'near ends':>9} {'seconds':>8}")
     summary = []
     rows = []
     for name in args.models.split(","):
         layers, size, mode = MODELS[name]
         model = load(name)
+        first = first_conv(walk_layers(model))
         channels = int(model.inputs[0].shape[-1])
         preprocessor = Preprocessor(mode, channels)
         pixel_map = PixelMap.from_preprocessor(preprocessor)
-        ratios: dict[str, list[float]] = {m: [] for m in chosen}
-        saturation: dict[str, list[float]] = {m: [] for m in chosen}
-        for depth, layer in enumerate(layers):
+        scores: dict[str, dict[str, list[float]]] = {m: {} for m in chosen}
+        for layer in layers:
             reference = None
             for method_name in chosen:
                 settings = PatternSettings(steps=args.steps, height=size, width=size, directions=("ascent",))
@@ -125,11 +134,17 @@ def main() -> None:
                 activation = float(patterns.activation.mean())
                 reference = activation if method_name == "tutorial" else reference
                 ratio = activation / reference if reference else float("nan")
-                ratios[method_name].append(ratio)
-                if depth > 0:
-                    saturation[method_name].append(float(card.saturation.mean()))
-                print(f"{name:<12} {layer:<22} {method_name:<12} {activation:>10.4g} {ratio:>9.2f}x "
-                      f"{np.nanmean(card.robust):>7.2f} {card.saturation.mean():>9.1%} {result.seconds:>8.2f}")
+                near = float(np.mean((display <= 0.05) | (display >= 0.95)))
+                got = scores[method_name]
+                for key, value in (("ratio", ratio), ("robust", float(np.nanmean(card.robust))),
+                                   ("seconds", result.seconds)):
+                    got.setdefault(key, []).append(value)
+                if layer != first:  # the first conv's best image is two-level: not counted
+                    got.setdefault("saturation", []).append(float(card.saturation.mean()))
+                    got.setdefault("near", []).append(near)
+                print(f"{name:<12} {layer:<22} {method_name:<15} {activation:>10.4g} {ratio:>9.2f}x "
+                      f"{np.nanmean(card.robust):>7.2f} {card.saturation.mean():>9.1%} {near:>9.0%} "
+                      f"{result.seconds:>8.2f}")
                 sys.stdout.flush()
                 tiles = np.clip(display * 255, 0, 255).round().astype(np.uint8)
                 if tiles.shape[3] == 1:
@@ -140,12 +155,13 @@ def main() -> None:
                 cv2.putText(label, f"{name} {layer} {method_name}", (4, grid.shape[0] // 2 + 4),
                             cv2.FONT_HERSHEY_SIMPLEX, 0.4, (40, 40, 40), 1, cv2.LINE_AA)
                 rows.append(np.concatenate([label, grid], axis=1))
-        for method_name in chosen:
-            summary.append((name, method_name, float(np.mean(ratios[method_name])), float(np.min(ratios[method_name])),
-                            max(saturation[method_name], default=0.0)))
-    print(f"\n{'model':<12} {'method':<12} {'mean x tut.':>11} {'min x tut.':>10} {'max sat. past layer 1':>22}")
-    for name, method_name, mean, low, sat in summary:
-        print(f"{name:<12} {method_name:<12} {mean:>10.2f}x {low:>9.2f}x {sat:>22.1%}")
+        summary.extend((name, m, scores[m]) for m in chosen)
+    print(f"\nPer model, over its layers (saturation past the first conv layer):\n{'model':<12} {'method':<15} "
+          f"{'mean x tut.':>11} {'min x tut.':>10} {'max sat.':>9} {'max near':>9} {'robust':>7} {'seconds':>8}")
+    for name, method_name, got in summary:
+        print(f"{name:<12} {method_name:<15} {np.mean(got['ratio']):>10.2f}x {np.min(got['ratio']):>9.2f}x "
+              f"{max(got.get('saturation', [0.0])):>9.1%} {max(got.get('near', [0.0])):>9.0%} "
+              f"{np.mean(got['robust']):>7.2f} {np.sum(got['seconds']):>8.1f}")
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=figures.BACKGROUND) for r in rows]
     cv2.imwrite(args.out, np.concatenate(rows)[:, :, ::-1])

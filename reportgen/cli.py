@@ -129,8 +129,10 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"Pattern directions: {', '.join(DIRECTIONS)}."),
         click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
                      help="Optimisation steps per pattern."),
-        click.option("--pattern-size", type=int, help="Pattern size in px (default: the model's input, at most 128)."),
-        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="logit",
+        click.option("--pattern-size", type=int,
+                     help="Pattern size in px for every layer (default: twice each layer's receptive field, at "
+                     "most the model's input and 128)."),
+        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="projected",
                      show_default=True, help="Filter-pattern parameterisation."),
         click.option("--pattern-diversity", type=int, default=1, show_default=True, metavar="K",
                      help="Different patterns per filter and direction (a diversity penalty keeps them apart)."),

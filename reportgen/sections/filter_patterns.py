@@ -3,6 +3,7 @@ each chosen filter up (ascent) or down (descent), with the activation each reach
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from reportgen.techniques.filter_patterns import (
     FLAG_ROBUST,
     FLAG_SATURATION,
     FLAG_SPECIFICITY,
+    MIN_LAYER_SIZE,
     ROBUST_VIEWS,
     SATURATION_MARGIN,
     LayerPatterns,
@@ -25,6 +27,7 @@ from reportgen.techniques.filter_patterns import (
     Scorecard,
     choose_filters,
     layer_consumers,
+    layer_size,
     matmul_rate,
     pattern_target,
     score_layer,
@@ -48,6 +51,9 @@ LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the pa
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
 ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
+    "projected": "Adam on the pixels, each step projected onto the valid images with at most 10% of their values "
+                 "within 1% of the range's ends (the first conv layer, whose best image is two-level, only onto "
+                 "the valid range), so nothing is clipped afterwards",
     "logit": "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a penalty that "
              "keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is clipped",
     "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
@@ -65,6 +71,13 @@ def _finite(value: float) -> float | None:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _sizes_text(layer_settings: dict[str, PatternSettings]) -> str:
+    """"32x32 px" when every layer's canvas is that, else "32x32 to 128x128 px"."""
+    sizes = sorted({(s.width, s.height) for s in layer_settings.values()}, key=lambda size: size[0] * size[1])
+    (low_w, low_h), (high_w, high_h) = sizes[0], sizes[-1]
+    return f"{low_w}x{low_h} px" if sizes[0] == sizes[-1] else f"{low_w}x{low_h} to {high_w}x{high_h} px"
 
 
 def _fmt(value: float) -> str:
@@ -180,8 +193,8 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                  "filters' patterns that drive this filter less; saturated, the share of pixel values within "
                  f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
                  f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
-                 f"{FLAG_SATURATION:.0%}; a first layer is linear in the pixels, so its best image is two-level "
-                 "and saturated by nature)."),
+                 f"{FLAG_SATURATION:.0%}; not on the first conv layer, which is linear in the pixels up to its "
+                 "activation, so its best image is two-level and saturated by nature)."),
     ))
     analysis.manifest_lists.setdefault("filter_patterns", []).extend(entries)
     node = next(n for n in analysis.layers if n.path == path)
@@ -189,15 +202,30 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
         id=sid, kind="filter_patterns", title=f"Filter patterns: {path}", blocks=tuple(blocks), layer=path,
         data={"type": node.type_name, "filters": list(result.filters), "dead": int(result.dead.sum()),
               "target": target.output, "chain": list(target.chain), "linear": target.linear,
-              "diversity": k, "seconds": round(result.seconds, 3), "gflop": round(result.flops / 1e9, 3)},
+              "diversity": k, "size": [settings.height, settings.width], "seconds": round(result.seconds, 3),
+              "gflop": round(result.flops / 1e9, 3)},
         arrays=arrays,
     )
 
 
+# Up to this many conv layers a model gets patterns of every one; deeper ones one per stage (see `pattern_layers`).
+ALL_LAYERS_UP_TO = 8
+
+
+def one_per_stage(targets: list[PatternTarget], shapes: dict) -> list[PatternTarget]:
+    """The deepest of `targets` (in order) at each map size of their outputs: the last conv of each stage, before
+    the network downsamples (VGG16: block1_conv2, block2_conv2, block3_conv3, block4_conv3, block5_conv3)."""
+    last = {tuple(shapes[t.output][1:3]): t for t in targets}
+    keep = {id(t) for t in last.values()}
+    return [t for t in targets if id(t) in keep]
+
+
 def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
-    """The layers whose filters get patterns, each with the output its patterns drive: every conv layer, or the
-    layers --layers chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another
-    layer's its own). Layers driving the same output are shown once."""
+    """The layers whose filters get patterns, each with the output its patterns drive: the layers --layers
+    chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another layer's its own),
+    else every conv layer of a model with at most `ALL_LAYERS_UP_TO` of them, else one per stage
+    (`one_per_stage`): a stage's convs refine one texture scale, and its last shows the most of it for the same
+    search. Layers driving the same output are shown once."""
     consumers = layer_consumers(analysis.model)
     if analysis.options.layers:
         chosen = select_layers(analysis.layers, analysis.layer_shapes, analysis.options.layers)
@@ -220,6 +248,8 @@ def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
         if target.output not in seen:
             seen.add(target.output)
             targets.append(target)
+    if not analysis.options.layers and len(targets) > ALL_LAYERS_UP_TO:
+        return one_per_stage(targets, analysis.layer_shapes)
     return targets
 
 
@@ -242,24 +272,32 @@ def build(analysis: Analysis) -> list[Section]:
                                compute_dtype=search_dtype(analysis.layers, analysis.layer_shapes,
                                                           [n.path for n in nodes]))
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
+    # Each layer's canvas: twice its receptive field (`layer_size`), unless --pattern-size sets one for all.
+    channels = analysis.loaded.input_shape[2]
+    layer_settings = {t.layer: settings if options.pattern_size is not None else dataclasses.replace(
+        settings, **dict(zip(("height", "width"), layer_size(analysis.model, t.output, (height, width), channels),
+                             strict=True))) for t in targets}
 
     image_h, image_w = analysis.images.pixels.shape[1:3]
-    area_scale = height * width / (image_h * image_w)
+    area_scale = {path: s.height * s.width / (image_h * image_w) for path, s in layer_settings.items()}
     patterns_per_layer = {path: len(filters) * len(settings.directions) * settings.diversity
                           for path, filters in chosen.items()}
-    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
              * patterns_per_layer[t.layer] * settings.steps for t in targets}
-    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale)
+    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
                 * patterns_per_layer[t.layer] * settings.steps for t in targets}
     rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    # The scorecard runs the model forward once per robust view and once more per pattern, about a third of a
-    # search step each (forward only, no input gradient), whatever the steps.
-    scoring = (len(ROBUST_VIEWS) + 1) / (3.0 * max(1, settings.steps))
+    float32_share = 1.0 if settings.compute_dtype == "float32" else rate / (matmul_rate("float32") * 1e9
+                                                                             * SEARCH_EFFICIENCY)
+    # Forward passes, about a third of a search step each (no input gradient), whatever the steps: the
+    # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern)
+    # and the patterns' re-evaluation (which also gives the scorecard every filter's response).
+    scoring = (len(ROBUST_VIEWS) + 1.5 * float32_share) / (3.0 * max(1, settings.steps))
     predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
                                                                    * ELEMENT_SECONDS)
                  for path in flops}
     analysis.progress("filter_patterns", (
-        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {width}x{height} px, "
+        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {_sizes_text(layer_settings)}, "
         f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about "
         f"{_duration(sum(predicted.values()))}"))
 
@@ -272,11 +310,12 @@ def build(analysis: Analysis) -> list[Section]:
         analysis.progress("filter_patterns", f"{node.path} ({k}/{len(nodes)}), about {_duration(left)} left")
         per_step = flops[node.path] / max(1, patterns_per_layer[node.path] * settings.steps)
         started = time.perf_counter()
-        result = search_patterns(analysis.model, node.path, chosen[node.path], settings, pixel_map, per_step,
-                                 by_layer[node.path])
+        result = search_patterns(analysis.model, node.path, chosen[node.path], layer_settings[node.path],
+                                 pixel_map, per_step, by_layer[node.path])
         results.append(result)
         scores[node.path] = score_layer(analysis.model, result,
-                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns})
+                                        {d.direction: _display(analysis, d.inputs) for d in result.patterns},
+                                        settings.compute_dtype)
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
         spent, expected = spent + time.perf_counter() - started, expected + predicted[node.path]
@@ -322,7 +361,9 @@ def build(analysis: Analysis) -> list[Section]:
         ("Method", f"{settings.method}: {METHOD_TEXT[settings.method]}"),
         ("Steps", str(settings.steps)),
         ("Patterns per filter", str(settings.diversity)),
-        ("Pattern size", f"{width}x{height} px"),
+        ("Pattern size", f"{width}x{height} px" if options.pattern_size is not None else
+         f"{_sizes_text(layer_settings)}: twice each layer's receptive field (at least {MIN_LAYER_SIZE} px, at "
+         f"most {width}x{height}); a filter sees no further, and a larger canvas repeats the same texture"),
         ("Directions", ", ".join(settings.directions)),
         ("Seed", str(settings.seed)),
         ("Arithmetic", f"{settings.compute_dtype} search steps; every reported number re-evaluated in float32"),
@@ -338,5 +379,6 @@ def build(analysis: Analysis) -> list[Section]:
                               "directions": list(settings.directions), "compute_dtype": settings.compute_dtype,
                               "diversity": settings.diversity,
                               "seconds": round(total_seconds, 3)})]
-    sections.extend(_layer_section(analysis, result, settings, scores[result.layer]) for result in results)
+    sections.extend(_layer_section(analysis, result, layer_settings[result.layer], scores[result.layer])
+                    for result in results)
     return sections

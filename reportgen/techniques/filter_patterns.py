@@ -17,6 +17,7 @@ move it at all (zero gradient).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 import zlib
@@ -30,7 +31,7 @@ from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
-from reportgen.techniques.pattern_params import Method, PixelMap, method_named
+from reportgen.techniques.pattern_params import Method, PixelMap, ProjectedAscent, method_named
 
 DEFAULT_PATTERN_SIZE = 128
 # A filter whose output stays within this of zero on its ascent pattern cannot be switched on (ReLU gives exact 0).
@@ -129,6 +130,11 @@ def pattern_target(nodes: Sequence[LayerNode], consumers: dict[str, list[str]], 
     return PatternTarget(path, pre, pre, tuple(chain))
 
 
+def first_conv(nodes: Sequence[LayerNode]) -> str | None:
+    """The path of the first conv layer (the walk's order), None without one."""
+    return next((node.path for node in nodes if isinstance(node.layer, PATTERN_TYPES)), None)
+
+
 def pattern_targets(model: Any, paths: Sequence[str], nodes: Sequence[LayerNode] | None = None) -> list[PatternTarget]:
     nodes = walk_layers(model) if nodes is None else nodes
     consumers = layer_consumers(model)
@@ -142,7 +148,7 @@ class PatternSettings:
     steps: int = DEFAULT_STEPS
     height: int = DEFAULT_PATTERN_SIZE
     width: int = DEFAULT_PATTERN_SIZE
-    method: str = "logit"
+    method: str = "projected"
     seed: int = 0
     directions: tuple[str, ...] = DIRECTIONS
     compute_dtype: str = "float32"  # "bfloat16" runs the search steps in bfloat16 (final numbers stay float32)
@@ -161,6 +167,7 @@ class DirectionPatterns:
     inputs: np.ndarray  # (F, H, W, C) float32: the model input that produced each number below
     activation: np.ndarray  # (F,) mean of the filter's output (after the layer's activation) on the pattern
     pre_activation: np.ndarray  # (F,) mean before the layer's activation (e.g. ReLU)
+    responses: np.ndarray  # (F, len(filters)): every chosen filter's mean output on each pattern (float32)
 
 
 @dataclass(frozen=True)
@@ -221,6 +228,29 @@ def search_size(model: Any, deepest_layer: str, input_shape: tuple[int | None, i
     except Exception:  # Keras raises many types for a shape it cannot take
         return int(model_height), int(model_width)
     return height, width
+
+
+MIN_LAYER_SIZE = 32  # the smallest canvas a layer's patterns get (drawn enlarged: a texture needs some periods)
+
+
+def layer_size(model: Any, output: str, canvas: tuple[int, int], channels: int) -> tuple[int, int]:
+    """(height, width) of the canvas for the patterns driving `output`: twice its receptive field, rounded up to
+    16 px, at least `MIN_LAYER_SIZE`, at most `canvas`. A filter sees only its receptive field, and a pattern
+    maximises its mean over the whole map, so a larger canvas repeats the same texture for more work (VGG16's
+    block1_conv2 sees 5x5 px: a 32 px canvas shows its texture for 1/16 of a 128 px one's search). The canvas
+    stays where the model cannot run on the smaller one."""
+    from reportgen.techniques.dataset_examples import receptive_field
+
+    field = receptive_field(model, output, (*canvas, channels))
+    size = tuple(min(side, max(MIN_LAYER_SIZE, -(-2 * reach // 16) * 16)) for side, reach in
+                 zip(canvas, field.size, strict=True))
+    if size == canvas:
+        return canvas
+    try:
+        run_layers(model, np.zeros((1, *size, channels), np.float32), [output], stop_early=True)
+    except Exception:  # Keras raises many types for a shape it cannot take
+        return canvas
+    return size[0], size[1]
 
 
 def fast_bfloat16() -> bool:
@@ -374,7 +404,8 @@ DIVERSITY_WEIGHT = 10.0
 class _Compiled:
     step: Any  # (params, (m, v), seed, t, total, filters, signs, groups) -> (params, (m, v), objective)
     render: Any  # params -> model input
-    evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|)
+    evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|,
+    # every channel's activation mean)
 
 
 def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: PixelMap, shape: tuple[int, int, int],
@@ -418,13 +449,16 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
             off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
             objective = tf.where(off, tf.reduce_mean(pre, axis=[1, 2]), tf.reduce_mean(post, axis=[1, 2]))
             total = tf.reduce_sum(signs * objective)  # each image's gradient is its own: images are independent
+            pre_share = getattr(method, "pre_share", 0.0)
+            if pre_share:  # ascent also raises the pre-activation a little: cells that are off keep a gradient
+                total += pre_share * tf.reduce_sum(tf.nn.relu(signs) * tf.reduce_mean(pre, axis=[1, 2]))
             penalty = getattr(method, "penalty", None)
             if penalty is not None:  # a share of each image's own objective, whatever the layer's scale
                 total -= tf.reduce_sum((tf.stop_gradient(tf.abs(objective)) + 1e-12) * penalty(params))
             if diverse:
                 scale = tf.stop_gradient(tf.abs(objective)) + 1e-6
                 total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * _diversity(full_post, groups))
-        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps)
+        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps, signs)
         return params, state, objective
 
     def evaluate(x: Any, filters: Any) -> Any:
@@ -433,7 +467,8 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
             post = activation(pre)
         onehot = tf.one_hot(filters, int(post.shape[-1]), dtype=tf.float32)
         peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
-        return _channel_means(pre, filters), _channel_means(post, filters), peak
+        return (_channel_means(pre, filters), _channel_means(post, filters), peak,
+                tf.reduce_mean(tf.cast(post, tf.float32), axis=[1, 2]))
 
     def render(params: Any) -> Any:
         return pixel_map.to_model(method.image(method.finish(params), width))
@@ -477,7 +512,7 @@ def _evaluate(compiled: _Compiled, inputs: np.ndarray, filters: np.ndarray, limi
 
     parts = [compiled.evaluate(tf.constant(inputs[b]), tf.constant(filters[b], tf.int32)) for b in
              _batches(len(inputs), limit)]
-    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in range(3))
+    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
 
 
 def search_patterns(
@@ -505,6 +540,10 @@ def search_patterns(
     if target is None:
         target = pattern_targets(model, [layer_path])[0]
     method = method or method_named(settings.method)
+    if isinstance(method, ProjectedAscent) and first_conv(walk_layers(model)) == layer_path:
+        # The first conv is linear in the pixels up to its activation: its best image is two-level, any budget
+        # only lowers it.
+        method = dataclasses.replace(method, budget=None)
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
     diversity = settings.diversity
     compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,
@@ -542,9 +581,10 @@ def search_patterns(
                                for b in _batches(len(values), limit)])
 
     start_inputs = render(starts[::diversity])
-    start_pre, start_post, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
+    start_pre, start_post, _, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
     inputs = render(final)
-    pre, post, peak = _evaluate(compiled, inputs, job_filters, limit)
+    pre, post, peak, means = _evaluate(compiled, inputs, job_filters, limit)
+    responses = means[:, list(filters)]
 
     # Dead: the ascent pattern cannot switch the filter on, or no direction could move it at all.
     dead = np.zeros(len(filters), bool)
@@ -556,7 +596,8 @@ def search_patterns(
             dead |= np.all((final[rows] == params[rows]).reshape(len(filters), -1), axis=1)
     patterns = tuple(
         DirectionPatterns(direction=d, inputs=inputs[k * count:(k + 1) * count],
-                          activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count])
+                          activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count],
+                          responses=responses[k * count:(k + 1) * count])
         for k, d in enumerate(directions)
     )
     return LayerPatterns(
@@ -567,18 +608,26 @@ def search_patterns(
 
 
 def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: Sequence[int],
-                     batch: int = 32) -> np.ndarray:
-    """(N, F): the mean output (after the layer's activation) of each of `filters` on each model input, float32.
+                     batch: int = 32, compute_dtype: str = "float32") -> np.ndarray:
+    """(N, F): the mean output (after the layer's activation) of each of `filters` on each model input.
 
-    Independent of the search (no activation trick, no bfloat16): what the model itself computes.
+    Independent of the search (no activation trick): what the model itself computes, in float32 unless
+    `compute_dtype` is "bfloat16" (for shares of an activation, where its ~0.4% rounding does not show).
     """
     import tensorflow as tf
 
+    nodes = walk_layers(model) if compute_dtype != "float32" else ()
+
     def run(x: Any) -> Any:
-        return tf.reduce_mean(run_layers(model, x, [layer_path], stop_early=True).captured[layer_path], axis=[1, 2])
+        out = run_layers(model, x, [layer_path], stop_early=True).captured[layer_path]
+        return tf.reduce_mean(tf.cast(out, tf.float32), axis=[1, 2])
 
     if traceable(model):
-        run = tf.function(run, autograph=False)
+        with _tracing_view(nodes, None, compute_dtype):
+            run = tf.function(run, autograph=False).get_concrete_function(
+                tf.TensorSpec([None, *inputs.shape[1:]], tf.float32))
+    else:
+        run = _in_view(run, nodes, None, compute_dtype)
     rows = [run(tf.constant(inputs[b], tf.float32)).numpy() for b in _batches(len(inputs), batch)]
     return np.concatenate(rows)[:, list(filters)]
 
@@ -629,6 +678,7 @@ class Scorecard:
     robust: np.ndarray  # (P,) mean output over `ROBUST_VIEWS` of the pattern, as a share of `activation`
     specificity: np.ndarray  # (P,) share of the other filters' patterns on which the filter responds less
     saturation: np.ndarray  # (P,) share of pixel values within `SATURATION_MARGIN` of the range's ends
+    two_level: bool = False  # the first conv layer: its best image is two-level, so saturation is not flagged
 
     def flags(self, index: int, direction: str) -> tuple[str, ...]:
         out = []
@@ -637,33 +687,38 @@ class Scorecard:
         # Descent is scored but not flagged for these: behind a ReLU many patterns tie at zero.
         if direction == "ascent" and self.specificity[index] < FLAG_SPECIFICITY:
             out.append("unspecific")
-        if self.saturation[index] > FLAG_SATURATION:
+        if self.saturation[index] > FLAG_SATURATION and not self.two_level:
             out.append("saturated")
         return tuple(out)
 
 
-def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray) -> Scorecard:
+def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray,
+                   compute_dtype: str = "float32") -> Scorecard:
     """The scorecard of `result`'s patterns in `direction`; `display` holds the same patterns as pixels in [0, 1]
     (the preprocessing inverted)."""
-    return score_layer(model, result, {direction: display})[direction]
+    return score_layer(model, result, {direction: display}, compute_dtype)[direction]
 
 
-def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray]) -> dict[str, Scorecard]:
+def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray],
+                compute_dtype: str = "float32") -> dict[str, Scorecard]:
     """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
-    in [0, 1]). Responses are the model's own float32 outputs of the target layer, from one traced pass over every
-    pattern and view of the layer."""
+    in [0, 1]). Responses are the model's own outputs of the target layer: every filter's float32 response to every
+    pattern (`DirectionPatterns.responses`, from the search's own re-evaluation), for specificity, and one pass over
+    all the patterns' views in `compute_dtype` (robustness is a share of the activation, which bfloat16 keeps to
+    about 1%)."""
     output = result.target.output if result.target is not None else result.layer
     k = result.diversity
     stacks = {d: result.direction(d).inputs for d in displays}
-    batch = np.concatenate([np.concatenate([x, robust_views(x).reshape(-1, *x.shape[1:])])
-                            for x in stacks.values()])
-    everything = filter_responses(model, output, batch, result.filters)
+    every_view = np.concatenate([robust_views(x).reshape(-1, *x.shape[1:]) for x in stacks.values()])
+    own = np.concatenate([result.direction(d).responses for d in displays])
+    views = filter_responses(model, output, every_view, result.filters, compute_dtype=compute_dtype)
+    two_level = first_conv(walk_layers(model)) == result.layer
     cards, start = {}, 0
     for direction, inputs in stacks.items():
         count = len(inputs)
-        responses = everything[start:start + count]  # (pattern, filter)
-        viewed = everything[start + count:start + count * (1 + len(ROBUST_VIEWS))]
-        start += count * (1 + len(ROBUST_VIEWS))
+        responses = own[start:start + count]  # (pattern, filter)
+        viewed = views[start * len(ROBUST_VIEWS):(start + count) * len(ROBUST_VIEWS)]
+        start += count
         viewed = viewed.reshape(len(ROBUST_VIEWS), count, len(result.filters))
         filters = np.repeat(result.filters, k)
         column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
@@ -679,5 +734,5 @@ def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarra
         display = displays[direction]
         saturated = (display <= SATURATION_MARGIN) | (display >= 1.0 - SATURATION_MARGIN)
         cards[direction] = Scorecard(activation=activation, robust=robust, specificity=specificity,
-                                     saturation=saturated.reshape(count, -1).mean(axis=1))
+                                     saturation=saturated.reshape(count, -1).mean(axis=1), two_level=two_level)
     return cards
