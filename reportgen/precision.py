@@ -57,11 +57,16 @@ def ranking_dtype(model: Any, shapes: dict[str, Any]) -> str:
     return "bfloat16" if forward_intensity(walk_layers(model), shapes) >= BF16_MIN_INTENSITY else "float32"
 
 
-@contextlib.contextmanager
-def computing_in(model: Any, dtype: str) -> Iterator[None]:
+def computing_in(model: Any, dtype: str) -> contextlib.AbstractContextManager[None]:
     """While a function of `model` is traced (or, for eager models, runs): for "bfloat16", every float32 layer
     computes in mixed bfloat16 (float32 weights, bfloat16 arithmetic). A traced graph keeps what it saw; the
     model's own policies are restored on exit."""
+    return layers_computing_in(walk_layers(model) if dtype == "bfloat16" else (), dtype)
+
+
+@contextlib.contextmanager
+def layers_computing_in(nodes: Sequence[LayerNode], dtype: str) -> Iterator[None]:
+    """`computing_in` for the given layers only."""
     if dtype != "bfloat16":
         yield
         return
@@ -69,7 +74,7 @@ def computing_in(model: Any, dtype: str) -> Iterator[None]:
 
     changed: list[tuple[Any, Any]] = []
     try:
-        for node in walk_layers(model):
+        for node in nodes:
             policy = node.layer.dtype_policy
             if policy.name == "float32":
                 changed.append((node.layer, policy))

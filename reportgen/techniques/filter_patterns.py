@@ -31,6 +31,7 @@ from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
+from reportgen.precision import BF16_MIN_INTENSITY, fast_bfloat16, layers_computing_in
 from reportgen.techniques.pattern_params import Method, PixelMap, ProjectedAscent, method_named
 
 DEFAULT_PATTERN_SIZE = 128
@@ -253,16 +254,6 @@ def layer_size(model: Any, output: str, canvas: tuple[int, int], channels: int) 
     return size[0], size[1]
 
 
-def fast_bfloat16() -> bool:
-    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where conv steps run ~2-4x faster."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def search_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str, area_scale: float) -> float:
     """Floating-point operations of one search step for one image: the conv and dense multiply-adds up to
     `layer_path` (output sizes from `shapes`, scaled by `area_scale` = pattern area / measured area), forward plus
@@ -279,13 +270,6 @@ def search_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path:
         if node.path == layer_path:
             break
     return 4.0 * macs  # 2 flops per multiply-add, forward and input gradient
-
-
-# bfloat16 steps pay where the search is arithmetic-bound. Measured per step (32 patterns, 2 cores, AVX512-BF16):
-# VGG16 block3_conv1 1.7x faster, ResNet50 1.2x, the example CNN 1.2x (median 100-2,800 FLOPs per activation
-# element along the path); MobileNetV2 0.65x, slower (33: depthwise and 1x1 layers are memory-bound, and the casts
-# cost more than the arithmetic saves).
-BF16_MIN_INTENSITY = 100.0
 
 
 def search_elements(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str,
@@ -354,22 +338,14 @@ def _tracing_view(nodes: Sequence[LayerNode], layer: Any, compute_dtype: str) ->
     import keras
 
     activation = _activation_of(layer) if layer is not None else None
-    changed: list[tuple[Any, Any]] = []
     try:
         if layer is not None:
             layer.activation = keras.activations.linear
-        if compute_dtype == "bfloat16":
-            for node in nodes:
-                policy = node.layer.dtype_policy
-                if policy.name == "float32":
-                    changed.append((node.layer, policy))
-                    node.layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
-        yield
+        with layers_computing_in(nodes, compute_dtype):
+            yield
     finally:
         if layer is not None:
             layer.activation = activation
-        for target, policy in changed:
-            target.dtype_policy = policy
 
 
 def _channel_means(values: Any, filters: Any) -> Any:
