@@ -75,8 +75,9 @@ def train_small_cnn(path: Path) -> float:
     return accuracy
 
 
-def conv_macs(model, size: tuple[int, int, int]) -> list[tuple[str, float]]:
-    """(layer path, multiply-adds of one image at `size`) in execution order: conv, depthwise, separable, dense."""
+def conv_macs(model, size: tuple[int, int, int]) -> list[tuple[str, float, bool]]:
+    """(layer path, multiply-adds of one image at `size`, whether they scale with the image area) in execution
+    order: conv, depthwise, separable and dense kernels."""
     import numpy as np
 
     from reportgen.graph import layer_output_shapes, walk_layers
@@ -92,15 +93,16 @@ def conv_macs(model, size: tuple[int, int, int]) -> list[tuple[str, float]]:
                 continue
             spatial = float(np.prod([d for d in shape[1:-1] if d])) if len(shape) == 4 else 1.0
             macs += spatial * float(np.prod(kernel.shape))
-        out.append((node.path, macs))
+        out.append((node.path, macs, isinstance(shape, tuple) and len(shape) == 4))
     return out
 
 
-def prefix_flops(macs: list[tuple[str, float]]) -> dict[str, float]:
-    """Forward FLOPs from the input to each layer (2 per multiply-add; every layer before it in execution order)."""
+def prefix_flops(macs: list[tuple[str, float, bool]], area_scale: float = 1.0) -> dict[str, float]:
+    """Forward FLOPs from the input to each layer (2 per multiply-add; every layer before it in execution order),
+    conv layers scaled by `area_scale` (a pattern canvas against the model's input)."""
     total, out = 0.0, {}
-    for path, value in macs:
-        total += 2.0 * value
+    for path, value, spatial in macs:
+        total += 2.0 * value * (area_scale if spatial else 1.0)
         out[path] = total
     return out
 
@@ -111,15 +113,14 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
 
     from reportgen.loading.models import load_model
     from reportgen.techniques.cam_trust import DELETION_STEPS
-    from reportgen.techniques.filter_patterns import pattern_size
 
     model = (keras.applications.VGG16(weights=None) if model_name == "vgg16" else load_model(model_name).model)
     height, width, channels = model.inputs[0].shape[1:]
-    full = prefix_flops(conv_macs(model, (height, width, channels)))
+    macs = conv_macs(model, (height, width, channels))
+    full = prefix_flops(macs)
     total = max(full.values())
-    requested = manifest["options"].get("pattern-size")
-    ph, pw = pattern_size((height, width, channels), requested)
-    small = prefix_flops(conv_macs(model, (ph, pw, channels)))
+    canvases = {section["layer"]: section["data"]["size"] for section in manifest["sections"]
+                if section["kind"] == "filter_patterns" and "size" in section.get("data", {}) and "layer" in section}
     images = manifest["dataset"]["images"] if manifest.get("dataset") else len(manifest["images"])
     detail = sum(1 for image in manifest["images"] if image.get("detail"))
     heatmaps = manifest.get("heatmaps") or []
@@ -130,10 +131,14 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
     flops["feature_maps"] = detail * max((full.get(path, 0.0) for path in layers), default=total)
     steps = manifest["options"]["steps"]
     patterns = manifest.get("filter_patterns") or []
+    scaled = {layer: prefix_flops(macs, size[0] * size[1] / (height * width)) for layer, size in canvases.items()}
     # Each pattern: `steps` forward and input-gradient passes to its target, then the scorecard's 1 + 8 views.
-    flops["filter_patterns"] = sum((2 * steps + 9) * small.get(p.get("target") or p["layer"], 0.0) for p in patterns)
+    flops["filter_patterns"] = sum((2 * steps + 9) * scaled.get(p["layer"], full).get(p.get("target") or p["layer"],
+                                                                                     0.0) for p in patterns)
     example_layers = {entry.get("output") or entry["layer"] for entry in manifest.get("dataset_examples") or []}
-    flops["dataset_examples"] = sum(2 * full.get(path, 0.0) for path in example_layers)  # one receptive field each
+    # The receptive fields: one forward pass of two random inputs to the deepest layer, a backward from each.
+    flops["dataset_examples"] = 2 * (max((full.get(path, 0.0) for path in example_layers), default=0.0)
+                                     + sum(full.get(path, 0.0) for path in example_layers))
     flops["predictions"] = detail * total
     methods = len(manifest["options"]["cam-methods"])
     by_image: dict[str, set] = {}
@@ -141,7 +146,8 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
         by_image.setdefault(entry["image"], set()).add(entry["class_index"])
     maps = sum(len(classes) for classes in by_image.values())
     backward = total - to_cam
-    curves = sum(len(classes) * (methods + 1) * 2 * (DELETION_STEPS + 1) for classes in by_image.values())
+    # Per image: the curves' 3 shared ends, then every map's and random map's steps between.
+    curves = sum(3 + len(classes) * (methods + 1) * 2 * (DELETION_STEPS - 1) for classes in by_image.values())
     flops["cam"] = ((detail * total + maps * backward)  # one forward per image, a backward per class
                     + curves * total  # deletion and insertion variants
                     + min(detail, 8) * (total + backward))  # the freshly initialised model's maps
@@ -216,15 +222,16 @@ def main() -> None:
             print(f"== {name}: {len(manifest['images'])} images; wall {best['wall']:.1f} s, after imports "
                   f"{best['after_imports']:.1f} s")
             print("   " + ", ".join(f"{phase} {spent:.1f} s" for phase, spent in best["phases"].items()))
-            print(f"   {'section':17s} {'s':>7s} {'GFLOP':>9s} {'floor f32':>10s} {'bf16':>7s} {'x floor':>8s}")
+            print(f"   {'section':17s} {'s':>7s} {'GFLOP':>9s} {'floor f32':>10s} {'bf16':>7s} {'x f32':>7s} "
+                  f"{'x bf16':>7s}")
             for section, spent in seconds.items():
                 work = flops.get(section)
                 if work is None:
                     print(f"   {section:17s} {spent:7.2f}")
                     continue
-                floor = work / 1e9 / f32
-                print(f"   {section:17s} {spent:7.2f} {work / 1e9:9.1f} {floor:10.2f} {work / 1e9 / bf16:7.2f} "
-                      f"{spent / max(floor, 1e-9):7.1f}x")
+                floor, floor_bf16 = work / 1e9 / f32, work / 1e9 / bf16
+                print(f"   {section:17s} {spent:7.2f} {work / 1e9:9.1f} {floor:10.2f} {floor_bf16:7.2f} "
+                      f"{spent / max(floor, 1e-9):6.1f}x {spent / max(floor_bf16, 1e-9):6.1f}x")
             if name in args.tutorial.split(","):
                 tutorial = run_tutorial(model, images, root / f"{name}-tutorial", preprocess)
                 parts = ", ".join(f"{k} {v:.1f}" for k, v in tutorial["sections"].items())

@@ -314,7 +314,7 @@ def generate_report(
         report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
                           wanted, options, progress, encoder)
         progress("render", str(out))
-        write_report(report, out, force=force, save_arrays=options.save_arrays)
+        write_report(report, out, force=force, save_arrays=options.save_arrays, encoder=encoder)
     progress("done", f"{out / 'index.html'}")
     return ReportResult(Path(out_dir), report.sections, report.warnings)
 
@@ -338,7 +338,10 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
     for kind in wanted:
         started = time.perf_counter()
         progress(kind, "start")
-        sections.extend(BUILDERS[kind](analysis))
+        built = BUILDERS[kind](analysis)
+        for section in built:
+            encoder.prefetch(section)  # its plots compress while the next section computes
+        sections.extend(built)
         seconds[kind] = round(time.perf_counter() - started, 3)
 
     report = Report(

@@ -34,7 +34,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
-from reportgen.report import EncodedImage, PendingImage, Report, Section, SlugRegistry
+from reportgen.report import EncodedImage, Figure, PendingImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
 SUMMARY_MD = "summary.md"
@@ -237,6 +237,7 @@ class FigureEncoder:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode")
         self._backlog = threading.BoundedSemaphore(ENCODER_BACKLOG + self.workers)
+        self._prefetched: dict[str, tuple[np.ndarray, PendingImage]] = {}
 
     def __call__(self, pixels: np.ndarray, page: bool = True) -> PendingImage:
         _check_pixels(pixels)  # a wrong figure fails where it is made, not at render time
@@ -244,6 +245,18 @@ class FigureEncoder:
         future = self._pool.submit(encode_image, pixels, page)
         future.add_done_callback(lambda _: self._backlog.release())
         return PendingImage(future)
+
+    def prefetch(self, section: Section) -> None:
+        """Start encoding a built section's figures that still hold raw pixels (plots, small grids), so they are
+        compressed while the next section computes; `write_report` picks them up by key."""
+        for figure in section.figures():
+            if isinstance(figure.pixels, np.ndarray) and figure.key not in self._prefetched:
+                self._prefetched[figure.key] = (figure.pixels, self(figure.pixels, figure.embed))
+
+    def prefetched(self, key: str, pixels: np.ndarray) -> EncodedImage | None:
+        """The encoding `prefetch` started for the figure `key` with these very pixels, or None."""
+        entry = self._prefetched.get(key)
+        return entry[1].result() if entry is not None and entry[0] is pixels else None
 
     def close(self) -> None:
         """Wait for every figure handed in, then stop the threads."""
@@ -276,15 +289,23 @@ class EncodedFigure:
         return 4 * -(-len(self.page) // 3)  # base64
 
 
-def _encode_figures(report: Report) -> dict[str, EncodedFigure]:
+def _encoded(figure: Figure, encoder: FigureEncoder | None) -> EncodedImage:
+    if isinstance(figure.pixels, EncodedImage):
+        return figure.pixels
+    if isinstance(figure.pixels, PendingImage):
+        return figure.pixels.result()
+    early = encoder.prefetched(figure.key, figure.pixels) if encoder is not None else None
+    return early if early is not None else encode_image(figure.pixels, figure.embed)
+
+
+def _encode_figures(report: Report, encoder: FigureEncoder | None = None) -> dict[str, EncodedFigure]:
     files = SlugRegistry()
     encoded: dict[str, EncodedFigure] = {}
     for section in report.sections:
         for figure in section.figures():
             if figure.key in encoded:
                 raise ValueError(f"two figures share the key {figure.key!r}")
-            image = (figure.pixels if isinstance(figure.pixels, EncodedImage) else figure.pixels.result()
-                     if isinstance(figure.pixels, PendingImage) else encode_image(figure.pixels, figure.embed))
+            image = _encoded(figure, encoder)
             name = files.take(figure.key, "figure") + ".png"  # slug again: a key can never leave figures/
             page, page_type = (image.page, image.page_type) if image.page else (image.png, "image/png")
             encoded[figure.key] = EncodedFigure(name, image.width, image.height, image.png, page, page_type,
@@ -436,10 +457,11 @@ def render_html(report: Report, figures: dict[str, EncodedFigure], path: Path) -
     ).dump(str(path), encoding="utf-8")
 
 
-def write_report(report: Report, out: Path, force: bool = False, save_arrays: bool = False) -> Path:
+def write_report(report: Report, out: Path, force: bool = False, save_arrays: bool = False,
+                 encoder: FigureEncoder | None = None) -> Path:
     """Write the report folder atomically; an earlier report at `out` is replaced as a whole."""
     out = check_output_dir(Path(out), force)
-    figures = _encode_figures(report)
+    figures = _encode_figures(report, encoder)
     note = budget_note(figures, report)
     if note:
         report = dataclasses.replace(report, warnings=(*report.warnings, note))
