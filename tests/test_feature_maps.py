@@ -310,18 +310,20 @@ def test_layer_names_that_are_not_tensorflow_scopes_run_eagerly(keras, shared_im
 
 
 def test_figures_are_encoded_as_they_are_made(saved_models, shared_images, tmp_path):
-    """A report holds every layer's figure for every image: kept as PNG from the start, never as raw grids."""
-    from reportgen.report import EncodedImage
+    """A report holds every layer's figure for every image: handed to the encoder as it is drawn (compressed on
+    its threads), never kept as raw grids."""
+    from reportgen.report import PendingImage
 
     result = generate_report(saved_models["plain"], [shared_images], tmp_path / "out",
                              ReportOptions(sections=("feature_maps",)))
     made = [f for s in result.sections if s.kind == "feature_maps" for f in s.figures()]
-    assert made and all(isinstance(f.pixels, EncodedImage) for f in made)
+    assert made and all(isinstance(f.pixels, PendingImage) for f in made)
     for figure in made:  # the bytes in figures/ are the ones made during the pass
+        encoded = figure.pixels.result()
         file = tmp_path / "out" / "figures" / f"{figure.key}.png"
-        assert file.read_bytes() == figure.pixels.png
-        assert cv2.imdecode(np.frombuffer(figure.pixels.png, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (
-            figure.pixels.height, figure.pixels.width)
+        assert file.read_bytes() == encoded.png
+        assert cv2.imdecode(np.frombuffer(encoded.png, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (
+            encoded.height, encoded.width)
 
 
 def test_layer_statistics_merged_over_random_splits_equal_the_statistics_at_once():
