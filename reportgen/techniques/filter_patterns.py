@@ -516,10 +516,8 @@ def search_patterns(
     if target is None:
         target = pattern_targets(model, [layer_path])[0]
     method = method or method_named(settings.method)
-    if isinstance(method, ProjectedAscent) and first_conv(walk_layers(model)) == layer_path:
-        # The first conv is linear in the pixels up to its activation: its best image is two-level, any budget
-        # only lowers it.
-        method = dataclasses.replace(method, budget=None)
+    if isinstance(method, ProjectedAscent) and method.free_first_layer and first_conv(walk_layers(model)) == layer_path:
+        method = dataclasses.replace(method, budget=None)  # its best image is two-level: a budget only lowers it
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
     diversity = settings.diversity
     compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,
