@@ -1,4 +1,5 @@
-"""The arithmetic of the passes whose numbers are only ranked or averaged: bfloat16 where it pays, else float32.
+"""The arithmetic of the passes whose numbers are only ranked or averaged: bfloat16 where it pays, else float32;
+and the FLOP and activation counts that decide it (and the pattern search's estimate).
 
 CPUs with native bfloat16 (AVX512-BF16, AMX) run convolutions 1.5-3x faster in it, with float32 accumulation.
 That pays where a model has enough arithmetic per activation element (VGG, ResNet: hundreds to thousands of FLOPs);
@@ -18,7 +19,8 @@ from reportgen.graph import LayerNode, walk_layers
 from reportgen.layer_kinds import is_spatial
 
 # Measured per step of the pattern search (2 cores, AVX512-BF16): VGG16 1.7x faster, ResNet50 1.2x, the example
-# CNN 1.2x (100-2,800 FLOPs per activation element); MobileNetV2 0.65x (33).
+# CNN 1.2x (100-2,800 FLOPs of a forward and input-gradient pass per activation element, `search_intensity`);
+# MobileNetV2 0.65x (33).
 BF16_MIN_INTENSITY = 100.0
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -33,20 +35,43 @@ def fast_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def forward_intensity(nodes: Sequence[LayerNode], shapes: dict[str, Any]) -> float:
-    """FLOPs of a forward pass per activation element it writes, over the whole model (sizes from `shapes`,
-    measured at the model's input size)."""
-    flops = elements = 0.0
+def search_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str, area_scale: float) -> float:
+    """Floating-point operations of one search step for one image: the conv and dense multiply-adds up to
+    `layer_path` (output sizes from `shapes`, scaled by `area_scale` = pattern area / measured area), forward plus
+    the gradient with respect to the input (about as much again)."""
+    macs = 0.0
     for node in nodes:
         shape = shapes.get(node.path)
-        if not isinstance(shape, tuple) or len(shape) < 2:
-            continue
-        spatial = float(np.prod([d for d in shape[1:-1] if d])) if len(shape) == 4 else 1.0
-        flops += sum(2.0 * spatial * float(np.prod(getattr(node.layer, name).shape)) for name in KERNELS
-                     if getattr(node.layer, name, None) is not None)
-        if is_spatial(shape):
-            elements += float(np.prod(shape[1:]))
-    return flops / max(elements, 1.0)
+        for name in KERNELS:
+            kernel = getattr(node.layer, name, None)
+            if kernel is None or not isinstance(shape, tuple) or len(shape) < 2:
+                continue
+            spatial = float(np.prod([d for d in shape[1:-1] if d])) * area_scale if len(shape) == 4 else 1.0
+            macs += spatial * float(np.prod(kernel.shape))
+        if node.path == layer_path:
+            break
+    return 4.0 * macs  # 2 flops per multiply-add, forward and input gradient
+
+
+def search_elements(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str,
+                    area_scale: float = 1.0) -> float:
+    """Activation elements one search step computes for one image, every layer from the input to `layer_path`
+    (sizes from `shapes`, scaled by `area_scale`): what memory-bound layers (normalisation, activations,
+    depthwise) cost in time, whatever their few FLOPs."""
+    elements = 0.0
+    for node in nodes:
+        shape = shapes.get(node.path)
+        if is_spatial(shape):  # one 4-D map (measured shapes: no unknown sizes)
+            elements += float(np.prod(shape[1:])) * area_scale
+        if node.path == layer_path:
+            break
+    return elements
+
+
+def search_intensity(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str) -> float:
+    """FLOPs of one search step per activation element it computes, from the model input to `layer_path`
+    (scale-free: both grow with the image area)."""
+    return search_flops(nodes, shapes, layer_path, 1.0) / max(search_elements(nodes, shapes, layer_path), 1.0)
 
 
 def ranking_dtype(model: Any, shapes: dict[str, Any]) -> str:
@@ -54,7 +79,9 @@ def ranking_dtype(model: Any, shapes: dict[str, Any]) -> str:
     on a CPU with native bfloat16 and a model with enough arithmetic to gain from it; else "float32"."""
     if not fast_bfloat16():
         return "float32"
-    return "bfloat16" if forward_intensity(walk_layers(model), shapes) >= BF16_MIN_INTENSITY else "float32"
+    nodes = walk_layers(model)
+    whole = search_intensity(nodes, shapes, nodes[-1].path) if nodes else 0.0
+    return "bfloat16" if whole >= BF16_MIN_INTENSITY else "float32"
 
 
 def computing_in(model: Any, dtype: str) -> contextlib.AbstractContextManager[None]:

@@ -30,8 +30,13 @@ import numpy as np
 from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
-from reportgen.layer_kinds import PATTERN_TYPES, is_spatial
-from reportgen.precision import BF16_MIN_INTENSITY, fast_bfloat16, layers_computing_in
+from reportgen.layer_kinds import PATTERN_TYPES
+from reportgen.precision import (
+    BF16_MIN_INTENSITY,
+    fast_bfloat16,
+    layers_computing_in,
+    search_intensity,
+)
 from reportgen.techniques.pattern_params import Method, PixelMap, ProjectedAscent, method_named
 
 DEFAULT_PATTERN_SIZE = 128
@@ -252,45 +257,6 @@ def layer_size(model: Any, output: str, canvas: tuple[int, int], channels: int) 
     except Exception:  # Keras raises many types for a shape it cannot take
         return canvas
     return size[0], size[1]
-
-
-def search_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str, area_scale: float) -> float:
-    """Floating-point operations of one search step for one image: the conv and dense multiply-adds up to
-    `layer_path` (output sizes from `shapes`, scaled by `area_scale` = pattern area / measured area), forward plus
-    the gradient with respect to the input (about as much again)."""
-    macs = 0.0
-    for node in nodes:
-        shape = shapes.get(node.path)
-        for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-            kernel = getattr(node.layer, name, None)
-            if kernel is None or not isinstance(shape, tuple) or len(shape) < 2:
-                continue
-            spatial = float(np.prod([d for d in shape[1:-1] if d])) * area_scale if len(shape) == 4 else 1.0
-            macs += spatial * float(np.prod(kernel.shape))
-        if node.path == layer_path:
-            break
-    return 4.0 * macs  # 2 flops per multiply-add, forward and input gradient
-
-
-def search_elements(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str,
-                    area_scale: float = 1.0) -> float:
-    """Activation elements one search step computes for one image, every layer from the input to `layer_path`
-    (sizes from `shapes`, scaled by `area_scale`): what memory-bound layers (normalisation, activations,
-    depthwise) cost in time, whatever their few FLOPs."""
-    elements = 0.0
-    for node in nodes:
-        shape = shapes.get(node.path)
-        if is_spatial(shape):  # one 4-D map (measured shapes: no unknown sizes)
-            elements += float(np.prod(shape[1:])) * area_scale
-        if node.path == layer_path:
-            break
-    return elements
-
-
-def search_intensity(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str) -> float:
-    """FLOPs of one search step per activation element it computes, from the model input to `layer_path`
-    (scale-free: both grow with the image area)."""
-    return search_flops(nodes, shapes, layer_path, 1.0) / max(search_elements(nodes, shapes, layer_path), 1.0)
 
 
 def search_dtype(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_paths: Sequence[str]) -> str:
