@@ -119,7 +119,8 @@ def section_benchmark() -> None:
     from reportgen.config import ReportOptions
     from reportgen.graph import layer_output_shapes, walk_layers
     from reportgen.loading.models import load_model
-    from reportgen.techniques.filter_patterns import ROBUST_VIEWS, matmul_rate, search_flops
+    from reportgen.precision import search_flops
+    from reportgen.techniques.filter_patterns import ROBUST_VIEWS, matmul_rate
 
     rates = {"float32": matmul_rate("float32", 2048) * 1e9, "bfloat16": matmul_rate("bfloat16", 2048) * 1e9}
     with tempfile.TemporaryDirectory() as folder:
@@ -181,7 +182,8 @@ def main() -> None:
 
     from reportgen.graph import layer_output_shapes, walk_layers
     from reportgen.loading.preprocess import Preprocessor
-    from reportgen.techniques.filter_patterns import fast_bfloat16, matmul_rate, search_flops
+    from reportgen.precision import fast_bfloat16, search_flops
+    from reportgen.techniques.filter_patterns import matmul_rate
     from reportgen.techniques.pattern_params import PixelMap
 
     keras.utils.set_random_seed(args.seed)

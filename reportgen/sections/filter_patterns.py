@@ -11,6 +11,7 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.layer_kinds import PATTERN_TYPES
+from reportgen.precision import search_elements, search_flops
 from reportgen.report import Facts, Figure, Section, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.feature_maps import select_layers
@@ -32,8 +33,6 @@ from reportgen.techniques.filter_patterns import (
     pattern_target,
     score_layer,
     search_dtype,
-    search_elements,
-    search_flops,
     search_patterns,
     search_size,
 )
