@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
@@ -75,36 +76,19 @@ def train_small_cnn(path: Path) -> float:
     return accuracy
 
 
-def conv_macs(model, size: tuple[int, int, int]) -> list[tuple[str, float, bool]]:
-    """(layer path, multiply-adds of one image at `size`, whether they scale with the image area) in execution
-    order: conv, depthwise, separable and dense kernels."""
-    import numpy as np
-
+def forward_flops(model, size: tuple[int, int, int]) -> Any:
+    """`flops(area_scale)` -> {layer path: forward FLOPs from the input to that layer}: the conv and dense
+    multiply-adds of every layer before it in execution order (`precision.search_flops`, which counts the forward
+    and the input gradient, halved), conv layers scaled by `area_scale` (a pattern canvas against `size`)."""
     from reportgen.graph import layer_output_shapes, walk_layers
+    from reportgen.precision import search_flops
 
-    shapes = layer_output_shapes(model, size)
-    out = []
-    for node in walk_layers(model):
-        shape = shapes.get(node.path)
-        macs = 0.0
-        for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-            kernel = getattr(node.layer, name, None)
-            if kernel is None or not isinstance(shape, tuple):
-                continue
-            spatial = float(np.prod([d for d in shape[1:-1] if d])) if len(shape) == 4 else 1.0
-            macs += spatial * float(np.prod(kernel.shape))
-        out.append((node.path, macs, isinstance(shape, tuple) and len(shape) == 4))
-    return out
+    shapes, nodes = layer_output_shapes(model, size), walk_layers(model)
 
+    def flops(area_scale: float = 1.0) -> dict[str, float]:
+        return {node.path: search_flops(nodes, shapes, node.path, area_scale) / 2 for node in nodes}
 
-def prefix_flops(macs: list[tuple[str, float, bool]], area_scale: float = 1.0) -> dict[str, float]:
-    """Forward FLOPs from the input to each layer (2 per multiply-add; every layer before it in execution order),
-    conv layers scaled by `area_scale` (a pattern canvas against the model's input)."""
-    total, out = 0.0, {}
-    for path, value, spatial in macs:
-        total += 2.0 * value * (area_scale if spatial else 1.0)
-        out[path] = total
-    return out
+    return flops
 
 
 def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
@@ -116,8 +100,8 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
 
     model = (keras.applications.VGG16(weights=None) if model_name == "vgg16" else load_model(model_name).model)
     height, width, channels = model.inputs[0].shape[1:]
-    macs = conv_macs(model, (height, width, channels))
-    full = prefix_flops(macs)
+    prefix = forward_flops(model, (height, width, channels))
+    full = prefix()
     total = max(full.values())
     canvases = {section["layer"]: section["data"]["size"] for section in manifest["sections"]
                 if section["kind"] == "filter_patterns" and "size" in section.get("data", {}) and "layer" in section}
@@ -131,7 +115,7 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
     flops["feature_maps"] = detail * max((full.get(path, 0.0) for path in layers), default=total)
     steps = manifest["options"]["steps"]
     patterns = manifest.get("filter_patterns") or []
-    scaled = {layer: prefix_flops(macs, size[0] * size[1] / (height * width)) for layer, size in canvases.items()}
+    scaled = {layer: prefix(size[0] * size[1] / (height * width)) for layer, size in canvases.items()}
     # Each pattern: `steps` forward and input-gradient passes to its target, then the scorecard's 1 + 8 views.
     flops["filter_patterns"] = sum((2 * steps + 9) * scaled.get(p["layer"], full).get(p.get("target") or p["layer"],
                                                                                      0.0) for p in patterns)
