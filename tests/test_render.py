@@ -218,6 +218,30 @@ def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monk
     assert len(handed) == 40 and all(p.result().png == done[0].png for p in handed)
 
 
+def test_a_prefetched_section_is_written_from_its_early_encoding(monkeypatch):
+    """`FigureEncoder.prefetch` starts a built section's plots at once; the renderer uses those bytes and
+    encodes only the figures that were never prefetched."""
+    from reportgen import render
+    from reportgen.report import Figure, Report, Section
+
+    rng = np.random.default_rng(5)
+    first = Figure("plot-a", "a", "", rng.integers(0, 255, (40, 60, 3), np.uint8))
+    second = Figure("plot-b", "b", "", rng.integers(0, 255, (40, 60, 3), np.uint8))
+    section = Section(id="s", kind="summary", title="S", blocks=(first,))
+    with render.FigureEncoder(workers=1) as encoder:
+        encoder.prefetch(section)
+        expected = render.encode_image(first.pixels)
+        calls = []
+        monkeypatch.setattr(render, "encode_image", lambda pixels, page=True: calls.append(1) or expected)
+        report = Report(title="t", created="2026-01-01T00:00:00Z", model={}, options={}, images=(),
+                        class_names=(), sections=(section, Section(id="t", kind="summary", title="T",
+                                                                  blocks=(second,))),
+                        warnings=(), seconds={}, versions={})
+        encoded = render._encode_figures(report, encoder)
+    assert encoded["plot-a"].png == expected.png
+    assert len(calls) == 1  # only the figure that was never prefetched
+
+
 def test_anchors_for_sections_and_layers(hostile_report):
     html = (hostile_report / "index.html").read_text()
     manifest = json.loads((hostile_report / "report.json").read_text())

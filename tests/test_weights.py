@@ -11,7 +11,14 @@ from reportgen.api import generate_report
 from reportgen.config import ReportOptions
 from reportgen.figures import kernel_grid
 from reportgen.graph import walk_layers
-from reportgen.techniques.weights import STATS_CHUNK, compare_weights, fresh_copy, histogram, weight_stats
+from reportgen.techniques.weights import (
+    STATS_CHUNK,
+    compare_weights,
+    fresh_copy,
+    histogram,
+    variable_values,
+    weight_stats,
+)
 
 
 def test_weight_stats_match_numpy():
@@ -42,6 +49,19 @@ def test_chunked_stats_and_histogram_equal_numpy_over_the_whole_tensor():
     assert edges[0] == min(finite.min(), fresh.min()) and edges[-1] == max(finite.max(), fresh.max())
     np.testing.assert_array_equal(trained_counts, np.histogram(finite, bins=edges)[0])
     np.testing.assert_array_equal(fresh_counts, np.histogram(fresh, bins=edges)[0])
+
+
+def test_variable_values_are_the_weights_as_float32(keras):
+    """Read without a copy where TensorFlow shares its buffer: the same values as the variable's own numpy(), and
+    float32 whatever the variable's dtype."""
+    layer = keras.layers.Dense(5, dtype="float16")
+    layer.build((None, 7))
+    kernel = variable_values(layer.kernel)
+    assert kernel.dtype == np.float32 and kernel.shape == (7, 5)
+    np.testing.assert_array_equal(kernel, layer.kernel.numpy().astype(np.float32))
+    dense = keras.layers.Dense(3)
+    dense.build((None, 4))
+    np.testing.assert_array_equal(variable_values(dense.kernel), dense.kernel.numpy())
 
 
 def test_fresh_copy_has_same_architecture_new_weights_and_is_seeded(plain_model, nested_model):
