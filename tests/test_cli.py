@@ -37,6 +37,26 @@ def test_python_dash_m_runs_the_same_cli():
     assert result.returncode == 0 and f"reportgen, version {__version__}" in result.stdout
 
 
+def test_tensorflow_import_leaves_its_objects_frozen_and_the_collector_on():
+    """The import's long-lived objects are out of the collector's view (no full pass rescans them), the collector
+    still runs for the report's own objects, and what is created later is collectable."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import gc, weakref",
+        "from reportgen.cli import _import_tensorflow",
+        "_import_tensorflow()",
+        "frozen = gc.get_freeze_count()",
+        "class Node: pass",
+        "node = Node(); node.cycle = node; probe = weakref.ref(node); del node",
+        "gc.collect()",
+        "print(gc.isenabled(), frozen > 100000, probe() is None)",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr[-2000:]
+
+
 def test_progress_goes_to_stderr_and_quiet_silences_it(cli, saved_models, image_folder, tmp_path):
     loud = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "loud", "--sections", "summary")
     assert loud.exit_code == 0, loud.output
