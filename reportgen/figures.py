@@ -5,6 +5,7 @@ Everything returns (H, W, 3) uint8 RGB arrays; encoding to PNG happens in `rende
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 
@@ -39,8 +40,15 @@ def colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
     """Values in [0, 1] (any shape) -> RGB through an OpenCV colormap."""
     values = np.asarray(values, dtype=np.float32)
     index = np.clip(values * 255.0, 0, 255).round().astype(np.uint8)
-    mapped = cv2.applyColorMap(index.reshape(-1, 1), _OPENCV_MAPS[name])  # (n, 1, 3) BGR
-    return mapped[:, 0, ::-1].reshape(*values.shape, 3)
+    return _colormap_lut(name)[index]
+
+
+@functools.cache
+def _colormap_lut(name: str) -> np.ndarray:
+    """The 256 RGB entries of an OpenCV colormap: indexing them maps any array at once, where `applyColorMap`
+    wants an image and pays per row for a flattened one."""
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(16, 16), _OPENCV_MAPS[name])
+    return np.ascontiguousarray(lut.reshape(256, 3)[:, ::-1])
 
 
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:

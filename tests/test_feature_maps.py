@@ -359,3 +359,12 @@ def test_layer_statistics_merged_over_random_splits_equal_the_statistics_at_once
                 assert got.sparsity == pytest.approx(float(np.mean(maps == 0))) and got.rectified
             else:
                 assert np.isnan(got.sparsity) and not got.rectified
+
+
+@pytest.mark.parametrize("name", ["viridis", "jet", "inferno"])
+def test_colormap_is_opencvs_on_any_shape(name):
+    """The lookup-table colormap gives OpenCV's own colours, whatever the array's shape."""
+    values = np.random.default_rng(3).uniform(-0.2, 1.2, (3, 37, 29)).astype(np.float32)
+    index = np.clip(values * 255.0, 0, 255).round().astype(np.uint8)
+    expected = np.stack([cv2.applyColorMap(plane, figures._OPENCV_MAPS[name])[..., ::-1] for plane in index])
+    assert np.array_equal(figures.colormap(values, name), expected)
