@@ -297,8 +297,8 @@ def generate_report(
     discovery_warnings: list[str] = []
     sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
-    if {"weights", "predictions", "evaluation"} & set(wanted):
-        figures.warm_up_plots()  # matplotlib's import and fonts, while the model loads and the images stream
+    # matplotlib's import and fonts, while the model loads and the images stream
+    warm_up = figures.warm_up_plots() if {"weights", "predictions", "evaluation"} & set(wanted) else None
     progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
     loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                         unsafe=options.unsafe, seed=options.seed)
@@ -309,7 +309,7 @@ def generate_report(
     names, name_warnings = resolve_class_names(
         output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
     )
-    with FigureEncoder() as encoder:
+    with FigureEncoder(plots_after=warm_up) as encoder:
         early_warnings = [*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])]
         report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
                           wanted, options, progress, encoder)
@@ -326,7 +326,7 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
     `early_warnings` come first in the report, the reader's (skipped files) after the first `discovered`."""
     empty = LoadedImages((), np.zeros((0, reader.height, reader.width, reader.channels), np.float32), (), ())
     analysis = Analysis(loaded=loaded, images=empty, preprocessor=preprocessor, class_names=names,
-                        options=options, progress=progress, encode=encoder,
+                        options=options, progress=progress, encode=encoder, plot=encoder.plot,
                         warnings=list(early_warnings),
                         all_sources=tuple(sources), input_size=(reader.height, reader.width), reader=reader)
     check_options(analysis, wanted)

@@ -20,8 +20,8 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -233,9 +233,12 @@ class FigureEncoder:
     (OpenCV's encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
     `PendingImage` at once; the renderer waits for each. The pixels passed in must not be changed afterwards."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, plots_after: threading.Thread | None = None) -> None:
         self.workers = workers or min(4, os.cpu_count() or 1)
+        self._plots_after = plots_after  # e.g. `figures.warm_up_plots`: no two threads in matplotlib at once
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode")
+        # One thread draws every plot: matplotlib is not thread-safe, and plots are Python-bound anyway.
+        self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reportgen-plot")
         self._backlog = threading.BoundedSemaphore(ENCODER_BACKLOG + self.workers)
         self._prefetched: dict[str, tuple[np.ndarray, PendingImage]] = {}
 
@@ -245,6 +248,28 @@ class FigureEncoder:
         future = self._pool.submit(encode_image, pixels, page)
         future.add_done_callback(lambda _: self._backlog.release())
         return PendingImage(future)
+
+    def plot(self, draw: Callable[[], np.ndarray], page: bool = True) -> PendingImage:
+        """`Analysis.plot`: draw a matplotlib plot (`draw()` returns its pixels) on the plotting thread, then
+        encode it; returns at once. A plot's Python work overlaps the sections' TensorFlow work, which releases
+        the GIL, instead of adding to it."""
+        self._backlog.acquire()
+        encoded: Future[EncodedImage] = Future()
+
+        def run() -> None:
+            try:
+                if self._plots_after is not None:
+                    self._plots_after.join()
+                pixels = draw()
+                _check_pixels(pixels)
+                encoded.set_result(encode_image(pixels, page))
+            except BaseException as exc:  # the renderer's result() raises it where the figure is written
+                encoded.set_exception(exc)
+            finally:
+                self._backlog.release()
+
+        self._plotter.submit(run)
+        return PendingImage(encoded)
 
     def prefetch(self, section: Section) -> None:
         """Start encoding a built section's figures that still hold raw pixels (plots, small grids), so they are
@@ -260,6 +285,7 @@ class FigureEncoder:
 
     def close(self) -> None:
         """Wait for every figure handed in, then stop the threads."""
+        self._plotter.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> FigureEncoder:

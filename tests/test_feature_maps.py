@@ -368,3 +368,10 @@ def test_colormap_is_opencvs_on_any_shape(name):
     index = np.clip(values * 255.0, 0, 255).round().astype(np.uint8)
     expected = np.stack([cv2.applyColorMap(plane, figures._OPENCV_MAPS[name])[..., ::-1] for plane in index])
     assert np.array_equal(figures.colormap(values, name), expected)
+
+
+@pytest.mark.parametrize("size", [(12, 12), (36, 24), (7, 10), (5, 5)])
+def test_coloured_stack_equals_colouring_the_resized_stack(size):
+    stack = np.random.default_rng(4).random((3, 6, 6)).astype(np.float32)
+    expected = figures.colormap(figures.resize_stack(stack, size), "viridis")
+    assert np.array_equal(figures.colormap_stack(stack, size, "viridis"), expected)

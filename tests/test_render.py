@@ -218,6 +218,32 @@ def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monk
     assert len(handed) == 40 and all(p.result().png == done[0].png for p in handed)
 
 
+def test_plots_are_drawn_on_one_thread_after_the_warm_up_and_equal_inline_ones():
+    """`FigureEncoder.plot` returns at once; the plot is drawn on the plotting thread, only after the warm-up
+    thread is done (matplotlib is not thread-safe), encodes to the bytes an inline draw gives, and a failing
+    plot raises where its figure is read."""
+    import threading
+
+    from reportgen import figures, render
+
+    def draw():
+        threads.append(threading.current_thread().name)
+        return figures.plot_matrix(np.array([[3, 1], [0, 4]]), ["cat", "dog"], ["cat", "dog"], "t", "x", "y")
+
+    threads: list[str] = []
+    release = threading.Event()
+    warm_up = threading.Thread(target=lambda: release.wait(10))
+    warm_up.start()
+    with render.FigureEncoder(workers=1, plots_after=warm_up) as encoder:
+        pending = [encoder.plot(draw), encoder.plot(lambda: 1 / 0)]
+        assert threads == []  # still waiting for the warm-up
+        release.set()
+    assert threads == ["reportgen-plot_0"]
+    assert pending[0].result() == render.encode_image(draw())
+    with pytest.raises(ZeroDivisionError):
+        pending[1].result()
+
+
 def test_a_prefetched_section_is_written_from_its_early_encoding(monkeypatch):
     """`FigureEncoder.prefetch` starts a built section's plots at once; the renderer uses those bytes and
     encodes only the figures that were never prefetched."""

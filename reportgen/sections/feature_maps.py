@@ -116,8 +116,7 @@ def feature_map_figure(unit: np.ndarray, constant: np.ndarray, panel: np.ndarray
     """One image at one layer: the input `panel` beside the grid of all channels of `unit` (H, W, C) in [0, 1];
     channels flagged in `constant` (C,) are drawn hatched."""
     channels = unit.shape[2]
-    stack = figures.resize_stack(np.moveaxis(unit, -1, 0), layout.tile)
-    tiles = np.array(figures.colormap(stack, "viridis"))
+    tiles = figures.colormap_stack(np.moveaxis(unit, -1, 0), layout.tile, "viridis")
     if constant.any():
         tiles[constant] = figures.hatched(*layout.tile)
     grid = figures.tile_mosaic(tiles, layout.columns, pad=PAD)
@@ -137,8 +136,8 @@ def strongest_figure(rows: list[np.ndarray], panels: list[np.ndarray], channels:
 
 
 def _strong_tiles(unit: np.ndarray, constant: np.ndarray, channels: tuple[int, ...]) -> list[np.ndarray]:
-    stack = figures.resize_stack(np.moveaxis(unit[:, :, list(channels)], -1, 0), (STRONG_TILE, STRONG_TILE))
-    tiles = list(figures.colormap(stack, "viridis"))
+    tiles = list(figures.colormap_stack(np.moveaxis(unit[:, :, list(channels)], -1, 0), (STRONG_TILE, STRONG_TILE),
+                                        "viridis"))
     for k, c in enumerate(channels):
         if constant[c]:
             tiles[k] = figures.hatched(STRONG_TILE, STRONG_TILE)

@@ -161,15 +161,17 @@ def build(analysis: Analysis) -> list[Section]:
         blocks.append(Text("Accuracy, the confusion matrix and calibration over every image are in the evaluation "
                            "section."))
     elif predictions.confusion is not None:
-        blocks.extend(_confusion_blocks(predictions, names, data))
+        blocks.extend(_confusion_blocks(predictions, names, data, analysis.plot))
     else:
         blocks.append(Text("No image has a label that is one of the model's classes, so there is no accuracy or "
                            "confusion matrix (put images in folders named after their class)."))
     return [Section(id="predictions", kind="predictions", title="Predictions", blocks=tuple(blocks), data=data)]
 
 
-def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: dict[str, Any]) -> list:
-    """The confusion matrix over the classes that occur (as a label or a top prediction), as a plot and a table."""
+def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: dict[str, Any],
+                      plot: Callable[..., Any]) -> list:
+    """The confusion matrix over the classes that occur (as a label or a top prediction), as a plot (`plot`,
+    `Analysis.plot`) and a table."""
     confusion = predictions.confusion
     assert confusion is not None
     labelled = predictions.labels >= 0
@@ -183,13 +185,12 @@ def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: di
                       caption=f"{len(shown)} classes occur, too many for a matrix: every (label, prediction) pair "
                               "with its number of images, most frequent first.")]
     labels = [names[c] for c in shown]
-    pixels = figures.plot_matrix(matrix, labels, labels, "Confusion matrix (labelled images)", "predicted class",
-                                 "label")
     caption = ("Rows: the label; columns: the top prediction; the diagonal counts correct predictions. Only classes "
                "that occur as a label or a prediction are shown.")
     return [
         Figure(key="predictions-confusion", title="Confusion matrix", caption=caption,
-               pixels=figures.fit_width(pixels)),
+               pixels=plot(lambda: figures.fit_width(figures.plot_matrix(
+                   matrix, labels, labels, "Confusion matrix (labelled images)", "predicted class", "label")))),
         Table(columns=("Label \\ predicted", *labels),
               rows=tuple((name, *[int(v) for v in row]) for name, row in zip(labels, matrix, strict=True)),
               caption=caption),
