@@ -3,8 +3,8 @@
 The tutorials compute one Grad-CAM for one image and one class with a sub-model
 `keras.Model(model.inputs, [conv.output, model.output])`, which breaks on loaded and nested Keras 3 models and
 runs a forward and a backward pass per image *and* class. Here `ModelFunctions.layer_pass` runs the model once per
-batch of images through `graph.run_layers` (any model, nested bases included), records the target layer, and one
-vectorised `batch_jacobian` gives the gradients of every (image, class) pair at once. Every method is then a
+batch of images and class slots through `graph.run_layers` (any model, nested bases included), records the target
+layer, and one backward pass gives the gradients of every (image, class) pair at once. Every method is then a
 function of the same `MethodBatch` returning maps (B, T, h, w) for the B images and their T class slots
 (pytorch-grad-cam's BaseCAM idea: the pipeline is shared, a method only says how to weigh).
 
@@ -307,38 +307,52 @@ class ModelFunctions:
             z = tf.concat([-z, z] if self.head.logits else [1.0 - z, z], axis=1)
         return z, run
 
-    def _jacobian(self, tape: Any, selected: Any, source: Any) -> Any:
-        """d selected[b, t] / d source[b] for every image b and slot t: (B, T, *source.shape[1:]).
+    @staticmethod
+    def _slot_copies(x: Any, slots: Any) -> Any:
+        """Each image of x (B, ...) once per class slot of `slots` (B, T), slot-major: (T * B, ...).
 
-        Image b's scores depend on image b alone (inference mode), so one vectorised backward pass gives every
-        (image, class slot) pair. A model whose names cannot enter a graph gets one eager pass per slot instead.
-        """
+        Image b's scores depend on image b alone (inference mode), so the gradient of the sum of every copy's own
+        slot score with respect to a copy is that slot's gradient: one backward pass gives every (image, class)
+        pair. T forward passes of the batch cost less than a vectorised Jacobian, whose conversion of the backward
+        graph took most of the layer pass's tracing, and the same when T is 1, the usual case."""
         import tensorflow as tf
 
-        if self.traced:
-            return tape.batch_jacobian(selected, source)
-        slots = int(selected.shape[1])
-        # A one-hot output gradient picks slot t without a slicing op the tape never saw.
-        return tf.stack([tape.gradient(selected, source, output_gradients=tf.one_hot(
-            tf.fill(tf.shape(selected)[:1], t), slots, dtype=selected.dtype)) for t in range(slots)], axis=1)
+        return tf.tile(x, tf.concat([[tf.shape(slots)[1]], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+
+    def _selected_sum(self, copies: Any, slots: Any, capture: Sequence[str]) -> tuple[Any, Any]:
+        """The run of the copies (`capture` recorded) and the sum of each copy's own slot score."""
+        import tensorflow as tf
+
+        scores, run = self.scores(copies, capture)
+        copy_slots = tf.reshape(tf.transpose(slots), [-1])  # slot-major, as the copies
+        return run, tf.reduce_sum(tf.gather(scores, copy_slots, batch_dims=1))
+
+    @staticmethod
+    def _per_image(gradients: Any, slots: Any) -> Any:
+        """(T * B, *shape) slot-major gradients -> (B, T, *shape)."""
+        import tensorflow as tf
+
+        split = tf.reshape(gradients, tf.concat([[tf.shape(slots)[1], tf.shape(slots)[0]],
+                                                 tf.shape(gradients)[1:]], 0))
+        return tf.transpose(split, [1, 0, *range(2, len(gradients.shape) + 1)])
 
     def _layer_pass_graph(self, x: Any, slots: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
-        with tf.GradientTape(persistent=not self.traced) as tape:
-            scores, run = self.scores(x, [self.layer])
+        with tf.GradientTape() as tape:
+            run, total = self._selected_sum(self._slot_copies(x, slots), slots, [self.layer])
             activations = run.captured[self.layer]
-            selected = tf.gather(scores, slots, batch_dims=1)  # (B, T): the score of each image's class slots
-        return activations, self._jacobian(tape, selected, activations)  # (B, T, h, w, K)
+        gradients = tape.gradient(total, activations)
+        return activations[:tf.shape(x)[0]], self._per_image(gradients, slots)  # (B, h, w, K), (B, T, h, w, K)
 
     def _input_gradients_graph(self, x: Any, slots: Any) -> Any:
         import tensorflow as tf
 
-        with tf.GradientTape(persistent=not self.traced) as tape:
-            tape.watch(x)
-            scores, _ = self.scores(x, [])
-            selected = tf.gather(scores, slots, batch_dims=1)
-        return self._jacobian(tape, selected, x)  # (B, T, H, W, C)
+        copies = self._slot_copies(x, slots)
+        with tf.GradientTape() as tape:
+            tape.watch(copies)
+            _, total = self._selected_sum(copies, slots, [])
+        return self._per_image(tape.gradient(total, copies), slots)  # (B, T, H, W, C)
 
     def layer_pass(self, inputs: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Target-layer activations (B, h, w, K) and d score / d activations (B, T, h, w, K)."""
