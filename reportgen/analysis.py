@@ -44,9 +44,9 @@ class Analysis:
     # make them, so only compressed figures pile up (`page=False`: a figure the page only links to). The default
     # keeps raw pixels (render encodes them later).
     encode: Callable[..., np.ndarray | EncodedImage | PendingImage] = lambda pixels, page=True: pixels
-    # Draws a plot: `plot(draw)` with `draw()` returning its pixels. The renderer's (`FigureEncoder.plot`) draws it
-    # on its plotting thread while the builders go on; the default draws it here.
-    plot: Callable[..., np.ndarray | PendingImage] = lambda draw, page=True: draw()
+    # Draws a plot: `plot(draw, *args)`, `draw` a plotting function of `figures` returning pixels. The renderer's
+    # (`FigureEncoder.plot`) has its worker process draw it while the builders go on; the default draws it here.
+    plot: Callable[..., np.ndarray | PendingImage] = lambda draw, *args, page=True, **kwargs: draw(*args, **kwargs)
     # Validation-set scale: `images` is the detail sample (per-image figures); `dataset` holds what every image of
     # `all_sources` contributed in the dataset pass, and `detail_indices` where the sample sits among them.
     dataset: DatasetResult | None = None

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.config import ReportOptions
 from reportgen.dataset import DatasetPass, PassPlan, pass_batch_size
@@ -297,19 +296,18 @@ def generate_report(
     discovery_warnings: list[str] = []
     sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
-    # matplotlib's import and fonts, while the model loads and the images stream
-    warm_up = figures.warm_up_plots() if {"weights", "predictions", "evaluation"} & set(wanted) else None
-    progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
-    loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
-                        unsafe=options.unsafe, seed=options.seed)
-    progress("load", f"{len(sources)} images")
-    reader = ImageReader(sources, loaded.input_shape, options.image_size)
-    preprocessor = choose_preprocessing(options.preprocess, loaded)
-    mismatch = range_mismatch(preprocessor, loaded.model)
-    names, name_warnings = resolve_class_names(
-        output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
-    )
-    with FigureEncoder(plots_after=warm_up) as encoder:
+    # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
+    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
+        progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
+        loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
+                            unsafe=options.unsafe, seed=options.seed)
+        progress("load", f"{len(sources)} images")
+        reader = ImageReader(sources, loaded.input_shape, options.image_size)
+        preprocessor = choose_preprocessing(options.preprocess, loaded)
+        mismatch = range_mismatch(preprocessor, loaded.model)
+        names, name_warnings = resolve_class_names(
+            output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
+        )
         early_warnings = [*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])]
         report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
                           wanted, options, progress, encoder)

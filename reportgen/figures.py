@@ -6,7 +6,6 @@ Everything returns (H, W, 3) uint8 RGB arrays; encoding to PNG happens in `rende
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 
 import cv2
@@ -189,22 +188,14 @@ def plot_histogram(
     return figure_pixels(figure)
 
 
-def warm_up_plots() -> threading.Thread:
-    """Import matplotlib and load its fonts on a background thread, while the model loads and the images stream
-    through it (TensorFlow's kernels release the GIL): the first plot of a report otherwise waits about a second
-    for them. Importing is safe from any thread (the import lock makes a concurrent import wait for this one);
-    plotting is not, so a plotting thread joins this one first (`FigureEncoder(plots_after=...)`)."""
+def warm_up_plots() -> None:
+    """Import matplotlib and load its fonts: the first plot otherwise waits about a second for them. The plotting
+    worker (`reportgen.plot_worker`) does this first, while the report's process loads the model."""
+    from matplotlib.figure import Figure as MplFigure
 
-    def warm() -> None:
-        from matplotlib.figure import Figure as MplFigure
-
-        figure = MplFigure(figsize=(1, 1), dpi=20)
-        figure.add_subplot().set_title("warm", fontsize=8)
-        figure_pixels(figure)
-
-    thread = threading.Thread(target=warm, name="reportgen-warm-up", daemon=True)
-    thread.start()
-    return thread
+    figure = MplFigure(figsize=(1, 1), dpi=20)
+    figure.add_subplot().set_title("warm", fontsize=8)
+    figure_pixels(figure)
 
 
 def figure_pixels(figure: object) -> np.ndarray:

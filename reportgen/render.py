@@ -34,6 +34,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
+from reportgen.plot_worker import PlotWorker
 from reportgen.report import EncodedImage, Figure, PendingImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
@@ -233,14 +234,13 @@ class FigureEncoder:
     (OpenCV's encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
     `PendingImage` at once; the renderer waits for each. The pixels passed in must not be changed afterwards."""
 
-    def __init__(self, workers: int | None = None, plots_after: threading.Thread | None = None) -> None:
+    def __init__(self, workers: int | None = None, plots: bool = False) -> None:
         self.workers = workers or min(4, os.cpu_count() or 1)
-        self._plots_after = plots_after  # e.g. `figures.warm_up_plots`: no two threads in matplotlib at once
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode")
-        # One thread draws every plot: matplotlib is not thread-safe, and plots are Python-bound anyway.
-        self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reportgen-plot")
         self._backlog = threading.BoundedSemaphore(ENCODER_BACKLOG + self.workers)
         self._prefetched: dict[str, tuple[np.ndarray, PendingImage]] = {}
+        # Started now, so the worker imports matplotlib while the model loads.
+        self._plots = PlotWorker() if plots else None
 
     def __call__(self, pixels: np.ndarray, page: bool = True) -> PendingImage:
         _check_pixels(pixels)  # a wrong figure fails where it is made, not at render time
@@ -249,18 +249,18 @@ class FigureEncoder:
         future.add_done_callback(lambda _: self._backlog.release())
         return PendingImage(future)
 
-    def plot(self, draw: Callable[[], np.ndarray], page: bool = True) -> PendingImage:
-        """`Analysis.plot`: draw a matplotlib plot (`draw()` returns its pixels) on the plotting thread, then
-        encode it; returns at once. A plot's Python work overlaps the sections' TensorFlow work, which releases
-        the GIL, instead of adding to it."""
+    def plot(self, draw: Callable[..., np.ndarray], *args: Any, page: bool = True, **kwargs: Any) -> PendingImage:
+        """`Analysis.plot`: `draw(*args, **kwargs)`, a plotting function of `figures`, drawn by the plotting
+        worker process (`plot_worker`) and then encoded here; returns at once. Without a worker it is drawn
+        now, in this process."""
+        if self._plots is None:
+            return self(draw(*args, **kwargs), page)
         self._backlog.acquire()
         encoded: Future[EncodedImage] = Future()
 
-        def run() -> None:
+        def finish(drawn: Future[np.ndarray]) -> None:
             try:
-                if self._plots_after is not None:
-                    self._plots_after.join()
-                pixels = draw()
+                pixels = drawn.result()
                 _check_pixels(pixels)
                 encoded.set_result(encode_image(pixels, page))
             except BaseException as exc:  # the renderer's result() raises it where the figure is written
@@ -268,7 +268,7 @@ class FigureEncoder:
             finally:
                 self._backlog.release()
 
-        self._plotter.submit(run)
+        self._plots.submit(draw, *args, **kwargs).add_done_callback(lambda drawn: self._pool.submit(finish, drawn))
         return PendingImage(encoded)
 
     def prefetch(self, section: Section) -> None:
@@ -284,14 +284,18 @@ class FigureEncoder:
         return entry[1].result() if entry is not None and entry[0] is pixels else None
 
     def close(self) -> None:
-        """Wait for every figure handed in, then stop the threads."""
-        self._plotter.shutdown(wait=True)
+        """Wait for every figure handed in, then stop the threads and the plotting worker."""
+        if self._plots is not None:
+            self._plots.close()
+            self._plots = None
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> FigureEncoder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and self._plots is not None:
+            self._plots.close(finish=False)  # the report failed: its plots are not wanted
         self.close()
 
 

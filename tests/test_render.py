@@ -218,30 +218,41 @@ def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monk
     assert len(handed) == 40 and all(p.result().png == done[0].png for p in handed)
 
 
-def test_plots_are_drawn_on_one_thread_after_the_warm_up_and_equal_inline_ones():
-    """`FigureEncoder.plot` returns at once; the plot is drawn on the plotting thread, only after the warm-up
-    thread is done (matplotlib is not thread-safe), encodes to the bytes an inline draw gives, and a failing
-    plot raises where its figure is read."""
-    import threading
-
+def test_plots_drawn_by_the_worker_process_equal_inline_ones_and_its_errors_surface():
+    """`FigureEncoder.plot` hands a plot to the plotting worker (another process) and returns at once; the figure
+    encodes to the bytes of one drawn in line, a plot that fails raises where its figure is read, and only
+    `figures.plot_*` functions can be asked for."""
     from reportgen import figures, render
 
-    def draw():
-        threads.append(threading.current_thread().name)
-        return figures.plot_matrix(np.array([[3, 1], [0, 4]]), ["cat", "dog"], ["cat", "dog"], "t", "x", "y")
+    matrix, labels = np.array([[3, 1], [0, 4]]), ["cat", "dog <b>"]
+    with render.FigureEncoder(workers=1, plots=True) as encoder:
+        worker = encoder._plots._process
+        assert worker is not None and worker.poll() is None
+        pending = encoder.plot(figures.plot_matrix, matrix, labels, labels, "t", "x", "y")
+        failing = encoder.plot(figures.plot_matrix, matrix, ["only one"], labels, "t", "x", "y")
+        with pytest.raises(ValueError, match="plotting function"):
+            encoder.plot(figures.fit_width, np.zeros((4, 4, 3), np.uint8))
+    assert worker.returncode == 0  # closed with the encoder
+    assert pending.result() == render.encode_image(figures.plot_matrix(matrix, labels, labels, "t", "x", "y"))
+    with pytest.raises(Exception):  # noqa: B017 - matplotlib's own error for a label list of the wrong length
+        failing.result()
 
-    threads: list[str] = []
-    release = threading.Event()
-    warm_up = threading.Thread(target=lambda: release.wait(10))
-    warm_up.start()
-    with render.FigureEncoder(workers=1, plots_after=warm_up) as encoder:
-        pending = [encoder.plot(draw), encoder.plot(lambda: 1 / 0)]
-        assert threads == []  # still waiting for the warm-up
-        release.set()
-    assert threads == ["reportgen-plot_0"]
-    assert pending[0].result() == render.encode_image(draw())
-    with pytest.raises(ZeroDivisionError):
-        pending[1].result()
+
+def test_plots_are_drawn_here_when_the_worker_is_gone():
+    from reportgen import figures
+    from reportgen.plot_worker import PlotWorker
+
+    worker = PlotWorker()
+    first = worker.submit(figures.plot_reliability, np.linspace(0.05, 0.95, 10), np.linspace(0, 1, 10),
+                          np.arange(10), np.linspace(0, 1, 11), "r")
+    first.result(60)
+    worker._process.kill()
+    worker._process.wait()
+    worker._reader.join(10)
+    later = worker.submit(figures.plot_histogram, np.linspace(-1, 1, 5), [("a", np.array([1, 2, 3, 4]), "red")], "h")
+    expected = figures.plot_histogram(np.linspace(-1, 1, 5), [("a", np.array([1, 2, 3, 4]), "red")], "h")
+    assert np.array_equal(later.result(60), expected)
+    worker.close()
 
 
 def test_a_prefetched_section_is_written_from_its_early_encoding(monkeypatch):

@@ -86,8 +86,8 @@ def build(analysis: Analysis) -> list[Section]:
         blocks.append(FigureRow((
             Figure(key="evaluation-confusion", title="Confusion matrix",
                    caption="Rows: the label; columns: the top prediction; every labelled image of the set.",
-                   pixels=analysis.plot(lambda: figures.plot_matrix(matrix, labels, labels, "Confusion matrix",
-                                                                    "predicted class", "label"))),
+                   pixels=analysis.plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix",
+                                        "predicted class", "label")),
             _reliability_figure(analysis, calibration),
         )))
     else:
@@ -135,9 +135,8 @@ def _reliability_figure(analysis: Analysis, calibration: Calibration) -> Figure:
     return Figure(key="evaluation-reliability", title="Reliability diagram",
                   caption=(f"Accuracy against confidence per bin; dashed: perfect calibration; ECE "
                            f"{calibration.ece:.3f}. Below: the share of images per bin."),
-                  pixels=analysis.plot(lambda: figures.plot_reliability(
-                      calibration.confidence, calibration.accuracy, calibration.counts, calibration.edges,
-                      "Reliability")))
+                  pixels=analysis.plot(figures.plot_reliability, calibration.confidence, calibration.accuracy,
+                                       calibration.counts, calibration.edges, "Reliability"))
 
 
 def _entry(analysis: Analysis, ranked: Ranked) -> dict[str, Any]:

@@ -189,8 +189,8 @@ def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: di
                "that occur as a label or a prediction are shown.")
     return [
         Figure(key="predictions-confusion", title="Confusion matrix", caption=caption,
-               pixels=plot(lambda: figures.fit_width(figures.plot_matrix(
-                   matrix, labels, labels, "Confusion matrix (labelled images)", "predicted class", "label")))),
+               pixels=plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix (labelled images)",
+                           "predicted class", "label")),
         Table(columns=("Label \\ predicted", *labels),
               rows=tuple((name, *[int(v) for v in row]) for name, row in zip(labels, matrix, strict=True)),
               caption=caption),

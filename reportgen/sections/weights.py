@@ -44,12 +44,12 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
             key=f"{key_prefix}-histogram",
             title=f"{comparison.layer}: {tensor} histogram",
             caption="Trained (red) and freshly initialised (blue) weights over the same bins.",
-            pixels=analysis.plot(lambda: figures.plot_histogram(
-                comparison.bin_edges,
+            pixels=analysis.plot(
+                figures.plot_histogram, comparison.bin_edges,
                 [("trained", comparison.trained_counts, TRAINED_COLOR), ("fresh", comparison.fresh_counts,
                                                                           FRESH_COLOR)],
                 title=f"{comparison.layer} {tensor}",
-            )),
+            ),
         ),
     ]
     if comparison.trained.values.ndim == 4:
