@@ -18,6 +18,7 @@ from reportgen.analysis import Analysis
 from reportgen.config import ReportOptions
 from reportgen.dataset import DatasetPass, PassPlan, pass_batch_size
 from reportgen.errors import ImageError, InputError
+from reportgen.graph import without_graph_rewrites
 from reportgen.loading.applications import FAMILY_PREPROCESS
 from reportgen.loading.images import LoadedImages, discover_images, display_text
 from reportgen.loading.labels import read_class_names_file, resolve_class_names
@@ -297,7 +298,8 @@ def generate_report(
     sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
     # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
-    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
+    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder, \
+            without_graph_rewrites():
         progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
         loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                             unsafe=options.unsafe, seed=options.seed)

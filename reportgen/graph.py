@@ -11,8 +11,9 @@ output with respect to them are exact, eagerly and inside `tf.function`.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,3 +204,21 @@ def traceable(model: Any) -> bool:
     """True when the model's and every layer's name is a valid TensorFlow name scope, so `run_layers` can run
     inside a `tf.function`; otherwise callers run it eagerly (slower, same numbers)."""
     return bool(_SCOPE_NAME.match(model.name)) and all(_SCOPE_NAME.match(n.layer.name) for n in walk_layers(model))
+
+
+@contextlib.contextmanager
+def without_graph_rewrites() -> Iterator[None]:
+    """TensorFlow's graph optimiser (grappler) off for the functions first called inside, as it was afterwards.
+
+    A report traces about twenty functions and calls most a few times. Grappler rewrites each graph on its first
+    call: on a CNN of a few MFLOP per image that costs more than all its runs (40 instead of 70 ms a pattern step's
+    first call, 0.2-0.4 s a report), and on VGG16 the runs are as fast without it (forward and backward of 4
+    images: 0.60 s either way)."""
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False, **before})

@@ -54,3 +54,19 @@ def test_layer_output_shapes(nested_model):
     shapes = layer_output_shapes(nested_model, (32, 32, 3))
     assert shapes["conv_base/block1_conv1"] == (None, 30, 30, 8)
     assert shapes["head"] == (None, 3)
+
+
+def test_graph_rewrites_are_off_inside_and_the_callers_options_come_back():
+    import tensorflow as tf
+
+    from reportgen.graph import without_graph_rewrites
+
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"constant_folding": False})
+    try:
+        with without_graph_rewrites():
+            assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is True
+        after = tf.config.optimizer.get_experimental_options()
+        assert after["disable_meta_optimizer"] is False and after["constant_folding"] is False
+    finally:
+        tf.config.optimizer.set_experimental_options({**before, "constant_folding": True})
