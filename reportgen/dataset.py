@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.graph import LayerNode, traceable
+from reportgen.graph import LayerNode
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
@@ -84,7 +84,7 @@ class DatasetPass:
     def __init__(self, model: Any, preprocessor: Preprocessor, classes: int, plan: PassPlan,
                  shapes: dict[str, Any], activation: str) -> None:
         from reportgen.techniques.cams import ModelFunctions, score_head
-        from reportgen.techniques.predictions import compiled, final_layer
+        from reportgen.techniques.predictions import activation_bytes, final_layer
 
         self.model, self.preprocessor, self.classes, self.plan = model, preprocessor, classes, plan
         self.activation = activation
@@ -97,8 +97,17 @@ class DatasetPass:
         self.cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
         self.cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
         self.stat_shapes = {n.path: tuple(int(d) for d in shapes[n.path][1:]) for n in plan.stat_layers}
-        self._step = compiled(self._step_graph, model)
-        self._traced = traceable(model)
+        self._image_tape_bytes = activation_bytes(shapes)
+        self.expect_batches(None, 0)
+
+    def expect_batches(self, batches: int | None, batch_size: int) -> None:
+        """How many batches of `batch_size` the step will take (None: unknown): a step that runs once on a small
+        model runs eagerly rather than traced (`predictions.compiled`)."""
+        from reportgen.techniques.predictions import compiled
+
+        self._step = compiled(self._step_graph, self.model, calls=batches,
+                              tape_bytes=batch_size * self._image_tape_bytes)
+        self._traced = hasattr(self._step, "get_concrete_function")
         self._traced_shapes: set[tuple[int, ...]] = set()
 
     def _step_graph(self, x: Any, labels: Any) -> dict[str, Any]:
@@ -188,6 +197,7 @@ class DatasetPass:
         """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
         started = time.perf_counter()
         names = [s.name for s in reader.sources]
+        self.expect_batches(-(-len(names) // batch_size), batch_size)
         state = self.new_state(name_ranks(names))
         method: str | None = None
         done = 0

@@ -565,3 +565,27 @@ def test_bfloat16_curves_agree_with_float32_and_shown_probabilities_stay_float32
     assert all(a["score"] == b["score"] for a, b in pairs)
     assert ([w for w in runs["float32"]["warnings"] if "random map" in w]
             == [w for w in runs["bfloat16"]["warnings"] if "random map" in w])
+
+
+def test_a_layer_pass_run_once_runs_eagerly_with_the_traced_numbers(residual_model):
+    """One layer pass on a small model skips tracing (`predictions.compiled`); its activations and every
+    (image, class) gradient equal the traced function's, and a pass whose tape would be large stays traced."""
+    from reportgen.graph import without_graph_rewrites
+    from reportgen.techniques.predictions import EAGER_TAPE_BYTES
+
+    layer = next(n.path for n in walk_layers(residual_model) if n.path.endswith("add"))
+    head = score_head(residual_model, final_layer(residual_model), 3)
+    x = RNG.random((5, 32, 32, 3), dtype=np.float32)
+    slots = np.array([[0, 2], [1, 1], [2, 0], [0, 1], [1, 2]], np.int32)
+    with without_graph_rewrites():
+        once = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1, layer_pass_bytes=1000)
+        traced = ModelFunctions(residual_model, head, layer, lambda raw: raw)
+        large = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1,
+                               layer_pass_bytes=EAGER_TAPE_BYTES + 1)
+        assert not hasattr(once._layer_pass, "get_concrete_function")
+        assert hasattr(traced._layer_pass, "get_concrete_function")
+        assert hasattr(large._layer_pass, "get_concrete_function")
+        eager_acts, eager_grads = once.layer_pass(x, slots)
+        graph_acts, graph_grads = traced.layer_pass(x, slots)
+    np.testing.assert_allclose(eager_acts, graph_acts, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(eager_grads, graph_grads, rtol=1e-5, atol=1e-7 * float(np.abs(graph_grads).max()))

@@ -26,6 +26,7 @@ from reportgen.techniques.cams import (
     faithfulness,
     same_maps,
 )
+from reportgen.techniques.predictions import activation_bytes
 
 TILE = 128  # px, longer side of every image tile
 COLORMAP = "jet"
@@ -79,9 +80,11 @@ def _compute(analysis: Analysis) -> CamBundle:
     results = explain(
         analysis.model, analysis.inputs, plan.targets, methods, layer, plan.to_probabilities,
         CamSettings(batch_size=options.batch_size or 16, seed=options.seed,
-                    curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes)),
+                    curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes),
+                    image_bytes=activation_bytes(analysis.layer_shapes)),
         baseline, float(np.max(high - low)),
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
+        probabilities=plan.predictions.probabilities.values,
     )
     for method, check in results.sanity.items():
         if check.status == "flagged":

@@ -51,6 +51,9 @@ class CamSettings:
     ig_steps: int = 32  # Riemann midpoint steps from the black image to the input
     seed: int = 0
     curves_dtype: str = "float32"  # the deletion and insertion curves' arithmetic (`precision.ranking_dtype`)
+    # Bytes of every layer's output for one image (`predictions.activation_bytes`), None when unknown: a layer
+    # pass that runs once with a small enough gradient tape runs eagerly (`predictions.compiled`).
+    image_bytes: int | None = None
 
 
 # --------------------------------------------------------------------------------------------- target layer
@@ -279,7 +282,10 @@ class ModelFunctions:
 
     def __init__(self, model: Any, head: ScoreHead, layer: str | None,
                  to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
-                 curves_dtype: str = "float32") -> None:
+                 curves_dtype: str = "float32", layer_passes: int | None = None,
+                 layer_pass_bytes: int | None = None) -> None:
+        """`layer_passes`: how many times `layer_pass` will run, and `layer_pass_bytes` what its eager gradient
+        tape would hold, when known (one pass on a small model runs eagerly: `predictions.compiled`)."""
         import tensorflow as tf
 
         self.model, self.head, self.layer = model, head, layer
@@ -287,7 +293,7 @@ class ModelFunctions:
         self.batch_size = batch_size
         self.traced = traceable(model)
         self.curves_dtype = curves_dtype
-        self._layer_pass = compiled(self._layer_pass_graph, model)
+        self._layer_pass = compiled(self._layer_pass_graph, model, calls=layer_passes, tape_bytes=layer_pass_bytes)
         self._input_gradients = compiled(self._input_gradients_graph, model)
         self._raw = compiled(lambda x: model(x, training=False), model)
         self._raw_curves = self._raw if curves_dtype == "float32" else compiled(
@@ -717,15 +723,28 @@ def explain(
     sanity_images: int = 8,
     steps: int = DELETION_STEPS,
     progress: Callable[[str], None] | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> CamResults:
     """Every method's maps for every image and its targets, each with deletion / insertion AUC against a random
-    map, and per method the model-randomisation check on the first `sanity_images` images (if `fresh_model`)."""
+    map, and per method the model-randomisation check on the first `sanity_images` images (if `fresh_model`).
+    `probabilities` (N, classes): the float32 class probabilities of `inputs` when already known (the
+    predictions'), shown beside each map; else they come from the curves' first point or a forward pass."""
     from reportgen.techniques.predictions import final_layer
 
     units = output_units(model)
     head = score_head(model, final_layer(model), units)
     path = layer.path if layer else None
-    functions = ModelFunctions(model, head, path, to_probabilities, settings.batch_size, settings.curves_dtype)
+
+    def functions_for(network: Any, network_head: ScoreHead, images: int,
+                      curves_dtype: str = "float32") -> ModelFunctions:
+        """The functions of `network` for its first `images` inputs."""
+        batch = max(1, settings.batch_size)
+        slots = max((len(row) for row in targets[:images]), default=1)
+        tape = None if settings.image_bytes is None else min(batch, images) * slots * settings.image_bytes
+        return ModelFunctions(network, network_head, path, to_probabilities, settings.batch_size, curves_dtype,
+                              layer_passes=-(-images // batch), layer_pass_bytes=tape)
+
+    functions = functions_for(model, head, len(inputs), settings.curves_dtype)
     maps = compute_maps(functions, inputs, targets, methods, settings, baseline, value_range, progress)
 
     heatmaps: list[Heatmap] = []
@@ -746,8 +765,12 @@ def explain(
         deletion_auc = curves.deletion_auc.reshape(len(sets), len(row))
         insertion_auc = curves.insertion_auc.reshape(len(sets), len(row))
         # The class probabilities shown are float32 whatever the curves' arithmetic.
-        probability = (curves.deletion[:len(row), 0] if functions.curves_dtype == "float32"
-                       else functions.probabilities(inputs[i][None])[0, classes])
+        if probabilities is not None:
+            probability = np.asarray(probabilities[i], np.float64)[classes]
+        elif functions.curves_dtype == "float32":
+            probability = curves.deletion[:len(row), 0]
+        else:
+            probability = functions.probabilities(inputs[i][None])[0, classes]
         for m, method in enumerate(methods, start=len(shapes)):
             noise = shapes.index(tuple(maps[method][i][0].shape))
             for t, target in enumerate(row):
@@ -764,8 +787,7 @@ def explain(
     if count:
         if progress:
             progress(f"sanity check: maps of the freshly initialised model for {count} images")
-        fresh_head = score_head(fresh_model, final_layer(fresh_model), units)
-        fresh_functions = ModelFunctions(fresh_model, fresh_head, path, to_probabilities, settings.batch_size)
+        fresh_functions = functions_for(fresh_model, score_head(fresh_model, final_layer(fresh_model), units), count)
         fresh_maps = compute_maps(fresh_functions, inputs[:count], targets[:count], methods, settings, baseline,
                                   value_range)
         for method in methods:

@@ -158,9 +158,10 @@ def auto_batch_size(shapes: Mapping[str, Any], paths: Sequence[str], images: int
     return max(1, min(images, budget // per_image))
 
 
-def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...]) -> Any:
+def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...], calls: int | None = None) -> Any:
     """A function of a batch returning the outputs of `paths` in order: a `tf.function` traced once for any batch
-    size, or the same run eagerly when a layer name cannot be a TensorFlow scope name.
+    size, or the same run eagerly when a layer name cannot be a TensorFlow scope name or it runs once (`calls`,
+    see `predictions.compiled`).
 
     The run stops after the last chosen layer, so a classifier head that no map needs is never computed.
     """
@@ -172,7 +173,7 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
         run = run_layers(model, x, capture=wanted, stop_early=True)
         return [run.captured[path] for path in wanted]
 
-    if not traceable(model):
+    if not traceable(model) or calls == 1:
         return capture
     return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)], autograph=False)
 
@@ -180,7 +181,7 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
 def iter_feature_maps(model: Any, inputs: np.ndarray, paths: Sequence[str], batch_size: int) -> Iterator[MapBatch]:
     """Run `inputs` (N, H, W, C) through `model` in batches; yield each batch's maps for every path."""
     inputs = np.asarray(inputs, dtype=np.float32)
-    run = capture_function(model, paths, inputs.shape[1:])
+    run = capture_function(model, paths, inputs.shape[1:], calls=-(-len(inputs) // batch_size))
     for start in range(0, len(inputs), batch_size):
         outputs = run(inputs[start:start + batch_size])
         yield MapBatch(start, {path: np.asarray(out, dtype=np.float32) for path, out in zip(paths, outputs,
