@@ -86,14 +86,19 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True) -> Any:
+def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True, plots: bool = False) -> Any:
     """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback.
 
-    `tensorflow=False` for commands that never load a model (publish), so they start instantly.
+    `tensorflow=False` for commands that never load a model (publish), so they start instantly; `plots` for those
+    that write a report, whose plotting worker then starts beside TensorFlow's import (`plot_worker.prestart`).
     """
     debug = bool(ctx.find_root().params.get("debug"))
     try:
         _sigterm_as_interrupt()
+        if plots:
+            from reportgen.plot_worker import prestart
+
+            prestart()
         if tensorflow:
             _import_tensorflow(quiet=not debug)
         return action()
@@ -255,7 +260,7 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
         click.echo(table_text(outcome), err=True)
         return outcome.exit_code
 
-    ctx.exit(_run(ctx, action))
+    ctx.exit(_run(ctx, action, plots=True))
 
 
 def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[Any, ...] | None:
@@ -298,7 +303,7 @@ def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
                                  class_names=metadata["class_names"], force=force, progress=Progress(not quiet))
         _print_result(result, quiet)
 
-    _run(ctx, action)
+    _run(ctx, action, plots=True)
 
 
 @main.command()

@@ -56,6 +56,28 @@ def plot_function(name: str) -> Callable[..., np.ndarray]:
     return getattr(figures, name)
 
 
+def _start() -> subprocess.Popen | None:
+    """A new worker process, or None when this Python cannot start one."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        return subprocess.Popen([sys.executable, "-m", "reportgen.plot_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return None
+
+
+_prestarted: list[subprocess.Popen] = []
+
+
+def prestart() -> None:
+    """Start a worker now for the next `PlotWorker` to take over. The command line calls this before importing
+    TensorFlow, which keeps one core busy for seconds: the worker's own imports then run on another one. A worker
+    nobody takes ends with this process (its stdin closes)."""
+    if not _prestarted and (process := _start()) is not None:
+        _prestarted.append(process)
+
+
 class PlotWorker:
     """A plotting process: `submit(draw, *args)` returns a Future of `draw(*args)`'s pixels at once."""
 
@@ -64,15 +86,9 @@ class PlotWorker:
         self._pending: dict[int, tuple[Future[np.ndarray], str, tuple, dict]] = {}
         self._next = 0
         self._local = False  # True once the worker is gone: requests are drawn here
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                                          os.environ.get("PYTHONPATH")]))}
-        try:
-            self._process: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "reportgen.plot_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env=env)
-        except OSError:
-            self._process, self._local = None, True
+        self._process = _prestarted.pop() if _prestarted else _start()
+        if self._process is None:
+            self._local = True
             return
         self._reader = threading.Thread(target=self._read_replies, name="reportgen-plot-replies", daemon=True)
         self._reader.start()
