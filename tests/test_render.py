@@ -523,3 +523,19 @@ def test_dot_as_output_replaces_the_report_it_is(tmp_path, monkeypatch):
     write_report(_tiny_report(), folder.relative_to(folder))  # "."
     assert not (folder / "figures" / "stale.png").exists() and (folder / "report.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_the_prestarted_plotting_worker_is_taken_over_once():
+    from reportgen import figures, plot_worker
+
+    plot_worker.prestart()
+    started = plot_worker._prestarted[0]
+    first, second = plot_worker.PlotWorker(), plot_worker.PlotWorker()
+    try:
+        assert first._process is started and second._process is not started and not plot_worker._prestarted
+        pixels = first.submit(figures.plot_matrix, np.eye(2, dtype=int), ["a", "b"], ["a", "b"], "t", "x", "y")
+        assert pixels.result(60).shape[2] == 3
+    finally:
+        first.close()
+        second.close()
+    assert started.returncode == 0
