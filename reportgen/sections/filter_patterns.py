@@ -28,7 +28,7 @@ from reportgen.techniques.filter_patterns import (
     Scorecard,
     choose_filters,
     layer_consumers,
-    layer_size,
+    layer_sizes,
     matmul_rate,
     pattern_target,
     score_layer,
@@ -271,11 +271,12 @@ def build(analysis: Analysis) -> list[Section]:
                                compute_dtype=search_dtype(analysis.layers, analysis.layer_shapes,
                                                           [n.path for n in nodes]))
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
-    # Each layer's canvas: twice its receptive field (`layer_size`), unless --pattern-size sets one for all.
+    # Each layer's canvas: twice its receptive field (`layer_sizes`), unless --pattern-size sets one for all.
     channels = analysis.loaded.input_shape[2]
+    sizes = layer_sizes(analysis.model, [t.output for t in targets], (height, width), channels) \
+        if options.pattern_size is None else {}
     layer_settings = {t.layer: settings if options.pattern_size is not None else dataclasses.replace(
-        settings, **dict(zip(("height", "width"), layer_size(analysis.model, t.output, (height, width), channels),
-                             strict=True))) for t in targets}
+        settings, height=sizes[t.output][0], width=sizes[t.output][1]) for t in targets}
 
     image_h, image_w = analysis.images.pixels.shape[1:3]
     area_scale = {path: s.height * s.width / (image_h * image_w) for path, s in layer_settings.items()}

@@ -239,24 +239,27 @@ def search_size(model: Any, deepest_layer: str, input_shape: tuple[int | None, i
 MIN_LAYER_SIZE = 32  # the smallest canvas a layer's patterns get (drawn enlarged: a texture needs some periods)
 
 
-def layer_size(model: Any, output: str, canvas: tuple[int, int], channels: int) -> tuple[int, int]:
-    """(height, width) of the canvas for the patterns driving `output`: twice its receptive field, rounded up to
-    16 px, at least `MIN_LAYER_SIZE`, at most `canvas`. A filter sees only its receptive field, and a pattern
+def layer_sizes(model: Any, outputs: Sequence[str], canvas: tuple[int, int],
+                channels: int) -> dict[str, tuple[int, int]]:
+    """(height, width) of the canvas for the patterns driving each of `outputs`: twice its receptive field, rounded
+    up to 16 px, at least `MIN_LAYER_SIZE`, at most `canvas`. A filter sees only its receptive field, and a pattern
     maximises its mean over the whole map, so a larger canvas repeats the same texture for more work (VGG16's
     block1_conv2 sees 5x5 px: a 32 px canvas shows its texture for 1/16 of a 128 px one's search). The canvas
-    stays where the model cannot run on the smaller one."""
-    from reportgen.techniques.dataset_examples import receptive_field
+    stays where the model cannot run on the smaller one. Every field comes from one forward pass."""
+    from reportgen.techniques.dataset_examples import receptive_fields
 
-    field = receptive_field(model, output, (*canvas, channels))
-    size = tuple(min(side, max(MIN_LAYER_SIZE, -(-2 * reach // 16) * 16)) for side, reach in
-                 zip(canvas, field.size, strict=True))
-    if size == canvas:
-        return canvas
-    try:
-        run_layers(model, np.zeros((1, *size, channels), np.float32), [output], stop_early=True)
-    except Exception:  # Keras raises many types for a shape it cannot take
-        return canvas
-    return size[0], size[1]
+    fields = receptive_fields(model, list(outputs), (*canvas, channels))
+    sizes: dict[str, tuple[int, int]] = {}
+    for output in outputs:
+        size = tuple(min(side, max(MIN_LAYER_SIZE, -(-2 * reach // 16) * 16)) for side, reach in
+                     zip(canvas, fields[output].size, strict=True))
+        if size != canvas:
+            try:
+                run_layers(model, np.zeros((1, *size, channels), np.float32), [output], stop_early=True)
+            except Exception:  # Keras raises many types for a shape it cannot take
+                size = canvas
+        sizes[output] = (size[0], size[1])
+    return sizes
 
 
 def search_dtype(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_paths: Sequence[str]) -> str:
