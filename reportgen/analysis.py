@@ -96,6 +96,13 @@ class Analysis:
         return self.input_size or tuple(self.images.pixels.shape[1:3])  # type: ignore[return-value]
 
     @cached_property
+    def image_flops(self) -> float:
+        """The model's forward FLOPs per image (`precision.forward_flops`)."""
+        from reportgen.precision import forward_flops
+
+        return forward_flops(self.layers, self.layer_shapes)
+
+    @cached_property
     def layer_shapes(self) -> dict[str, Any]:
         height, width = self.size
         return layer_output_shapes(self.model, (height, width, self.loaded.input_shape[2]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -25,6 +26,7 @@ from reportgen.loading.labels import read_class_names_file, resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.loading.stream import ImageReader
+from reportgen.precision import SMALL_MODEL_FLOPS
 from reportgen.progress import Progress
 from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section
@@ -298,8 +300,7 @@ def generate_report(
     sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
 
     # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
-    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder, \
-            without_graph_rewrites():
+    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
         progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
         loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                             unsafe=options.unsafe, seed=options.seed)
@@ -330,19 +331,21 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
                         warnings=list(early_warnings),
                         all_sources=tuple(sources), input_size=(reader.height, reader.width), reader=reader)
     check_options(analysis, wanted)
-    run_dataset_pass(analysis, reader, wanted)
-    analysis.warnings[discovered:discovered] = reader.warnings  # skipped files early
     seconds: dict[str, float] = {}
-
     sections: list[Section] = []
-    for kind in wanted:
-        started = time.perf_counter()
-        progress(kind, "start")
-        built = BUILDERS[kind](analysis)
-        for section in built:
-            encoder.prefetch(section)  # its plots compress while the next section computes
-        sections.extend(built)
-        seconds[kind] = round(time.perf_counter() - started, 3)
+    # A small model's report is tracing, not arithmetic: TensorFlow's graph optimiser would cost more than it saves.
+    small = analysis.image_flops <= SMALL_MODEL_FLOPS
+    with without_graph_rewrites() if small else contextlib.nullcontext():
+        run_dataset_pass(analysis, reader, wanted)
+        analysis.warnings[discovered:discovered] = reader.warnings  # skipped files early
+        for kind in wanted:
+            started = time.perf_counter()
+            progress(kind, "start")
+            built = BUILDERS[kind](analysis)
+            for section in built:
+                encoder.prefetch(section)  # its plots compress while the next section computes
+            sections.extend(built)
+            seconds[kind] = round(time.perf_counter() - started, 3)
 
     report = Report(
         title=options.title or f"{loaded.name}: what the network learned",

@@ -83,8 +83,10 @@ class DatasetPass:
 
     def __init__(self, model: Any, preprocessor: Preprocessor, classes: int, plan: PassPlan,
                  shapes: dict[str, Any], activation: str) -> None:
+        from reportgen.graph import walk_layers
+        from reportgen.precision import forward_flops
         from reportgen.techniques.cams import ModelFunctions, score_head
-        from reportgen.techniques.predictions import activation_bytes, final_layer
+        from reportgen.techniques.predictions import final_layer
 
         self.model, self.preprocessor, self.classes, self.plan = model, preprocessor, classes, plan
         self.activation = activation
@@ -97,7 +99,7 @@ class DatasetPass:
         self.cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
         self.cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
         self.stat_shapes = {n.path: tuple(int(d) for d in shapes[n.path][1:]) for n in plan.stat_layers}
-        self._image_tape_bytes = activation_bytes(shapes)
+        self._image_flops = forward_flops(walk_layers(model), shapes)
         self.expect_batches(None, 0)
 
     def expect_batches(self, batches: int | None, batch_size: int) -> None:
@@ -105,8 +107,7 @@ class DatasetPass:
         model runs eagerly rather than traced (`predictions.compiled`)."""
         from reportgen.techniques.predictions import compiled
 
-        self._step = compiled(self._step_graph, self.model, calls=batches,
-                              tape_bytes=batch_size * self._image_tape_bytes)
+        self._step = compiled(self._step_graph, self.model, calls=batches, flops=batch_size * self._image_flops)
         self._traced = hasattr(self._step, "get_concrete_function")
         self._traced_shapes: set[tuple[int, ...]] = set()
 
@@ -197,7 +198,7 @@ class DatasetPass:
         """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
         started = time.perf_counter()
         names = [s.name for s in reader.sources]
-        self.expect_batches(-(-len(names) // batch_size), batch_size)
+        self.expect_batches(-(-len(names) // batch_size), min(batch_size, len(names)))
         state = self.new_state(name_ranks(names))
         method: str | None = None
         done = 0

@@ -212,8 +212,8 @@ def without_graph_rewrites() -> Iterator[None]:
 
     A report traces about twenty functions and calls most a few times. Grappler rewrites each graph on its first
     call: on a CNN of a few MFLOP per image that costs more than all its runs (40 instead of 70 ms a pattern step's
-    first call, 0.2-0.4 s a report), and on VGG16 the runs are as fast without it (forward and backward of 4
-    images: 0.60 s either way)."""
+    first call, 0.2-0.4 s a report). On VGG16 it pays: its bfloat16 forward passes take 7% longer without it, so
+    reports turn it off only for small models (`precision.SMALL_MODEL_FLOPS`)."""
     import tensorflow as tf
 
     before = tf.config.optimizer.get_experimental_options()

@@ -568,20 +568,20 @@ def test_bfloat16_curves_agree_with_float32_and_shown_probabilities_stay_float32
 
 
 def test_a_layer_pass_run_once_runs_eagerly_with_the_traced_numbers(residual_model):
-    """One layer pass on a small model skips tracing (`predictions.compiled`); its activations and every
-    (image, class) gradient equal the traced function's, and a pass whose tape would be large stays traced."""
+    """One layer pass of little arithmetic skips tracing (`predictions.compiled`); its activations and every
+    (image, class) gradient equal the traced function's, and a pass of much arithmetic stays traced."""
     from reportgen.graph import without_graph_rewrites
-    from reportgen.techniques.predictions import EAGER_TAPE_BYTES
+    from reportgen.precision import SMALL_MODEL_FLOPS
 
     layer = next(n.path for n in walk_layers(residual_model) if n.path.endswith("add"))
     head = score_head(residual_model, final_layer(residual_model), 3)
     x = RNG.random((5, 32, 32, 3), dtype=np.float32)
     slots = np.array([[0, 2], [1, 1], [2, 0], [0, 1], [1, 2]], np.int32)
     with without_graph_rewrites():
-        once = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1, layer_pass_bytes=1000)
+        once = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1, layer_pass_flops=1e6)
         traced = ModelFunctions(residual_model, head, layer, lambda raw: raw)
         large = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1,
-                               layer_pass_bytes=EAGER_TAPE_BYTES + 1)
+                               layer_pass_flops=SMALL_MODEL_FLOPS * 2)
         assert not hasattr(once._layer_pass, "get_concrete_function")
         assert hasattr(traced._layer_pass, "get_concrete_function")
         assert hasattr(large._layer_pass, "get_concrete_function")

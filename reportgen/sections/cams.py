@@ -26,7 +26,6 @@ from reportgen.techniques.cams import (
     faithfulness,
     same_maps,
 )
-from reportgen.techniques.predictions import activation_bytes
 
 TILE = 128  # px, longer side of every image tile
 COLORMAP = "jet"
@@ -81,7 +80,7 @@ def _compute(analysis: Analysis) -> CamBundle:
         analysis.model, analysis.inputs, plan.targets, methods, layer, plan.to_probabilities,
         CamSettings(batch_size=options.batch_size or 16, seed=options.seed,
                     curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes),
-                    image_bytes=activation_bytes(analysis.layer_shapes)),
+                    image_flops=analysis.image_flops),
         baseline, float(np.max(high - low)),
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
         probabilities=plan.predictions.probabilities.values,

@@ -221,7 +221,8 @@ def build(analysis: Analysis) -> list[Section]:
 
     batches = -(-images // batch_size)
     analysis.progress(KIND, f"{len(paths)} layers, {images} images, batches of {batch_size}")
-    for number, batch in enumerate(iter_feature_maps(analysis.model, analysis.inputs, paths, batch_size), start=1):
+    for number, batch in enumerate(iter_feature_maps(analysis.model, analysis.inputs, paths, batch_size,
+                                                     analysis.image_flops), start=1):
         analysis.progress(KIND, f"batch {number}/{batches}: figures")
         for path in paths:
             maps = batch.maps[path]

@@ -69,7 +69,7 @@ def _plan(analysis: Analysis) -> PredictionPlan:
     names = analysis.class_names.names
     requested = resolve_classes(analysis.options.classes, names)  # fail on a bad --classes before any work
     analysis.progress("predictions", f"{len(analysis.inputs)} images")
-    raw = predict_raw(analysis.model, analysis.inputs, analysis.options.batch_size or 32)
+    raw = predict_raw(analysis.model, analysis.inputs, analysis.options.batch_size or 32, analysis.image_flops)
     activation = final_layer(analysis.model).activation
     method, description = probability_method(raw, activation)
     probabilities = Probabilities(convert(raw, method), method, description)

@@ -51,9 +51,9 @@ class CamSettings:
     ig_steps: int = 32  # Riemann midpoint steps from the black image to the input
     seed: int = 0
     curves_dtype: str = "float32"  # the deletion and insertion curves' arithmetic (`precision.ranking_dtype`)
-    # Bytes of every layer's output for one image (`predictions.activation_bytes`), None when unknown: a layer
-    # pass that runs once with a small enough gradient tape runs eagerly (`predictions.compiled`).
-    image_bytes: int | None = None
+    # The model's forward FLOPs per image (`precision.forward_flops`), None when unknown: a layer pass that runs
+    # once on little arithmetic runs eagerly (`predictions.compiled`).
+    image_flops: float | None = None
 
 
 # --------------------------------------------------------------------------------------------- target layer
@@ -283,9 +283,9 @@ class ModelFunctions:
     def __init__(self, model: Any, head: ScoreHead, layer: str | None,
                  to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
                  curves_dtype: str = "float32", layer_passes: int | None = None,
-                 layer_pass_bytes: int | None = None) -> None:
-        """`layer_passes`: how many times `layer_pass` will run, and `layer_pass_bytes` what its eager gradient
-        tape would hold, when known (one pass on a small model runs eagerly: `predictions.compiled`)."""
+                 layer_pass_flops: float | None = None) -> None:
+        """`layer_passes`: how many times `layer_pass` will run, and `layer_pass_flops` the forward FLOPs of one,
+        when known (one pass of little arithmetic runs eagerly: `predictions.compiled`)."""
         import tensorflow as tf
 
         self.model, self.head, self.layer = model, head, layer
@@ -293,7 +293,7 @@ class ModelFunctions:
         self.batch_size = batch_size
         self.traced = traceable(model)
         self.curves_dtype = curves_dtype
-        self._layer_pass = compiled(self._layer_pass_graph, model, calls=layer_passes, tape_bytes=layer_pass_bytes)
+        self._layer_pass = compiled(self._layer_pass_graph, model, calls=layer_passes, flops=layer_pass_flops)
         self._input_gradients = compiled(self._input_gradients_graph, model)
         self._raw = compiled(lambda x: model(x, training=False), model)
         self._raw_curves = self._raw if curves_dtype == "float32" else compiled(
@@ -740,9 +740,9 @@ def explain(
         """The functions of `network` for its first `images` inputs."""
         batch = max(1, settings.batch_size)
         slots = max((len(row) for row in targets[:images]), default=1)
-        tape = None if settings.image_bytes is None else min(batch, images) * slots * settings.image_bytes
+        flops = None if settings.image_flops is None else min(batch, images) * slots * settings.image_flops
         return ModelFunctions(network, network_head, path, to_probabilities, settings.batch_size, curves_dtype,
-                              layer_passes=-(-images // batch), layer_pass_bytes=tape)
+                              layer_passes=-(-images // batch), layer_pass_flops=flops)
 
     functions = functions_for(model, head, len(inputs), settings.curves_dtype)
     maps = compute_maps(functions, inputs, targets, methods, settings, baseline, value_range, progress)

@@ -158,10 +158,11 @@ def auto_batch_size(shapes: Mapping[str, Any], paths: Sequence[str], images: int
     return max(1, min(images, budget // per_image))
 
 
-def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...], calls: int | None = None) -> Any:
+def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, ...], calls: int | None = None,
+                     flops: float | None = None) -> Any:
     """A function of a batch returning the outputs of `paths` in order: a `tf.function` traced once for any batch
-    size, or the same run eagerly when a layer name cannot be a TensorFlow scope name or it runs once (`calls`,
-    see `predictions.compiled`).
+    size, or the same run eagerly when a layer name cannot be a TensorFlow scope name or it runs once on little
+    arithmetic (`calls`, `flops` of a call: see `predictions.compiled`).
 
     The run stops after the last chosen layer, so a classifier head that no map needs is never computed.
     """
@@ -173,15 +174,20 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
         run = run_layers(model, x, capture=wanted, stop_early=True)
         return [run.captured[path] for path in wanted]
 
-    if not traceable(model) or calls == 1:
+    from reportgen.precision import SMALL_MODEL_FLOPS
+
+    if not traceable(model) or (calls == 1 and flops is not None and flops <= SMALL_MODEL_FLOPS):
         return capture
     return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)], autograph=False)
 
 
-def iter_feature_maps(model: Any, inputs: np.ndarray, paths: Sequence[str], batch_size: int) -> Iterator[MapBatch]:
-    """Run `inputs` (N, H, W, C) through `model` in batches; yield each batch's maps for every path."""
+def iter_feature_maps(model: Any, inputs: np.ndarray, paths: Sequence[str], batch_size: int,
+                      image_flops: float | None = None) -> Iterator[MapBatch]:
+    """Run `inputs` (N, H, W, C) through `model` in batches; yield each batch's maps for every path
+    (`image_flops`: the model's forward FLOPs per image, when known: see `capture_function`)."""
     inputs = np.asarray(inputs, dtype=np.float32)
-    run = capture_function(model, paths, inputs.shape[1:], calls=-(-len(inputs) // batch_size))
+    run = capture_function(model, paths, inputs.shape[1:], calls=-(-len(inputs) // batch_size),
+                           flops=None if image_flops is None else min(batch_size, len(inputs)) * image_flops)
     for start in range(0, len(inputs), batch_size):
         outputs = run(inputs[start:start + batch_size])
         yield MapBatch(start, {path: np.asarray(out, dtype=np.float32) for path, out in zip(paths, outputs,

@@ -7,7 +7,6 @@ which we did. A single sigmoid unit is a two-class model: class 1 has probabilit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,35 +20,23 @@ CLASSES_FLAG = "--classes"
 # Rows of a probability output sum to 1 up to float32 rounding of a few thousand terms.
 SUM_TOLERANCE = 1e-3
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
-# A function that runs once is run eagerly when its gradient tape holds at most this many bytes (see `compiled`).
-EAGER_TAPE_BYTES = 256 * 2**20
-
-
-def compiled(function: Callable, model: Any, calls: int | None = None, tape_bytes: int | None = 0) -> Callable:
+def compiled(function: Callable, model: Any, calls: int | None = None, flops: float | None = None) -> Callable:
     """`function` as a tf.function (one trace per input shape family) when the model's names allow tracing and it
-    runs more than once.
+    runs more than once, or once with a lot of arithmetic.
 
-    A function that runs once (`calls` 1) runs eagerly: tracing and optimising a graph for one call costs more
-    than the call (0.08 s against 0.02 s for the CAM layer pass of 8 images through a 3-conv CNN), and the kernels,
-    and so the numbers, are the same. Unless it takes a gradient whose eager tape would hold more than
-    `EAGER_TAPE_BYTES`: `tape_bytes` is what the tape keeps (every activation of the batch; 0 for a function
-    without a gradient, None when unknown), where a graph keeps only what the gradient needs."""
+    A function that runs once (`calls` 1) on at most `precision.SMALL_MODEL_FLOPS` of forward arithmetic
+    (`flops`: the call's images times the model's forward FLOPs per image; None when unknown) runs eagerly:
+    tracing and optimising a graph for one call costs more than the call (0.08 s against 0.02 s for the CAM layer
+    pass of 8 images through a 3-conv CNN), and the kernels, and so the numbers, are the same. On more arithmetic
+    the graph wins: an eager gradient computes what a graph prunes."""
     import tensorflow as tf
 
-    once = calls == 1 and tape_bytes is not None and tape_bytes <= EAGER_TAPE_BYTES
+    from reportgen.precision import SMALL_MODEL_FLOPS
+
+    once = calls == 1 and flops is not None and flops <= SMALL_MODEL_FLOPS
     if not traceable(model) or once:
         return function
     return tf.function(function, reduce_retracing=True, autograph=False)
-
-
-def activation_bytes(shapes: dict[str, Any]) -> int:
-    """Bytes of every layer's float32 output for one image (`graph.layer_output_shapes`): what an eager gradient
-    tape over the whole model keeps."""
-    total = 0
-    for shape in shapes.values():
-        for single in (shape if shape and isinstance(shape[0], tuple) else (shape,)):
-            total += 4 * math.prod(int(d) for d in single[1:] if d is not None)
-    return total
 
 
 @dataclass(frozen=True)
@@ -157,11 +144,14 @@ def to_probabilities(raw: np.ndarray, activation: str) -> Probabilities:
     return Probabilities(convert(raw, method), method, description)
 
 
-def predict_raw(model: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The model's raw outputs (N, units) in inference mode, batch by batch."""
+def predict_raw(model: Any, inputs: np.ndarray, batch_size: int = 32, image_flops: float | None = None) -> np.ndarray:
+    """The model's raw outputs (N, units) in inference mode, batch by batch (`image_flops`: the model's forward
+    FLOPs per image, when known: see `compiled`)."""
     import tensorflow as tf
 
-    call = compiled(lambda x: model(x, training=False), model, calls=-(-len(inputs) // batch_size))
+    batch = min(batch_size, len(inputs))
+    call = compiled(lambda x: model(x, training=False), model, calls=-(-len(inputs) // batch_size),
+                    flops=None if image_flops is None else batch * image_flops)
     outputs = [np.asarray(call(tf.constant(inputs[start:start + batch_size], tf.float32)), dtype=np.float64)
                for start in range(0, len(inputs), batch_size)]
     raw = np.concatenate(outputs) if outputs else np.zeros((0, 1))
