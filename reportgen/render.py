@@ -35,7 +35,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
-from reportgen.plot_worker import PlotWorker
+from reportgen.plot_worker import PlotWorker, plot_function
 from reportgen.report import EncodedImage, Figure, PendingImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
@@ -190,7 +190,7 @@ WEBP_QUALITY = 90
 WEBP_SHARE = 0.8
 # libwebp's effort (0-6): encoding was the largest share of a small model's report (1.4 s of CPU for the 119
 # figures of a 3-conv CNN's, against 5 s for everything else); 2 takes half the time of the default 4 for 6% more
-# bytes. Pillow's encoder releases the GIL, as OpenCV's does.
+# WebP bytes (2% more page). Pillow's encoder releases the GIL, as OpenCV's does.
 WEBP_METHOD = 2
 # What the page may embed, in bytes of base64: figures past it are linked from figures/ instead, and the
 # report says which. GitHub refuses files over 100 MB and browsers struggle with pages of 80 MB; with the tables
@@ -237,7 +237,7 @@ ENCODER_BACKLOG = 16
 
 class FigureEncoder:
     """`Analysis.encode`: compresses each figure on a small thread pool while the builders compute the next ones
-    (OpenCV's encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
+    (the PNG and WebP encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
     `PendingImage` at once; the renderer waits for each. The pixels passed in must not be changed afterwards."""
 
     def __init__(self, workers: int | None = None, plots: bool = False) -> None:
@@ -261,6 +261,7 @@ class FigureEncoder:
         now, in this process."""
         if self._plots is None:
             return self(draw(*args, **kwargs), page)
+        plot_function(draw.__name__)  # only figures.plot_*: refused here, before it takes a place in the backlog
         self._backlog.acquire()
         encoded: Future[EncodedImage] = Future()
 
