@@ -319,8 +319,10 @@ class ModelFunctions:
 
         Image b's scores depend on image b alone (inference mode), so the gradient of the sum of every copy's own
         slot score with respect to a copy is that slot's gradient: one backward pass gives every (image, class)
-        pair. T forward passes of the batch cost less than a vectorised Jacobian, whose conversion of the backward
-        graph took most of the layer pass's tracing, and the same when T is 1, the usual case."""
+        pair. When T is 1, the usual case, that is one forward and one backward pass, as before. Else it costs
+        T - 1 more forward passes of the batch (few beside the deletion curves' hundreds), where a vectorised
+        Jacobian would cost its tracing: the conversion of the backward graph was 0.17 s of the 0.21 s it took
+        to trace the layer pass of a 3-conv CNN."""
         import tensorflow as tf
 
         return tf.tile(x, tf.concat([[tf.shape(slots)[1]], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
