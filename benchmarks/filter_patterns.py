@@ -40,28 +40,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 
-def tutorial_loop(model, layer: str, filters: list[int], steps: int, size: int, seed: int) -> tuple[float, np.ndarray]:
-    """DLwP 5.4, one filter at a time, eagerly. Returns seconds and each filter's final mean activation."""
+def tutorial_loop(model, layer: str, filters, steps: int, size: int, seed: int, low: float = 0.0,
+                  high: float = 255.0) -> tuple[float, list]:
+    """DLwP 5.4, one filter at a time, eagerly, on model inputs in [low, high] (the book's 0-255): start from
+    128 + 20 * U(0, 1) of 255, gradient divided by its RMS, one grey level (1/255 of the range) per step. Returns
+    the seconds and each filter's final input (1, size, size, channels)."""
     import keras
     import tensorflow as tf
 
     sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    channels = int(model.inputs[0].shape[-1])
+    span = high - low
     rng = np.random.default_rng(seed)
     reached = []
     started = time.perf_counter()
     for f in filters:
-        x = tf.constant(rng.random((1, size, size, 3)) * 20 + 128.0, tf.float32)
+        x = tf.constant(low + span * (128.0 + 20.0 * rng.random((1, size, size, channels))) / 255.0, tf.float32)
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_mean(sub(x)[..., f])
             grads = tape.gradient(loss, x)
             grads /= tf.sqrt(tf.reduce_mean(tf.square(grads))) + 1e-5
-            x += 1.0 * grads
+            x += span / 255.0 * grads
         reached.append(x)
-    seconds = time.perf_counter() - started
-    activation = [float(tf.reduce_mean(sub(x)[..., f])) for x, f in zip(reached, filters, strict=True)]
-    return seconds, np.array(activation)
+    return time.perf_counter() - started, reached
+
+
+def mean_activations(model, layer: str, filters, inputs: list) -> np.ndarray:
+    """Each filter's mean activation on its own input."""
+    import keras
+    import tensorflow as tf
+
+    sub = keras.Model(model.inputs, model.get_layer(layer).output)
+    return np.array([float(tf.reduce_mean(sub(x)[..., f])) for x, f in zip(inputs, filters, strict=True)])
 
 
 def reportgen_search(model, layer: str, filters: list[int], steps: int, size: int, seed: int, dtype: str,
@@ -206,7 +218,8 @@ def main() -> None:
     totals: dict[str, float] = {}
     for layer in args.layers.split(","):
         work = search_flops(nodes, shapes, layer, 1.0) * args.filters * args.steps / 1e9  # GFLOP
-        tutorial_s, tutorial_act = tutorial_loop(model, layer, filters, args.steps, args.size, args.seed)
+        tutorial_s, tutorial_inputs = tutorial_loop(model, layer, filters, args.steps, args.size, args.seed)
+        tutorial_act = mean_activations(model, layer, filters, tutorial_inputs)
         rows = [("tutorial loop", tutorial_s, tutorial_act)]
         for name, dtype, method in variants:
             seconds, activation = reportgen_search(model, layer, filters, args.steps, args.size, args.seed, dtype,

@@ -11,9 +11,9 @@ Per figure kind, the tutorial it follows:
   kernels min-max scaled, one subplot per kernel and input channel (up to 3), `savefig`.
 - feature maps (same tutorial): per conv and pooling layer a sub-model `keras.Model(inputs, layer.output)`,
   `predict` per image, one subplot per channel (16 per row, viridis), `savefig`.
-- filter patterns (Chollet, Deep Learning with Python, 5.4, the loop `benchmarks/filter_patterns.py` and
-  `benchmarks/pattern_methods.py` measure against): per conv layer a feature extractor, per filter `--steps` eager
-  gradient-ascent steps from grey plus noise, the gradient normalised by its RMS, 0.05 of the range per step,
+- filter patterns (Chollet, Deep Learning with Python, 5.4: `filter_patterns.tutorial_loop`, the loop
+  `benchmarks/filter_patterns.py` measures against): per conv layer a feature extractor, per filter `--steps` eager
+  gradient-ascent steps from grey plus noise, the gradient normalised by its RMS, one grey level per step,
   deprocessed and saved; ascent only.
 - predictions: `model.predict` per image, the top 5 printed.
 - Grad-CAM (keras.io/examples/vision/grad_cam): `make_gradcam_heatmap` per image for its top class, the jet
@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 matplotlib.use("Agg")
+from filter_patterns import tutorial_loop  # the loop the pattern benchmarks measure against
 from matplotlib import pyplot
 from PIL import Image
 
@@ -100,18 +101,10 @@ def filter_patterns(model, out: Path, filters: int, steps: int, size: int, low: 
     for layer in model.layers:
         if not isinstance(layer, CONV):
             continue
-        feature_extractor = keras.Model(inputs=model.inputs, outputs=layer.output)
+        count = min(filters, layer.output.shape[-1])
+        _, images = tutorial_loop(model, layer.name, range(count), steps, size, seed=0, low=low, high=high)
         tiles = []
-        for filter_index in range(min(filters, layer.output.shape[-1])):
-            img = tf.random.uniform((1, size, size, channels))
-            img = low + (high - low) * (0.4 + 0.2 * img)
-            for _ in range(steps):
-                with tf.GradientTape() as tape:
-                    tape.watch(img)
-                    loss = tf.reduce_mean(feature_extractor(img)[..., filter_index])
-                grads = tape.gradient(loss, img)
-                grads /= tf.sqrt(tf.reduce_mean(tf.square(grads))) + 1e-5
-                img += 0.05 * (high - low) * grads
+        for img in images:
             pixels = img[0].numpy()
             pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-5) * 0.15 + 0.5
             tiles.append(np.clip(pixels * 255, 0, 255).astype("uint8"))
