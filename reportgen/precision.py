@@ -67,6 +67,12 @@ def forward_flops(nodes: Sequence[LayerNode], shapes: dict[str, Any]) -> float:
 SMALL_MODEL_FLOPS = 1e9
 
 
+def one_small_call(calls: int | None, flops: float | None) -> bool:
+    """True for a function that runs once (`calls`) on at most `SMALL_MODEL_FLOPS` of forward arithmetic (`flops`,
+    None when unknown): tracing it would cost more than running it eagerly (`predictions.compiled`)."""
+    return calls == 1 and flops is not None and flops <= SMALL_MODEL_FLOPS
+
+
 def search_elements(nodes: Sequence[LayerNode], shapes: dict[str, Any], layer_path: str,
                     area_scale: float = 1.0) -> float:
     """Activation elements one search step computes for one image, every layer from the input to `layer_path`

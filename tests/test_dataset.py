@@ -176,9 +176,9 @@ def test_dataset_examples_equal_a_brute_force_argsort_and_class_maps_the_per_ima
     sources = discover_images([folder])
     names = [s.name for s in sources]
     x = load_images(sources, (16, 16, 3)).pixels / 255.0
-    from reportgen.techniques.dataset_examples import receptive_field, receptive_fields
+    from reportgen.techniques.dataset_examples import receptive_fields
 
-    fields = {layer: receptive_field(model, layer, (16, 16, 3)) for layer in ("c1", "c2")}
+    fields = receptive_fields(model, ["c1", "c2"], (16, 16, 3))
     assert fields["c1"].size == (3, 3) and fields["c2"].size == (5, 5)  # two 3x3 convs, stride 1
     assert receptive_fields(model, ["c2", "c1"], (16, 16, 3)) == fields  # one pass for both layers
     for layer in ("c1", "c2"):

@@ -509,3 +509,20 @@ def test_deep_networks_get_one_pattern_layer_per_stage(keras):
     assert len(paths) > ALL_LAYERS_UP_TO
     chosen = one_per_stage(fp.pattern_targets(model, paths), layer_output_shapes(model, (32, 32, 3)))
     assert [t.layer for t in chosen] == ["s0_conv2", "s1_conv2", "s2_conv2"]  # the last before each pooling
+
+
+def test_each_layer_canvas_is_twice_its_receptive_field_within_the_bounds(keras):
+    """3x3 convs, stride 1, then a 2x2 pool: fields of 3, 5 and 10 px (the conv arithmetic, worked by hand)
+    give canvases of 32 (the minimum), 32 and 32; a dilated conv seeing 21 px gets 48; and the canvas caps."""
+    inputs = keras.Input((64, 64, 3))
+    a = keras.layers.Conv2D(2, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(2, 3, padding="same", name="b")(a)
+    p = keras.layers.MaxPooling2D(name="p")(b)
+    c = keras.layers.Conv2D(2, 3, padding="same", name="c")(p)
+    d = keras.layers.Conv2D(2, 3, padding="same", dilation_rate=3, name="d")(c)
+    model = keras.Model(inputs, d)
+    # d adds (3 - 1) * 3 cells of 2 px to c's 10 px: 22 px, of which the measured support is at least 21.
+    sizes = fp.layer_sizes(model, ["a", "b", "c", "d"], (64, 64), 3)
+    assert sizes["a"] == sizes["b"] == sizes["c"] == (32, 32)
+    assert sizes["d"] == (48, 48)
+    assert fp.layer_sizes(model, ["d"], (40, 40), 3)["d"] == (40, 40)  # never more than the canvas

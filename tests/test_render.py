@@ -232,6 +232,8 @@ def test_plots_drawn_by_the_worker_process_equal_inline_ones_and_its_errors_surf
         failing = encoder.plot(figures.plot_matrix, matrix, ["only one"], labels, "t", "x", "y")
         with pytest.raises(ValueError, match="plotting function"):
             encoder.plot(figures.fit_width, np.zeros((4, 4, 3), np.uint8))
+        pending.result()
+        assert not encoder._plots._local  # the worker answered: nothing fell back to drawing here
     assert worker.returncode == 0  # closed with the encoder
     assert pending.result() == render.encode_image(figures.plot_matrix(matrix, labels, labels, "t", "x", "y"))
     with pytest.raises(Exception):  # noqa: B017 - matplotlib's own error for a label list of the wrong length

@@ -144,11 +144,6 @@ class ReceptiveField:
         return x0, y0, min(width, x0 + self.size[1]), min(height, y0 + self.size[0])
 
 
-def receptive_field(model: Any, layer: str, input_shape: tuple[int, int, int], seed: int = 0) -> ReceptiveField:
-    """The receptive field of the centre cell of `layer` (see `receptive_fields`)."""
-    return receptive_fields(model, [layer], input_shape, seed)[layer]
-
-
 def receptive_fields(model: Any, layers: Sequence[str], input_shape: tuple[int, int, int],
                      seed: int = 0) -> dict[str, ReceptiveField]:
     """The receptive field of the centre cell of each of `layers`, measured: the input pixels whose gradient is

@@ -174,9 +174,9 @@ def capture_function(model: Any, paths: Sequence[str], input_shape: tuple[int, .
         run = run_layers(model, x, capture=wanted, stop_early=True)
         return [run.captured[path] for path in wanted]
 
-    from reportgen.precision import SMALL_MODEL_FLOPS
+    from reportgen.precision import one_small_call
 
-    if not traceable(model) or (calls == 1 and flops is not None and flops <= SMALL_MODEL_FLOPS):
+    if not traceable(model) or one_small_call(calls, flops):
         return capture
     return tf.function(capture, input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)], autograph=False)
 

@@ -31,10 +31,9 @@ def compiled(function: Callable, model: Any, calls: int | None = None, flops: fl
     the graph wins: an eager gradient computes what a graph prunes."""
     import tensorflow as tf
 
-    from reportgen.precision import SMALL_MODEL_FLOPS
+    from reportgen.precision import one_small_call
 
-    once = calls == 1 and flops is not None and flops <= SMALL_MODEL_FLOPS
-    if not traceable(model) or once:
+    if not traceable(model) or one_small_call(calls, flops):
         return function
     return tf.function(function, reduce_retracing=True, autograph=False)
 
