@@ -57,6 +57,26 @@ def test_tensorflow_import_leaves_its_objects_frozen_and_the_collector_on():
     assert result.stdout.split() == ["True", "True", "True"], result.stderr[-2000:]
 
 
+def test_tensorflow_import_leaves_keras_optional_imports_for_later():
+    """pandas and matplotlib are not imported with TensorFlow and Keras, yet import normally afterwards; one the
+    caller had already imported is left as it was."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "import pandas",
+        "from reportgen.cli import _import_tensorflow",
+        "_import_tensorflow()",
+        "from keras.src.trainers.data_adapters import array_slicing",
+        "print('keras' in sys.modules, 'matplotlib' in sys.modules, array_slicing.pandas is pandas)",
+        "import matplotlib.pyplot",
+        "print(matplotlib.pyplot.figure() is not None)",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert result.stdout.split() == ["True", "False", "True", "True"], result.stderr[-2000:]
+
+
 def test_progress_goes_to_stderr_and_quiet_silences_it(cli, saved_models, image_folder, tmp_path):
     loud = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "loud", "--sections", "summary")
     assert loud.exit_code == 0, loud.output
