@@ -1,6 +1,6 @@
 """`python -m reportgen`."""
 
-from reportgen.cli import main
+from reportgen.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

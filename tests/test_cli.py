@@ -37,6 +37,25 @@ def test_python_dash_m_runs_the_same_cli():
     assert result.returncode == 0 and f"reportgen, version {__version__}" in result.stdout
 
 
+def test_the_program_keeps_exit_codes_messages_and_exit_handlers(tmp_path):
+    """`run` ends the process without the interpreter's teardown, yet exits as `main` would: its code, its
+    message, output flushed, exit handlers run."""
+    import subprocess
+    import sys
+
+    code = "import atexit, sys; atexit.register(lambda: print('handler ran')); from reportgen.cli import run; run()"
+    shown = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, check=False,
+                           timeout=120)
+    assert shown.returncode == 0 and shown.stdout.split("\n")[-3:] == [f"reportgen, version {__version__}",
+                                                                         "handler ran", ""], shown.stderr
+    (tmp_path / "images").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "reportgen", "generate", str(tmp_path / "missing.keras"),
+                          str(tmp_path / "images"), "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: no image files in "), bad.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_tensorflow_import_leaves_its_objects_frozen_and_the_collector_on():
     """The import's long-lived objects are out of the collector's view (no full pass rescans them), the collector
     still runs for the report's own objects, and what is created later is collectable."""
