@@ -98,21 +98,23 @@ def time_to_reach(model, layer: str, filters: list[int], steps: int, size: int, 
     started = time.perf_counter()
     method = method_named(fp.PatternSettings().method)  # the default
     block = fp.pattern_targets(model, [layer])[0]
-    compiled = fp._compile(model, block, method, pixel_map, (size, size, 3), dtype, False)
+    compiled = fp._compile(model, [block], [method], pixel_map, (size, size, 3), dtype, False)
     salt = __import__("zlib").crc32(layer.encode("utf-8"))
     p = tf.constant(np.stack([method.init(np.random.default_rng([seed, salt, f]), size, size, 3) for f in filters]))
     state = (tf.zeros_like(p), tf.zeros_like(p))
     index = tf.constant(filters, tf.int32)
     signs = tf.ones([len(filters)])
     groups = tf.range(len(filters), dtype=tf.int32)
+    members = tf.zeros([len(filters)], tf.int32)
     total = tf.constant(float(steps))
     excluded = 0.0
     for t in range(1, steps + 1):
         seed_t = tf.constant([seed * 1_000_003 + salt, t], tf.int64)
-        p, state, _ = compiled.step(p, state, seed_t, tf.constant(float(t)), total, index, signs, groups)
+        p, state, _ = compiled.step(p, state, seed_t, tf.constant(float(t)), total, index, signs, groups,
+                                    members)
         if t % check_every == 0 or t == steps:
             mark = time.perf_counter()
-            reached = float(np.mean(compiled.evaluate(compiled.render(p), index)[1].numpy()))
+            reached = float(np.mean(compiled.evaluate(compiled.render(p), index, members)[1].numpy()))
             excluded += time.perf_counter() - mark
             if reached >= target:
                 return time.perf_counter() - started - excluded, t

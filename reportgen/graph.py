@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -93,31 +93,51 @@ class LayerRun:
 
     output: Any
     captured: dict[str, Any]
+    pre_activations: dict[str, Any] = field(default_factory=dict)
 
 
 def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early: bool = False,
-               calls: list[LayerCall] | None = None) -> LayerRun:
-    """Run `model` on `inputs` in inference mode, recording the outputs of the layers at the `capture` paths.
+               calls: list[LayerCall] | None = None, pre_activation: Iterable[str] = ()) -> LayerRun:
+    """Run `model` on `inputs` in inference mode, recording the outputs of the layers at the `capture` paths, and
+    for those at the `pre_activation` paths their output before their own activation (a layer without one: its
+    output); the run itself goes on with the activated output.
 
     With `stop_early`, the run ends as soon as every requested output exists (for truncated models such as the
     input-to-layer model of a filter-pattern search); the model output is then None. `calls`, when given, receives
     every (non-container) layer call in execution order with the tensors it read and wrote.
     """
-    wanted = set(capture)
+    wanted, wanted_pre = set(capture), set(pre_activation)
     captured: dict[str, Any] = {}
+    pre: dict[str, Any] = {}
+
+    def done() -> bool:
+        return stop_early and len(captured) == len(wanted) and len(pre) == len(wanted_pre)
 
     def call_layer(layer: Any, args: tuple, kwargs: dict, prefix: str) -> Any:
         path = f"{prefix}{layer.name}"
-        if is_container(layer) and len(args) == 1 and not kwargs:
+        nested = is_container(layer) and len(args) == 1 and not kwargs
+        if nested:
             output = run_container(layer, args[0], f"{path}/")
+        elif path in wanted_pre and getattr(layer, "activation", None) is not None:
+            activation = layer.activation
+            layer.activation = keras.activations.linear  # for this call only: the layers after it see the real one
+            try:
+                pre[path] = layer(*args, **kwargs)
+            finally:
+                layer.activation = activation
+            if done():
+                raise _AllCaptured  # nothing needs the activated output
+            output = activation(pre[path])
         else:
             output = layer(*args, **kwargs)
-            if calls is not None:
-                calls.append(LayerCall(path, _tensor_ids((args, kwargs)), _tensor_ids(output), output))
+            if path in wanted_pre:
+                pre[path] = output
+        if calls is not None and not nested:
+            calls.append(LayerCall(path, _tensor_ids((args, kwargs)), _tensor_ids(output), output))
         if path in wanted:
             captured[path] = output
-            if stop_early and len(captured) == len(wanted):
-                raise _AllCaptured
+        if (path in wanted or path in wanted_pre) and done():
+            raise _AllCaptured
         return output
 
     def run_container(container: Any, x: Any, prefix: str) -> Any:
@@ -139,10 +159,10 @@ def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early:
         output = run_container(model, inputs, "")
     except _AllCaptured:
         output = None
-    missing = wanted - captured.keys()
+    missing = (wanted - captured.keys()) | (wanted_pre - pre.keys())
     if missing and not stop_early:
         raise KeyError(f"layers never ran: {sorted(missing)}")
-    return LayerRun(output=output, captured=captured)
+    return LayerRun(output=output, captured=captured, pre_activations=pre)
 
 
 def layer_output_shapes(model: Any, input_shape: tuple[int, int, int]) -> dict[str, tuple]:

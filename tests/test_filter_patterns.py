@@ -133,6 +133,46 @@ def test_step_is_traced_once_per_layer_whatever_the_batches(example_model, monke
     assert len(calls) == 2  # one trace of the step, one of the float32 evaluation
 
 
+def test_layers_searched_together_get_the_patterns_they_get_alone(example_model):
+    """One search of the first conv layer (projected onto the valid range only) and the next (with the saturation
+    budget), with a filter only the deeper layer has: each layer's patterns, activations, starts and dead flags are
+    those of its own search (the rows are independent; the default method has no shared random draws)."""
+    from reportgen.techniques.filter_patterns import PatternJob, search_layers
+
+    settings = PatternSettings(steps=6, height=32, width=32)
+    jobs = [PatternJob("conv1", (0, 3, 5)), PatternJob("conv2", (1, 20))]  # conv1 has 16 channels
+    together = search_layers(example_model, jobs, settings, SCALE)
+    assert [r.layer for r in together] == ["conv1", "conv2"]
+    for job, merged in zip(jobs, together, strict=True):
+        alone = search_patterns(example_model, job.layer, job.filters, settings, SCALE)
+        assert merged.filters == alone.filters and merged.target == alone.target
+        for direction in settings.directions:
+            a, b = merged.direction(direction), alone.direction(direction)
+            np.testing.assert_allclose(a.inputs, b.inputs, atol=1e-5)
+            np.testing.assert_allclose(a.activation, b.activation, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(a.responses, b.responses, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(merged.start_activation, alone.start_activation, rtol=1e-5)
+        np.testing.assert_array_equal(merged.dead, alone.dead)
+    # The first layer's patterns are unbudgeted (many values at the ends), the second's within the 10% budget.
+    ends = [np.mean((r.direction("ascent").inputs <= 0.01) | (r.direction("ascent").inputs >= 0.99))
+            for r in together]
+    assert ends[0] > 0.2 and ends[1] <= 0.1
+
+
+def test_layers_on_one_canvas_share_a_search_while_it_costs_little():
+    """Worked by hand: a and b share 32 px; running a's 10 patterns to b costs 10 x (0.010 - 0.002) = 0.08 s, under
+    0.1 s. With c (also 32 px) all of them would run to c: 10 x 0.012 + 10 x 0.004 = 0.16 s, so c is searched on
+    its own. d has another canvas; e shares d's, but 4 x 0.05 = 0.2 s is too much."""
+    from reportgen.sections.filter_patterns import shared_searches
+
+    canvases = {"a": (32, 32), "b": (32, 32), "c": (32, 32), "d": (48, 48), "e": (48, 48)}
+    seconds = {"a": 0.002, "b": 0.010, "c": 0.014, "d": 0.02, "e": 0.07}
+    patterns = {"a": 10, "b": 10, "c": 10, "d": 4, "e": 4}
+    assert shared_searches(list(canvases), canvases, seconds, patterns) == [["a", "b"], ["c"], ["d"], ["e"]]
+    seconds["e"] = 0.03  # 4 x 0.01 = 0.04 s
+    assert shared_searches(list(canvases), canvases, seconds, patterns) == [["a", "b"], ["c"], ["d", "e"]]
+
+
 def _model_with_dead_filter(keras):
     """The residual fixture model (Conv2D, SeparableConv2D, DepthwiseConv2D) with stem filter 0 unable to fire:
     negative weights and bias on inputs in [0, 1] keep its pre-activation below zero, so ReLU gives 0."""
@@ -241,7 +281,8 @@ def test_cli_rejects_out_of_range_filter_indices(cli, saved_models, shared_image
     assert "--filter-indices" in result.output and "conv1" in result.output
 
 
-def test_an_estimate_comes_before_the_search_and_progress_after_each_layer(plain_model, shared_images, tmp_path):
+def test_an_estimate_comes_before_the_search_and_progress_before_each_search(plain_model, shared_images, tmp_path):
+    """Both conv layers have 32 px canvases and little arithmetic: one search, named by its layers."""
     import io
 
     from reportgen.progress import Progress
@@ -252,8 +293,8 @@ def test_an_estimate_comes_before_the_search_and_progress_after_each_layer(plain
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines() if "filter_patterns:" in line]
     assert re.fullmatch(r"filter_patterns: 2 layers, 8 patterns of 32x32 px, 3 steps \(projected, \w+\); about "
                         r"\d+ s", lines[1]), lines
-    assert re.fullmatch(r"filter_patterns: conv1 \(1/2\), about \d+ s left", lines[2])
-    assert re.fullmatch(r"filter_patterns: conv2 \(2/2\), about \d+ s left", lines[3])
+    assert re.fullmatch(r"filter_patterns: conv1, conv2 \(1/1\), about \d+ s left", lines[2]), lines
+    assert len(lines) == 3, lines
 
 
 def test_bfloat16_steps_only_where_they_pay(keras, example_model, monkeypatch):

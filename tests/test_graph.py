@@ -36,6 +36,28 @@ def test_captured_outputs_equal_layer_outputs(keras, plain_model, nested_model, 
         np.testing.assert_allclose(run.captured[name], _reference(keras, residual_model, None, name, x), atol=1e-5)
 
 
+def test_pre_activation_is_the_layer_without_its_activation_and_the_run_goes_on(keras, plain_model):
+    """A layer's output before its own activation, against a copy of the layer built with none; the layers after
+    it still see the activated output, so the model's output is unchanged."""
+    x = np.random.default_rng(2).random((2, 32, 32, 3), dtype=np.float32)
+    run = run_layers(plain_model, x, ["conv2"], pre_activation=["conv1", "pool1"])
+    conv1 = plain_model.get_layer("conv1")
+    linear = keras.layers.Conv2D.from_config({**conv1.get_config(), "activation": "linear"})
+    linear.build((None, 32, 32, 3))
+    linear.set_weights(conv1.get_weights())
+    expected = linear(x).numpy()
+    assert expected.min() < 0  # else the activation would change nothing
+    np.testing.assert_allclose(run.pre_activations["conv1"], expected, atol=1e-6)
+    # A layer without an activation: its output.
+    np.testing.assert_allclose(run.pre_activations["pool1"], _reference(keras, plain_model, None, "pool1", x),
+                               atol=1e-6)
+    np.testing.assert_allclose(run.captured["conv2"], _reference(keras, plain_model, None, "conv2", x), atol=1e-6)
+    np.testing.assert_allclose(run.output, plain_model(x).numpy(), atol=1e-6)
+    assert conv1.activation is keras.activations.relu  # restored
+    early = run_layers(plain_model, x, (), stop_early=True, pre_activation=["conv1"])
+    assert early.output is None and list(early.pre_activations) == ["conv1"]
+
+
 def test_gradients_reach_a_nested_layer(nested_model):
     x = tf.constant(np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32))
     with tf.GradientTape() as tape:

@@ -16,7 +16,6 @@ move it at all (zero gradient).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import time
@@ -299,24 +298,6 @@ def _channel_wise(activation: Any) -> bool:
     return activation in (keras.activations.softmax, keras.activations.log_softmax)
 
 
-@contextlib.contextmanager
-def _tracing_view(nodes: Sequence[LayerNode], layer: Any, compute_dtype: str) -> Iterator[None]:
-    """While a function is traced (or, for eager models, runs): `layer` (when given) without its activation (we
-    optimise the pre-activation) and, for bfloat16, every float32 layer computing in mixed bfloat16. Everything is
-    restored on exit; a traced graph keeps what it saw, so the model itself is left as it was."""
-    import keras
-
-    activation = _activation_of(layer) if layer is not None else None
-    try:
-        if layer is not None:
-            layer.activation = keras.activations.linear
-        with layers_computing_in(nodes, compute_dtype):
-            yield
-    finally:
-        if layer is not None:
-            layer.activation = activation
-
-
 def _channel_means(values: Any, filters: Any) -> Any:
     """(B, h, w, C), (B,) filter per image -> (B,) spatial mean of each image's own filter, float32."""
     import tensorflow as tf
@@ -347,35 +328,58 @@ DIVERSITY_WEIGHT = 10.0
 
 @dataclass(frozen=True)
 class _Compiled:
-    step: Any  # (params, (m, v), seed, t, total, filters, signs, groups) -> (params, (m, v), objective)
+    step: Any  # (params, (m, v), seed, t, total, filters, signs, groups, members) -> (params, (m, v), objective)
     render: Any  # params -> model input
-    evaluate: Any  # (model input, filters) -> (pre-activation mean, activation mean, max |activation|,
-    # every channel's activation mean)
+    evaluate: Any  # (model input, filters, members) -> (pre-activation mean, activation mean, max |activation|,
+    # per target: every channel's activation mean)
 
 
-def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: PixelMap, shape: tuple[int, int, int],
-             compute_dtype: str, diverse: bool) -> _Compiled:
+def _compile(model: Any, targets: Sequence[PatternTarget], methods: Sequence[Method], pixel_map: PixelMap,
+             shape: tuple[int, int, int], compute_dtype: str, diverse: bool) -> _Compiled:
+    """The search's functions for patterns of several targets at once: each image (row) drives the target at its
+    index in `members`, with that target's method. One forward pass gives every target's output, so layers that
+    share a canvas share one trace and one run of steps (on a small model tracing costs more than the steps).
+    The methods may differ only in their update (the first conv layer's projection has no budget)."""
     import tensorflow as tf
 
+    method = methods[0]
+    updates = list(dict.fromkeys(methods))  # distinct, in order
+    if not all(m == method or (isinstance(m, ProjectedAscent) and isinstance(method, ProjectedAscent)
+                               and dataclasses.replace(m, budget=method.budget) == method) for m in updates):
+        raise ValueError("one search's methods may differ only in their saturation budget")
+    # Each row's update: the index in `updates` of its target's method.
+    update_of = [updates.index(m) for m in methods]
     nodes = walk_layers(model)
-    layer = next(node.layer for node in nodes if node.path == target.layer)
-    stripped = layer if target.pre is None else None  # the conv's own activation, applied here
+    by_path = {node.path: node.layer for node in nodes}
     height, width, channels = shape
-    activation = _activation_of(layer) if stripped is not None else None
-    whole = activation is not None and _channel_wise(activation)
+    # A conv with its own activation (`pre` None): its output before the activation, which is applied here.
+    activations = [_activation_of(by_path[t.layer]) if t.pre is None else None for t in targets]
+    whole = [a is not None and _channel_wise(a) for a in activations]
+    captures = {path for t in targets if t.pre is not None for path in (t.pre, t.output)}
+    pre_captures = {t.layer for t in targets if t.pre is None}
 
-    def outputs(x: Any) -> tuple[Any, Any]:
-        """(pre-activation, output) of the whole layer; the output None where `activation` gives it."""
-        if target.pre is None:
-            return run_layers(model, x, [target.layer], stop_early=True).captured[target.layer], None
-        captured = run_layers(model, x, {target.pre, target.output}, stop_early=True).captured
-        return captured[target.pre], captured[target.output]
+    def outputs(x: Any) -> list[tuple[Any, Any]]:
+        """Per target, (pre-activation, output) of the whole layer; the output None where `activations` gives it."""
+        run = run_layers(model, x, captures, stop_early=True, pre_activation=pre_captures)
+        return [(run.pre_activations[t.layer], None) if t.pre is None else (run.captured[t.pre],
+                                                                            run.captured[t.output])
+                for t in targets]
 
     def own(values: Any, filters: Any) -> Any:
         return tf.cast(tf.gather(values, filters, axis=3, batch_dims=1), tf.float32)
 
+    def per_target(members: Any, filters: Any) -> Iterator[tuple[int, Any, Any]]:
+        """(index, rows of the target, filter per row): the filter is 0 on other targets' rows (a channel every
+        layer has), whose values are computed and then not selected."""
+        for k in range(len(targets)):
+            mine = tf.equal(members, k)
+            yield k, mine, tf.where(mine, filters, 0) if len(targets) > 1 else filters
+
+    def select(mine: Any, values: Any, so_far: Any) -> Any:
+        return values if so_far is None else tf.where(mine, values, so_far)
+
     def step(params: Any, state: Any, seed: Any, t: Any, total_steps: Any, filters: Any, signs: Any,
-             groups: Any) -> Any:
+             groups: Any, members: Any) -> Any:
         with tf.GradientTape() as tape:
             tape.watch(params)
             unit = method.image(params, width)
@@ -383,61 +387,83 @@ def _compile(model: Any, target: PatternTarget, method: Method, pixel_map: Pixel
                 # Ascent only: descent must switch the filter off everywhere at once, which random views fight
                 # (on the example model most descents then ended above their start).
                 unit = method.jitter(unit, seed, tf.cast(signs > 0, tf.float32))
-            full_pre, full_post = outputs(pixel_map.to_model(unit))
-            # Each image's own filter, (B, h, w). Softmax-like activations need every channel; the others are
-            # elementwise, so they run on the one channel (the layer's full output is large on early layers).
-            if full_post is None and (whole or diverse):
-                full_post = activation(full_pre)
-            pre = own(full_pre, filters)
-            post = own(full_post, filters) if full_post is not None else activation(pre)
-            # Where the filter is off everywhere the real output has no gradient: follow the pre-activation there.
-            off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
-            objective = tf.where(off, tf.reduce_mean(pre, axis=[1, 2]), tf.reduce_mean(post, axis=[1, 2]))
+            full = outputs(pixel_map.to_model(unit))
+            objective = pre_mean = diversity = None
+            for k, mine, row_filters in per_target(members, filters):
+                full_pre, full_post = full[k]
+                # Each image's own filter, (B, h, w). Softmax-like activations need every channel; the others are
+                # elementwise, so they run on the one channel (the layer's full output is large on early layers).
+                if full_post is None and (whole[k] or diverse):
+                    full_post = activations[k](full_pre)
+                pre = own(full_pre, row_filters)
+                post = own(full_post, row_filters) if full_post is not None else activations[k](pre)
+                # Where the filter is off everywhere the real output has no gradient: follow the pre-activation.
+                off = tf.stop_gradient(tf.reduce_max(post, axis=[1, 2]) <= 0.0)
+                mean_pre = tf.reduce_mean(pre, axis=[1, 2])
+                objective = select(mine, tf.where(off, mean_pre, tf.reduce_mean(post, axis=[1, 2])), objective)
+                pre_mean = select(mine, mean_pre, pre_mean)
+                if diverse:
+                    diversity = select(mine, _diversity(full_post, groups), diversity)
             total = tf.reduce_sum(signs * objective)  # each image's gradient is its own: images are independent
             pre_share = getattr(method, "pre_share", 0.0)
             if pre_share:  # ascent also raises the pre-activation a little: cells that are off keep a gradient
-                total += pre_share * tf.reduce_sum(tf.nn.relu(signs) * tf.reduce_mean(pre, axis=[1, 2]))
+                total += pre_share * tf.reduce_sum(tf.nn.relu(signs) * pre_mean)
             penalty = getattr(method, "penalty", None)
             if penalty is not None:  # a share of each image's own objective, whatever the layer's scale
                 total -= tf.reduce_sum((tf.stop_gradient(tf.abs(objective)) + 1e-12) * penalty(params))
             if diverse:
                 scale = tf.stop_gradient(tf.abs(objective)) + 1e-6
-                total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * _diversity(full_post, groups))
-        params, state = method.update(params, tape.gradient(total, params), state, t, total_steps, signs)
+                total -= DIVERSITY_WEIGHT * tf.reduce_sum(scale * diversity)
+        gradient = tape.gradient(total, params)
+        params_in, state_in = params, state
+        params, state = updates[0].update(params_in, gradient, state_in, t, total_steps, signs)
+        for u in range(1, len(updates)):  # the rows of another method: its update, the same Adam moments
+            rows = tf.gather(tf.constant(update_of), members) == u
+            rows = tf.reshape(rows, [-1] + [1] * (len(params.shape) - 1))
+            other, other_state = updates[u].update(params_in, gradient, state_in, t, total_steps, signs)
+            params = tf.where(rows, other, params)
+            state = tuple(tf.where(rows, b, a) for a, b in zip(state, other_state, strict=True))
         return params, state, objective
 
-    def evaluate(x: Any, filters: Any) -> Any:
-        pre, post = outputs(x)
-        if post is None:
-            post = activation(pre)
-        onehot = tf.one_hot(filters, int(post.shape[-1]), dtype=tf.float32)
-        peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
-        return (_channel_means(pre, filters), _channel_means(post, filters), peak,
-                tf.reduce_mean(tf.cast(post, tf.float32), axis=[1, 2]))
+    def evaluate(x: Any, filters: Any, members: Any) -> Any:
+        full = outputs(x)
+        pre_means = post_means = peaks = None
+        every_channel = []
+        for k, mine, row_filters in per_target(members, filters):
+            pre, post = full[k]
+            if post is None:
+                post = activations[k](pre)
+            onehot = tf.one_hot(row_filters, int(post.shape[-1]), dtype=tf.float32)
+            peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
+            pre_means = select(mine, _channel_means(pre, row_filters), pre_means)
+            post_means = select(mine, _channel_means(post, row_filters), post_means)
+            peaks = select(mine, peak, peaks)
+            every_channel.append(tf.reduce_mean(tf.cast(post, tf.float32), axis=[1, 2]))
+        return pre_means, post_means, peaks, tuple(every_channel)
 
     def render(params: Any) -> Any:
         return pixel_map.to_model(method.image(method.finish(params), width))
 
     if not traceable(model):
-        return _Compiled(_in_view(step, nodes, stripped, compute_dtype), render, _in_view(evaluate, nodes, stripped))
+        return _Compiled(_in_view(step, nodes, compute_dtype), render, _in_view(evaluate, nodes))
     param_spec = tf.TensorSpec([None, *method.param_shape(height, width, channels)], tf.float32)
     index_spec = tf.TensorSpec([None], tf.int32)
     scalar = tf.TensorSpec([], tf.float32)
-    with _tracing_view(nodes, stripped, compute_dtype):
+    with layers_computing_in(nodes, compute_dtype):
         step_fn = tf.function(step, autograph=False).get_concrete_function(
             param_spec, (param_spec, param_spec), tf.TensorSpec([2], tf.int64), scalar, scalar, index_spec,
-            tf.TensorSpec([None], tf.float32), index_spec)
-    with _tracing_view(nodes, stripped, "float32"):
-        evaluate_fn = tf.function(evaluate, autograph=False).get_concrete_function(
-            tf.TensorSpec([None, height, width, channels], tf.float32), index_spec)
+            tf.TensorSpec([None], tf.float32), index_spec, index_spec)
+    evaluate_fn = tf.function(evaluate, autograph=False).get_concrete_function(
+        tf.TensorSpec([None, height, width, channels], tf.float32), index_spec, index_spec)
     return _Compiled(step_fn, tf.function(render, autograph=False).get_concrete_function(param_spec), evaluate_fn)
 
 
-def _in_view(function: Any, nodes: Sequence[LayerNode], layer: Any, compute_dtype: str = "float32") -> Any:
-    """`function` run eagerly inside `_tracing_view`, for models whose layer names cannot be traced."""
+def _in_view(function: Any, nodes: Sequence[LayerNode], compute_dtype: str = "float32") -> Any:
+    """`function` run eagerly with every float32 layer computing in `compute_dtype`, for models whose layer names
+    cannot be traced."""
 
     def run(*args: Any) -> Any:
-        with _tracing_view(nodes, layer, compute_dtype):
+        with layers_computing_in(nodes, compute_dtype):
             return function(*args)
 
     return run
@@ -452,12 +478,26 @@ def _batches(count: int, limit: int, group: int = 1) -> list[np.ndarray]:
             for part in np.array_split(np.arange(groups), -(-groups // per)) if part.size]
 
 
-def _evaluate(compiled: _Compiled, inputs: np.ndarray, filters: np.ndarray, limit: int) -> tuple[np.ndarray, ...]:
+def _evaluate(compiled: _Compiled, inputs: np.ndarray, filters: np.ndarray, members: np.ndarray,
+              limit: int) -> tuple[Any, ...]:
+    """(pre-activation means, activation means, peaks, per target: every channel's means) of `inputs`."""
     import tensorflow as tf
 
-    parts = [compiled.evaluate(tf.constant(inputs[b]), tf.constant(filters[b], tf.int32)) for b in
-             _batches(len(inputs), limit)]
-    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in range(4))
+    parts = [compiled.evaluate(tf.constant(inputs[b]), tf.constant(filters[b], tf.int32),
+                               tf.constant(members[b], tf.int32)) for b in _batches(len(inputs), limit)]
+    stacked = tuple(np.concatenate([part[k].numpy() for part in parts]) for k in range(3))
+    every_channel = tuple(np.concatenate([part[3][t].numpy() for part in parts]) for t in range(len(parts[0][3])))
+    return (*stacked, every_channel)
+
+
+@dataclass(frozen=True)
+class PatternJob:
+    """One layer's share of a search: the filters of the layer at `layer` whose patterns drive `target`."""
+
+    layer: str
+    filters: tuple[int, ...]
+    target: PatternTarget | None = None  # default: `pattern_target`, the conv's block output
+    flops_per_step: float = 0.0  # of one pattern (see `search_flops`), only carried into the result
 
 
 def search_patterns(
@@ -471,41 +511,58 @@ def search_patterns(
     method: Method | None = None,
 ) -> LayerPatterns:
     """Optimise the patterns of `filters` of the layer at `layer_path` in every direction of `settings`, driving
-    `target`'s output (default: `pattern_target`, the conv's block output).
+    `target`'s output (default: `pattern_target`, the conv's block output); see `search_layers`. `method`
+    replaces `settings.method`'s (for benchmarks)."""
+    job = PatternJob(layer_path, tuple(int(f) for f in filters), target, flops_per_step)
+    return search_layers(model, [job], settings, pixel_map, method)[0]
+
+
+def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSettings, pixel_map: PixelMap,
+                  method: Method | None = None) -> list[LayerPatterns]:
+    """The patterns of every job's filters, in one search: all of them on the canvas of `settings`, in the same
+    compiled steps (each image drives its own layer's filter; images are independent).
 
     With `settings.diversity` K > 1 each filter gets K patterns per direction, optimised together with a penalty
     on their similarity; `DirectionPatterns.inputs` then holds them filter by filter (K rows per filter).
-    Deterministic for a given `settings.seed`: each filter's starting image is drawn from (seed, layer, filter),
-    and the random transforms of each step from (seed, layer, step). `flops_per_step` (see `search_flops`) is
-    only carried into the result for reporting. `method` replaces `settings.method`'s (for benchmarks).
+    Deterministic for a given `settings.seed` and jobs: each filter's starting image is drawn from (seed, layer,
+    filter), and the random transforms of each step from (seed, the jobs' layers, step). A job's `seconds` are
+    its share (by FLOPs, else by patterns) of the search's time.
     """
     import tensorflow as tf
 
     started = time.perf_counter()
-    if target is None:
-        target = pattern_targets(model, [layer_path])[0]
+    paths = [job.layer for job in jobs]
+    targets = [job.target or pattern_targets(model, [job.layer])[0] for job in jobs]
     method = method or method_named(settings.method)
-    if isinstance(method, ProjectedAscent) and method.free_first_layer and first_conv(walk_layers(model)) == layer_path:
-        method = dataclasses.replace(method, budget=None)  # its best image is two-level: a budget only lowers it
+    first = first_conv(walk_layers(model))
+    # The first conv layer's best image is two-level: a saturation budget only lowers it.
+    methods = [dataclasses.replace(method, budget=None) if isinstance(method, ProjectedAscent)
+               and method.free_first_layer and path == first else method for path in paths]
     height, width, channels = settings.height, settings.width, int(pixel_map.offset.shape[0])
     diversity = settings.diversity
-    compiled = _compile(model, target, method, pixel_map, (height, width, channels), settings.compute_dtype,
+    compiled = _compile(model, targets, methods, pixel_map, (height, width, channels), settings.compute_dtype,
                         diversity > 1)
+    directions = settings.directions
 
-    salt = zlib.crc32(layer_path.encode("utf-8"))
-
-    def start(f: int, k: int) -> np.ndarray:
+    def start(salt: int, f: int, k: int) -> np.ndarray:
         rng = np.random.default_rng([settings.seed, salt, f] if k == 0 else [settings.seed, salt, f, k])
         return method.init(rng, height, width, channels)
 
-    starts = np.stack([start(f, k) for f in filters for k in range(diversity)])
-    count = len(filters) * diversity  # patterns per direction
-    directions = settings.directions
-    # One job per (direction, filter, k); both directions of a filter start from the same images.
-    params = np.concatenate([starts] * len(directions))
-    job_filters = np.tile(np.repeat(np.asarray(filters, np.int32), diversity), len(directions))
+    # Rows job by job; within a job one row per (direction, filter, k), both directions of a filter starting from
+    # the same images.
+    counts = [len(job.filters) * diversity for job in jobs]  # patterns per direction of each job
+    firsts = np.cumsum([0, *(count * len(directions) for count in counts)])
+    starts = [np.stack([start(zlib.crc32(job.layer.encode("utf-8")), f, k) for f in job.filters
+                        for k in range(diversity)]) for job in jobs]
+    params = np.concatenate([np.concatenate([first] * len(directions)) for first in starts])
+    job_filters = np.concatenate([np.tile(np.repeat(np.asarray(job.filters, np.int32), diversity), len(directions))
+                                  for job in jobs])
+    members = np.repeat(np.arange(len(jobs), dtype=np.int32), np.diff(firsts))
     groups = np.repeat(np.arange(len(params) // diversity, dtype=np.int32), diversity)
-    signs = np.repeat([1.0 if d == "ascent" else -1.0 for d in directions], count).astype(np.float32)
+    signs = np.concatenate([np.repeat([1.0 if d == "ascent" else -1.0 for d in directions], count)
+                            for count in counts]).astype(np.float32)
+    # One layer keeps the salt it always had: its patterns do not change with this function.
+    salt = zlib.crc32("\n".join(paths).encode("utf-8"))
 
     final = np.empty_like(params)
     limit = max(settings.batch_limit, diversity)
@@ -513,41 +570,59 @@ def search_patterns(
         p = tf.constant(params[batch])
         state = (tf.zeros_like(p), tf.zeros_like(p))
         f, s, g = tf.constant(job_filters[batch]), tf.constant(signs[batch]), tf.constant(groups[batch])
+        m = tf.constant(members[batch])
         total = tf.constant(float(settings.steps))
         for t in range(1, settings.steps + 1):
             seed = tf.constant([(settings.seed * 1_000_003 + salt) % 2**63, b * 1_000_003 + t], tf.int64)
-            p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), total, f, s, g)
+            p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), total, f, s, g, m)
         final[batch] = p.numpy()
 
     def render(values: np.ndarray) -> np.ndarray:
         return np.concatenate([compiled.render(tf.constant(values[b])).numpy()
                                for b in _batches(len(values), limit)])
 
-    start_inputs = render(starts[::diversity])
-    start_pre, start_post, _, _ = _evaluate(compiled, start_inputs, job_filters[:count:diversity], limit)
+    # The starts: each filter's first image (of its K), once.
+    start_params = np.concatenate([first[::diversity] for first in starts])
+    start_members = np.repeat(np.arange(len(jobs), dtype=np.int32), [len(job.filters) for job in jobs])
+    start_filters = np.concatenate([np.asarray(job.filters, np.int32) for job in jobs])
+    start_pre, start_post, _, _ = _evaluate(compiled, render(start_params), start_filters, start_members, limit)
     inputs = render(final)
-    pre, post, peak, means = _evaluate(compiled, inputs, job_filters, limit)
-    responses = means[:, list(filters)]
+    pre, post, peak, every_channel = _evaluate(compiled, inputs, job_filters, members, limit)
+    seconds = time.perf_counter() - started
+    work = np.array([job.flops_per_step * count for job, count in zip(jobs, counts, strict=True)])
+    shares = work / work.sum() if work.sum() > 0 else np.array(counts) / sum(counts)
 
-    # Dead: the ascent pattern cannot switch the filter on, or no direction could move it at all.
-    dead = np.zeros(len(filters), bool)
-    for k, direction in enumerate(directions):
-        rows = slice(k * count, (k + 1) * count)
-        if direction == "ascent":
-            dead |= np.all((peak[rows] <= DEAD_LEVEL).reshape(len(filters), diversity), axis=1)
-        if settings.steps > 0:
-            dead |= np.all((final[rows] == params[rows]).reshape(len(filters), -1), axis=1)
-    patterns = tuple(
-        DirectionPatterns(direction=d, inputs=inputs[k * count:(k + 1) * count],
-                          activation=post[k * count:(k + 1) * count], pre_activation=pre[k * count:(k + 1) * count],
-                          responses=responses[k * count:(k + 1) * count])
-        for k, d in enumerate(directions)
-    )
-    return LayerPatterns(
-        layer=layer_path, filters=tuple(int(f) for f in filters), patterns=patterns, start_activation=start_post,
-        start_pre_activation=start_pre, dead=dead, seconds=time.perf_counter() - started,
-        flops=flops_per_step * len(params) * settings.steps, target=target, diversity=diversity,
-    )
+    results = []
+    start_firsts = np.cumsum([0, *(len(job.filters) for job in jobs)])
+    for j, job in enumerate(jobs):
+        rows = slice(firsts[j], firsts[j + 1])
+        count, filters = counts[j], job.filters
+        job_final, job_params, job_peak = final[rows], params[rows], peak[rows]
+        # Dead: the ascent pattern cannot switch the filter on, or no direction could move it at all.
+        dead = np.zeros(len(filters), bool)
+        for k, direction in enumerate(directions):
+            part = slice(k * count, (k + 1) * count)
+            if direction == "ascent":
+                dead |= np.all((job_peak[part] <= DEAD_LEVEL).reshape(len(filters), diversity), axis=1)
+            if settings.steps > 0:
+                dead |= np.all((job_final[part] == job_params[part]).reshape(len(filters), -1), axis=1)
+        responses = every_channel[j][rows][:, list(filters)]
+        job_inputs, job_post, job_pre = inputs[rows], post[rows], pre[rows]
+        patterns = tuple(
+            DirectionPatterns(direction=d, inputs=job_inputs[k * count:(k + 1) * count],
+                              activation=job_post[k * count:(k + 1) * count],
+                              pre_activation=job_pre[k * count:(k + 1) * count],
+                              responses=responses[k * count:(k + 1) * count])
+            for k, d in enumerate(directions)
+        )
+        at = slice(start_firsts[j], start_firsts[j + 1])
+        results.append(LayerPatterns(
+            layer=job.layer, filters=filters, patterns=patterns, start_activation=start_post[at],
+            start_pre_activation=start_pre[at], dead=dead, seconds=seconds * float(shares[j]),
+            flops=job.flops_per_step * count * len(directions) * settings.steps, target=targets[j],
+            diversity=diversity,
+        ))
+    return results
 
 
 def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: Sequence[int],
@@ -566,11 +641,11 @@ def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: S
         return tf.reduce_mean(tf.cast(out, tf.float32), axis=[1, 2])
 
     if traceable(model):
-        with _tracing_view(nodes, None, compute_dtype):
+        with layers_computing_in(nodes, compute_dtype):
             run = tf.function(run, autograph=False).get_concrete_function(
                 tf.TensorSpec([None, *inputs.shape[1:]], tf.float32))
     else:
-        run = _in_view(run, nodes, None, compute_dtype)
+        run = _in_view(run, nodes, compute_dtype)
     rows = [run(tf.constant(inputs[b], tf.float32)).numpy() for b in _batches(len(inputs), batch)]
     return np.concatenate(rows)[:, list(filters)]
 
