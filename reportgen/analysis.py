@@ -21,6 +21,7 @@ from reportgen.techniques.cams import TargetLayer, choose_target_layer
 
 if TYPE_CHECKING:
     from reportgen.dataset import DatasetResult
+    from reportgen.techniques.dataset_examples import ReceptiveField
 
 T = TypeVar("T")
 
@@ -81,6 +82,20 @@ class Analysis:
         if key not in self.shared_results:
             self.shared_results[key] = compute()
         return self.shared_results[key]
+
+    def receptive_fields(self, outputs: Sequence[str]) -> dict[str, ReceptiveField]:
+        """Each of `outputs`' receptive field at the model's input size (`dataset_examples.receptive_fields`). The
+        first call also measures the dataset examples' layers, so the filter_patterns and dataset_examples
+        sections share one forward pass."""
+        from reportgen.techniques.dataset_examples import receptive_fields
+
+        known: dict[str, ReceptiveField] = self.shared_results.setdefault("receptive_fields", {})
+        if any(output not in known for output in outputs):
+            examples = self.dataset.examples if self.dataset is not None else ()
+            wanted = [o for o in dict.fromkeys([*outputs, *(e.output or e.layer for e in examples)]) if o not in known]
+            known.update(receptive_fields(self.model, wanted, (*self.size, self.loaded.input_shape[2]),
+                                          self.options.seed))
+        return {output: known[output] for output in outputs}
 
     @property
     def model(self) -> Any:

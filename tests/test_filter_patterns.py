@@ -567,3 +567,23 @@ def test_each_layer_canvas_is_twice_its_receptive_field_within_the_bounds(keras)
     assert sizes["a"] == sizes["b"] == sizes["c"] == (32, 32)
     assert sizes["d"] == (48, 48)
     assert fp.layer_sizes(model, ["d"], (40, 40), 3)["d"] == (40, 40)  # never more than the canvas
+    # Fields measured on a larger input (the model's, shared with the dataset examples) give the same canvases.
+    from reportgen.techniques.dataset_examples import receptive_fields
+
+    measured = receptive_fields(model, ["a", "b", "c", "d"], (96, 96, 3))
+    assert fp.layer_sizes(model, ["a", "b", "c", "d"], (64, 64), 3, measured) == sizes
+    assert fp.layer_sizes(model, ["d"], (40, 40), 3, measured)["d"] == (40, 40)
+
+
+def test_patterns_and_dataset_examples_share_one_receptive_field_pass(plain_model, shared_images, tmp_path,
+                                                                       monkeypatch):
+    from reportgen.techniques import dataset_examples
+
+    calls = []
+    real = dataset_examples.receptive_fields
+    monkeypatch.setattr(dataset_examples, "receptive_fields", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    result = generate_report(plain_model, [shared_images], tmp_path / "out", ReportOptions(
+        sections=("filter_patterns", "dataset_examples"), steps=2, filters=2, examples=2))
+    manifest = json.loads(result.manifest.read_text())
+    assert {e["layer"] for e in manifest["dataset_examples"]} == {"conv1", "conv2"}
+    assert calls == [["conv1", "conv2"]]

@@ -14,7 +14,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Figure, Section, Text
 from reportgen.sections.anchors import section_id
-from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField, receptive_fields
+from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField
 
 KIND = "dataset_examples"
 PATCH = 48  # px, the side of each patch tile
@@ -48,8 +48,6 @@ def build(analysis: Analysis) -> list[Section]:
     wanted = sorted({r.index for e in dataset.examples for r in (*e.top, *e.bottom)})
     analysis.progress(KIND, f"{len(by_layer)} layers, {len(wanted)} images read again for their patches")
     images = dict(zip(wanted, analysis.read_images(wanted), strict=True))
-    height, width = analysis.size
-    channels = analysis.loaded.input_shape[2]
     manifest: list[dict[str, Any]] = []
     sections = [Section(id="dataset-examples", kind=KIND, title="Dataset examples", blocks=(Text(
         f"For each chosen filter of {len(by_layer)} conv layers: its patterns (the synthetic inputs that drive it "
@@ -59,7 +57,7 @@ def build(analysis: Analysis) -> list[Section]:
         "(weakest) position. Kept as a bounded top-k per filter while the images streamed through the model."),),
         data={"layers": list(by_layer), "examples": analysis.options.examples})]
     outputs = {path: rows[0].output or path for path, rows in by_layer.items()}
-    fields = receptive_fields(analysis.model, list(outputs.values()), (height, width, channels), analysis.options.seed)
+    fields = analysis.receptive_fields(list(outputs.values()))
     for path, rows in by_layer.items():
         sections.append(_layer_section(analysis, path, rows, fields[outputs[path]], images, manifest))
     analysis.manifest_lists["dataset_examples"] = manifest

@@ -299,7 +299,8 @@ def build(analysis: Analysis) -> list[Section]:
     pixel_map = PixelMap.from_preprocessor(analysis.preprocessor)
     # Each layer's canvas: twice its receptive field (`layer_sizes`), unless --pattern-size sets one for all.
     channels = analysis.loaded.input_shape[2]
-    sizes = layer_sizes(analysis.model, [t.output for t in targets], (height, width), channels) \
+    outputs = [t.output for t in targets]
+    sizes = layer_sizes(analysis.model, outputs, (height, width), channels, analysis.receptive_fields(outputs)) \
         if options.pattern_size is None else {}
     layer_settings = {t.layer: settings if options.pattern_size is not None else dataclasses.replace(
         settings, height=sizes[t.output][0], width=sizes[t.output][1]) for t in targets}

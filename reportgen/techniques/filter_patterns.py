@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from reportgen.precision import (
     search_intensity,
 )
 from reportgen.techniques.pattern_params import Method, PixelMap, ProjectedAscent, method_named
+
+if TYPE_CHECKING:
+    from reportgen.techniques.dataset_examples import ReceptiveField
 
 DEFAULT_PATTERN_SIZE = 128
 # A filter whose output stays within this of zero on its ascent pattern cannot be switched on (ReLU gives exact 0).
@@ -238,16 +241,19 @@ def search_size(model: Any, deepest_layer: str, input_shape: tuple[int | None, i
 MIN_LAYER_SIZE = 32  # the smallest canvas a layer's patterns get (drawn enlarged: a texture needs some periods)
 
 
-def layer_sizes(model: Any, outputs: Sequence[str], canvas: tuple[int, int],
-                channels: int) -> dict[str, tuple[int, int]]:
+def layer_sizes(model: Any, outputs: Sequence[str], canvas: tuple[int, int], channels: int,
+                fields: dict[str, ReceptiveField] | None = None) -> dict[str, tuple[int, int]]:
     """(height, width) of the canvas for the patterns driving each of `outputs`: twice its receptive field, rounded
     up to 16 px, at least `MIN_LAYER_SIZE`, at most `canvas`. A filter sees only its receptive field, and a pattern
     maximises its mean over the whole map, so a larger canvas repeats the same texture for more work (VGG16's
     block1_conv2 sees 5x5 px: a 32 px canvas shows its texture for 1/16 of a 128 px one's search). The canvas
-    stays where the model cannot run on the smaller one. Every field comes from one forward pass."""
+    stays where the model cannot run on the smaller one. `fields`: measured already (on any input at least as
+    large as the canvas: a field past the canvas is capped either way); else every field from one forward pass on
+    the canvas."""
     from reportgen.techniques.dataset_examples import receptive_fields
 
-    fields = receptive_fields(model, list(outputs), (*canvas, channels))
+    if fields is None:
+        fields = receptive_fields(model, list(outputs), (*canvas, channels))
     sizes: dict[str, tuple[int, int]] = {}
     for output in outputs:
         size = tuple(min(side, max(MIN_LAYER_SIZE, -(-2 * reach // 16) * 16)) for side, reach in
