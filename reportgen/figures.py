@@ -259,11 +259,15 @@ def tile_mosaic(tiles: np.ndarray, columns: int, pad: int = 2, background: int =
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def hatched(height: int, width: int, spacing: int = 6, fill: int = 215, line: int = 150) -> np.ndarray:
-    """A flat grey tile with diagonal hatching: 'nothing to show here' (e.g. a constant map)."""
+    """A flat grey tile with diagonal hatching: 'nothing to show here' (e.g. a constant map). One read-only array
+    per size: a report draws the same tile for every dead channel of every image."""
     y, x = np.mgrid[:height, :width]
     tile = np.where((x + y) % spacing == 0, line, fill).astype(np.uint8)
-    return np.repeat(tile[:, :, None], 3, axis=2)
+    tile = np.repeat(tile[:, :, None], 3, axis=2)
+    tile.setflags(write=False)
+    return tile
 
 
 def fit_box(image: np.ndarray, side: int) -> np.ndarray:
