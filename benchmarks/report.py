@@ -120,9 +120,14 @@ def section_flops(model_name: str, manifest: dict) -> dict[str, float]:
     flops["filter_patterns"] = sum((2 * steps + 9) * scaled.get(p["layer"], full).get(p.get("target") or p["layer"],
                                                                                      0.0) for p in patterns)
     example_layers = {entry.get("output") or entry["layer"] for entry in manifest.get("dataset_examples") or []}
-    # The receptive fields: one forward pass of two random inputs to the deepest layer, a backward from each.
-    flops["dataset_examples"] = 2 * (max((full.get(path, 0.0) for path in example_layers), default=0.0)
-                                     + sum(full.get(path, 0.0) for path in example_layers))
+    pattern_outputs = {p.get("target") or p["layer"] for p in patterns} if not manifest["options"].get(
+        "pattern-size") else set()
+    # The receptive fields: one forward pass of two random inputs to the deepest layer, a backward from each, for
+    # the pattern canvases and the examples' patches together, in the first of the two sections to run.
+    fields = example_layers | pattern_outputs
+    flops["dataset_examples"] = 0.0
+    flops["filter_patterns" if pattern_outputs else "dataset_examples"] += 2 * (
+        max((full.get(path, 0.0) for path in fields), default=0.0) + sum(full.get(path, 0.0) for path in fields))
     flops["predictions"] = detail * total
     methods = len(manifest["options"]["cam-methods"])
     by_image: dict[str, set] = {}
