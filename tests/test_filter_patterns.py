@@ -157,6 +157,16 @@ def test_layers_searched_together_get_the_patterns_they_get_alone(example_model)
     ends = [np.mean((r.direction("ascent").inputs <= 0.01) | (r.direction("ascent").inputs >= 0.99))
             for r in together]
     assert ends[0] > 0.2 and ends[1] <= 0.1
+    # Scored together (one pass over both layers' views), each layer's scorecards are those it gets alone.
+    displays = [{d.direction: d.inputs for d in r.patterns} for r in together]  # scale: inputs are the pixels
+    for shared, result, shown in zip(fp.score_layers(example_model, together, displays), together, displays,
+                                     strict=True):
+        alone = fp.score_layer(example_model, result, shown)
+        for direction, card in alone.items():
+            for name in ("activation", "robust", "specificity", "saturation"):
+                np.testing.assert_allclose(getattr(shared[direction], name), getattr(card, name), rtol=1e-4,
+                                           atol=1e-6, err_msg=f"{result.layer} {direction} {name}")
+            assert shared[direction].two_level == card.two_level == (result.layer == "conv1")
 
 
 def test_layers_on_one_canvas_share_a_search_while_it_costs_little():

@@ -33,7 +33,7 @@ from reportgen.techniques.filter_patterns import (
     layer_sizes,
     matmul_rate,
     pattern_target,
-    score_layer,
+    score_layers,
     search_dtype,
     search_layers,
     search_size,
@@ -341,11 +341,12 @@ def build(analysis: Analysis) -> list[Section]:
         started = time.perf_counter()
         jobs = [PatternJob(path, chosen[path], by_layer[path],
                            flops[path] / max(1, patterns_per_layer[path] * settings.steps)) for path in group]
-        for result in search_layers(analysis.model, jobs, layer_settings[group[0]], pixel_map):
-            found[result.layer] = result
-            scores[result.layer] = score_layer(analysis.model, result,
-                                               {d.direction: _display(analysis, d.inputs) for d in result.patterns},
-                                               settings.compute_dtype)
+        searched = search_layers(analysis.model, jobs, layer_settings[group[0]], pixel_map)
+        cards = score_layers(analysis.model, searched, [{d.direction: _display(analysis, d.inputs)
+                                                         for d in result.patterns} for result in searched],
+                             settings.compute_dtype)
+        for result, card in zip(searched, cards, strict=True):
+            found[result.layer], scores[result.layer] = result, card
         # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
         # alone would scale every later layer by its overhead.
         spent, expected = spent + time.perf_counter() - started, expected + sum(predicted[path] for path in group)

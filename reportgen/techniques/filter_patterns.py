@@ -632,19 +632,29 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
 
 
 def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: Sequence[int],
-                     batch: int = 32, compute_dtype: str = "float32") -> np.ndarray:
+                     batch: int | None = None, compute_dtype: str = "float32") -> np.ndarray:
     """(N, F): the mean output (after the layer's activation) of each of `filters` on each model input.
 
     Independent of the search (no activation trick): what the model itself computes, in float32 unless
     `compute_dtype` is "bfloat16" (for shares of an activation, where its ~0.4% rounding does not show).
     """
+    return channel_means(model, [layer_path], inputs, batch, compute_dtype)[layer_path][:, list(filters)]
+
+
+def channel_means(model: Any, outputs: Sequence[str], inputs: np.ndarray, batch: int | None = None,
+                  compute_dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Each of `outputs` -> (N, C): the spatial mean of every channel of that layer's output on each model input,
+    from one function for all of them, in batches of `batch` (default: `BATCH_PIXELS` of input)."""
     import tensorflow as tf
 
     nodes = walk_layers(model) if compute_dtype != "float32" else ()
+    outputs = list(dict.fromkeys(outputs))
+    if batch is None:
+        batch = max(1, BATCH_PIXELS // int(np.prod(inputs.shape[1:3])))
 
     def run(x: Any) -> Any:
-        out = run_layers(model, x, [layer_path], stop_early=True).captured[layer_path]
-        return tf.reduce_mean(tf.cast(out, tf.float32), axis=[1, 2])
+        captured = run_layers(model, x, outputs, stop_early=True).captured
+        return tuple(tf.reduce_mean(tf.cast(captured[output], tf.float32), axis=[1, 2]) for output in outputs)
 
     if traceable(model):
         with layers_computing_in(nodes, compute_dtype):
@@ -652,8 +662,8 @@ def filter_responses(model: Any, layer_path: str, inputs: np.ndarray, filters: S
                 tf.TensorSpec([None, *inputs.shape[1:]], tf.float32))
     else:
         run = _in_view(run, nodes, compute_dtype)
-    rows = [run(tf.constant(inputs[b], tf.float32)).numpy() for b in _batches(len(inputs), batch)]
-    return np.concatenate(rows)[:, list(filters)]
+    parts = [run(tf.constant(inputs[b], tf.float32)) for b in _batches(len(inputs), batch)]
+    return {output: np.concatenate([part[k].numpy() for part in parts]) for k, output in enumerate(outputs)}
 
 
 # The fixed views of the scorecard's robust activation: (rotation in degrees, scale, shift x and y as shares of the
@@ -726,24 +736,50 @@ def score_patterns(model: Any, result: LayerPatterns, direction: str, display: n
 def score_layer(model: Any, result: LayerPatterns, displays: dict[str, np.ndarray],
                 compute_dtype: str = "float32") -> dict[str, Scorecard]:
     """The scorecards of `result`'s patterns in each direction of `displays` (direction -> the patterns as pixels
-    in [0, 1]). Responses are the model's own outputs of the target layer: every filter's float32 response to every
-    pattern (`DirectionPatterns.responses`, from the search's own re-evaluation), for specificity, and one pass over
-    all the patterns' views in `compute_dtype` (robustness is a share of the activation, which bfloat16 keeps to
-    about 1%)."""
-    output = result.target.output if result.target is not None else result.layer
+    in [0, 1]); see `score_layers`."""
+    return score_layers(model, [result], [displays], compute_dtype)[0]
+
+
+def score_layers(model: Any, results: Sequence[LayerPatterns], displays: Sequence[dict[str, np.ndarray]],
+                 compute_dtype: str = "float32") -> list[dict[str, Scorecard]]:
+    """The scorecards of each result's patterns in each direction of its `displays` (direction -> the patterns as
+    pixels in [0, 1]). Responses are the model's own outputs of the target layer: every filter's float32 response
+    to every pattern (`DirectionPatterns.responses`, from the search's own re-evaluation), for specificity, and one
+    pass over all the patterns' views in `compute_dtype` (robustness is a share of the activation, which bfloat16
+    keeps to about 1%). Results on one canvas (one search's) share that pass."""
+    stacks = [np.concatenate([r.direction(d).inputs for d in shown]) for r, shown in zip(results, displays,
+                                                                                          strict=True)]
+    sizes = {stack.shape[1:] for stack in stacks}
+    if len(sizes) > 1:  # canvases differ: one pass per result
+        return [card for r, shown in zip(results, displays, strict=True)
+                for card in score_layers(model, [r], [shown], compute_dtype)]
+    outputs = [r.target.output if r.target is not None else r.layer for r in results]
+    # Rows view by view, then result by result, then each result's own rows.
+    views = robust_views(np.concatenate(stacks))  # (V, N, H, W, C)
+    means = channel_means(model, outputs, views.reshape(-1, *views.shape[2:]), compute_dtype=compute_dtype)
+    two_level_layer = first_conv(walk_layers(model))
+    cards_of, first = [], 0
+    for result, shown, stack, output in zip(results, displays, stacks, outputs, strict=True):
+        rows = slice(first, first + len(stack))
+        first += len(stack)
+        viewed_all = means[output].reshape(len(ROBUST_VIEWS), -1, means[output].shape[-1])[:, rows][
+            :, :, list(result.filters)]
+        cards_of.append(_scorecards(result, shown, viewed_all, two_level_layer == result.layer))
+    return cards_of
+
+
+def _scorecards(result: LayerPatterns, displays: dict[str, np.ndarray], viewed_all: np.ndarray,
+                two_level: bool) -> dict[str, Scorecard]:
+    """One result's scorecards from `viewed_all` (V, its patterns of every direction of `displays`, its filters):
+    the filters' responses to each view of each pattern."""
     k = result.diversity
-    stacks = {d: result.direction(d).inputs for d in displays}
-    every_view = np.concatenate([robust_views(x).reshape(-1, *x.shape[1:]) for x in stacks.values()])
-    own = np.concatenate([result.direction(d).responses for d in displays])
-    views = filter_responses(model, output, every_view, result.filters, compute_dtype=compute_dtype)
-    two_level = first_conv(walk_layers(model)) == result.layer
     cards, start = {}, 0
-    for direction, inputs in stacks.items():
-        count = len(inputs)
+    own = np.concatenate([result.direction(d).responses for d in displays])
+    for direction in displays:
+        count = len(result.direction(direction).inputs)
         responses = own[start:start + count]  # (pattern, filter)
-        viewed = views[start * len(ROBUST_VIEWS):(start + count) * len(ROBUST_VIEWS)]
+        viewed = viewed_all[:, start:start + count]
         start += count
-        viewed = viewed.reshape(len(ROBUST_VIEWS), count, len(result.filters))
         filters = np.repeat(result.filters, k)
         column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
         own_view = viewed[:, np.arange(count), column].mean(axis=0)
