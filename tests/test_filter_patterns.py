@@ -170,17 +170,18 @@ def test_layers_searched_together_get_the_patterns_they_get_alone(example_model)
 
 
 def test_layers_on_one_canvas_share_a_search_while_it_costs_little():
-    """Worked by hand: a and b share 32 px; running a's 10 patterns to b costs 10 x (0.010 - 0.002) = 0.08 s, under
-    0.1 s. With c (also 32 px) all of them would run to c: 10 x 0.012 + 10 x 0.004 = 0.16 s, so c is searched on
-    its own. d has another canvas; e shares d's, but 4 x 0.05 = 0.2 s is too much."""
-    from reportgen.sections.filter_patterns import shared_searches
+    """Worked by hand, in GFLOP against the 30 allowed: a and b share 32 px; running a's 10 patterns to b adds
+    10 x (3.0 - 0.6) = 24. With c (also 32 px) all of them would run to c: 10 x 3.6 + 10 x 1.2 = 48, so c is
+    searched on its own. d has another canvas; e shares d's, but 4 x (21 - 6) = 60 is too much."""
+    from reportgen.sections.filter_patterns import SHARED_SEARCH_FLOPS, shared_searches
 
+    assert SHARED_SEARCH_FLOPS == 30e9
     canvases = {"a": (32, 32), "b": (32, 32), "c": (32, 32), "d": (48, 48), "e": (48, 48)}
-    seconds = {"a": 0.002, "b": 0.010, "c": 0.014, "d": 0.02, "e": 0.07}
+    flops = {"a": 0.6e9, "b": 3.0e9, "c": 4.2e9, "d": 6e9, "e": 21e9}
     patterns = {"a": 10, "b": 10, "c": 10, "d": 4, "e": 4}
-    assert shared_searches(list(canvases), canvases, seconds, patterns) == [["a", "b"], ["c"], ["d"], ["e"]]
-    seconds["e"] = 0.03  # 4 x 0.01 = 0.04 s
-    assert shared_searches(list(canvases), canvases, seconds, patterns) == [["a", "b"], ["c"], ["d", "e"]]
+    assert shared_searches(list(canvases), canvases, flops, patterns) == [["a", "b"], ["c"], ["d"], ["e"]]
+    flops["e"] = 9e9  # 4 x 3 = 12
+    assert shared_searches(list(canvases), canvases, flops, patterns) == [["a", "b"], ["c"], ["d", "e"]]
 
 
 def _model_with_dead_filter(keras):

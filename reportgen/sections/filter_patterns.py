@@ -255,23 +255,25 @@ def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
 
 
 # What one search costs beyond its arithmetic on a small model: tracing its step and evaluation, their first
-# calls, 16 more step calls (measured 0.15-0.2 s a layer on a 3-conv CNN at 32-48 px). Layers on the same canvas
-# share a search while the arithmetic it adds (their patterns also run the deeper layers) costs less than this.
-SHARED_SEARCH_SECONDS = 0.1
+# calls, its step calls (a shared search saved 0.1-0.3 s on a 3-conv CNN at 32 px). Layers on the same canvas
+# share a search while the arithmetic it adds (their patterns also run the deeper layers) is below this many
+# FLOPs, about 0.1 s at this CPU's float32 matmul rate. A count, not a measured time: the grouping, and with it
+# every pattern (a search's random views are drawn for the whole search), must not depend on the machine's speed.
+SHARED_SEARCH_FLOPS = 3e10
 
 
-def shared_searches(paths: Sequence[str], canvases: dict[str, tuple[int, int]], pattern_seconds: dict[str, float],
+def shared_searches(paths: Sequence[str], canvases: dict[str, tuple[int, int]], pattern_flops: dict[str, float],
                     patterns: dict[str, int]) -> list[list[str]]:
     """`paths` (in execution order) grouped into searches: consecutive layers with the same canvas, as long as
-    running all the group's patterns to its deepest layer adds less than `SHARED_SEARCH_SECONDS` of arithmetic.
-    `pattern_seconds`: the arithmetic of one pattern's whole search to that layer; `patterns`: each layer's count."""
+    running all the group's patterns to its deepest layer adds less than `SHARED_SEARCH_FLOPS` of arithmetic.
+    `pattern_flops`: one pattern's whole search to that layer; `patterns`: each layer's count."""
     groups: list[list[str]] = []
     for path in paths:
         group = groups[-1] if groups else None
         if group is not None and canvases[group[0]] == canvases[path]:
-            deepest = max(pattern_seconds[path], *(pattern_seconds[other] for other in group))
-            added = sum(patterns[other] * (deepest - pattern_seconds[other]) for other in (*group, path))
-            if added < SHARED_SEARCH_SECONDS:
+            deepest = max(pattern_flops[path], *(pattern_flops[other] for other in group))
+            added = sum(patterns[other] * (deepest - pattern_flops[other]) for other in (*group, path))
+            if added < SHARED_SEARCH_FLOPS:
                 group.append(path)
                 continue
         groups.append([path])
@@ -329,7 +331,7 @@ def build(analysis: Analysis) -> list[Section]:
         f"{_duration(sum(predicted.values()))}"))
 
     searches = shared_searches([n.path for n in nodes], {p: (s.height, s.width) for p, s in layer_settings.items()},
-                               {p: flops[p] / rate / max(1, patterns_per_layer[p]) for p in flops},
+                               {p: flops[p] / max(1, patterns_per_layer[p]) for p in flops},
                                patterns_per_layer)
     found: dict[str, LayerPatterns] = {}
     scores: dict[str, dict[str, Scorecard]] = {}
