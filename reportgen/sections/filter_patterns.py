@@ -46,7 +46,7 @@ DEAD_GREY = 128
 # Measured on a default VGG16 report (2 cores, bfloat16 matmul 830 GFLOP/s): 0.6 on block1_conv2, 0.85-1.0 from
 # block2 on; memory-bound first layers reach far less but cost little. 0.8 keeps the estimate a little pessimistic.
 SEARCH_EFFICIENCY = 0.8
-LAYER_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the patterns, whatever the layer size
+SEARCH_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the patterns, whatever the size
 # Seconds per activation element per image and step, for the memory-bound part (normalisation, activations,
 # depthwise layers): fitted on MobileNetV2's 52 layers (float32, 2 cores), where it and the overhead above predict
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
@@ -322,23 +322,20 @@ def build(analysis: Analysis) -> list[Section]:
     # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern)
     # and the patterns' re-evaluation (which also gives the scorecard every filter's response).
     scoring = (len(ROBUST_VIEWS) + 1.5 * float32_share) / (3.0 * max(1, settings.steps))
-    predicted = {path: LAYER_OVERHEAD_SECONDS + (1.0 + scoring) * (flops[path] / rate + elements[path]
-                                                                   * ELEMENT_SECONDS)
-                 for path in flops}
-    analysis.progress("filter_patterns", (
-        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {_sizes_text(layer_settings)}, "
-        f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about "
-        f"{_duration(sum(predicted.values()))}"))
-
+    arithmetic = {path: (1.0 + scoring) * (flops[path] / rate + elements[path] * ELEMENT_SECONDS) for path in flops}
     searches = shared_searches([n.path for n in nodes], {p: (s.height, s.width) for p, s in layer_settings.items()},
                                {p: flops[p] / max(1, patterns_per_layer[p]) for p in flops},
                                patterns_per_layer)
+    predicted = [SEARCH_OVERHEAD_SECONDS + sum(arithmetic[path] for path in group) for group in searches]
+    analysis.progress("filter_patterns", (
+        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {_sizes_text(layer_settings)}, "
+        f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about {_duration(sum(predicted))}"))
     found: dict[str, LayerPatterns] = {}
     scores: dict[str, dict[str, Scorecard]] = {}
     correction = 1.0
     spent = expected = 0.0
     for k, group in enumerate(searches, start=1):
-        left = correction * sum(predicted[path] for later in searches[k - 1:] for path in later)
+        left = correction * sum(predicted[k - 1:])
         analysis.progress("filter_patterns", f"{', '.join(group)} ({k}/{len(searches)}), about {_duration(left)} left")
         started = time.perf_counter()
         jobs = [PatternJob(path, chosen[path], by_layer[path],
@@ -349,9 +346,9 @@ def build(analysis: Analysis) -> list[Section]:
                              settings.compute_dtype)
         for result, card in zip(searched, cards, strict=True):
             found[result.layer], scores[result.layer] = result, card
-        # Correct the prediction by how far off it was so far: one small first layer (all tracing, no arithmetic)
-        # alone would scale every later layer by its overhead.
-        spent, expected = spent + time.perf_counter() - started, expected + sum(predicted[path] for path in group)
+        # Correct the prediction by how far off it was so far: one small first search (all tracing, no arithmetic)
+        # alone would scale every later one by its overhead.
+        spent, expected = spent + time.perf_counter() - started, expected + predicted[k - 1]
         correction = spent / expected
     results = [found[node.path] for node in nodes]
 
