@@ -183,7 +183,8 @@ def test_figures_past_the_page_budget_are_linked_not_embedded(monkeypatch):
 
 def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monkeypatch):
     """Figures encoded on the pool equal those encoded in line; a page-less figure gets no WebP; a builder
-    handing in figures faster than they are encoded waits once ENCODER_BACKLOG are queued."""
+    handing in figures faster than they are encoded waits once their pixels fill ENCODER_BACKLOG_BYTES, and a
+    figure larger than that alone still gets in."""
     import threading
     import time
 
@@ -206,14 +207,17 @@ def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monk
         return encode(pixels, page)
 
     monkeypatch.setattr(render, "encode_image", slow)
+    monkeypatch.setattr(render, "ENCODER_BACKLOG_BYTES", 5 * pictures[0].nbytes + 1)
     encoder = render.FigureEncoder(workers=1)
     handed = []
     feeder = threading.Thread(target=lambda: [handed.append(encoder(pictures[0])) for _ in range(40)])
     feeder.start()
     time.sleep(0.5)
-    assert len(handed) == render.ENCODER_BACKLOG + 1  # the rest wait for room
+    assert len(handed) == 5  # the rest wait for room
     release.set()
     feeder.join(10)
+    large = np.concatenate(pictures)  # six times the bound
+    assert encoder(large).result().png == encode(large).png
     encoder.close()
     assert len(handed) == 40 and all(p.result().png == done[0].png for p in handed)
 
