@@ -118,7 +118,8 @@ class DatasetPass:
         with tf.GradientTape() as tape:
             scores, run = self.functions.scores(x, self.capture)
             owner = tf.where(labels >= 0, labels, tf.argmax(scores, axis=1, output_type=tf.int32))
-            selected = tf.reduce_sum(tf.gather(scores, owner, batch_dims=1))
+            # A one-hot product, not a batched gather: the same gradient, for a fraction of the ops to build.
+            selected = tf.reduce_sum(scores * tf.one_hot(owner, tf.shape(scores)[1], dtype=scores.dtype))
         out: dict[str, Any] = {"raw": tf.reshape(run.output, (tf.shape(x)[0], -1))}
         if plan.cam_layer:
             acts = run.captured[plan.cam_layer]

@@ -333,7 +333,9 @@ class ModelFunctions:
 
         scores, run = self.scores(copies, capture)
         copy_slots = tf.reshape(tf.transpose(slots), [-1])  # slot-major, as the copies
-        return run, tf.reduce_sum(tf.gather(scores, copy_slots, batch_dims=1))
+        # A one-hot product rather than a batched gather: the gradient is the same one-hot, and a gather's
+        # gradient costs about a hundred ops to build, traced or eager.
+        return run, tf.reduce_sum(scores * tf.one_hot(copy_slots, tf.shape(scores)[1], dtype=scores.dtype))
 
     @staticmethod
     def _per_image(gradients: Any, slots: Any) -> Any:
