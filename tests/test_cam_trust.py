@@ -40,7 +40,8 @@ def _probabilities(batch: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_chunked_curves_match_all_variants_at_once():
+def test_chunked_curves_match_all_variants_at_once(monkeypatch):
+    monkeypatch.setattr(cam_trust, "CURVE_CHUNK_VARIANTS", 34)  # one map's curves a chunk: three maps take three
     rng = np.random.default_rng(3)
     image = rng.random((40, 56, 3)).astype(np.float32) * 4
     heatmaps = [rng.random((5, 7)).astype(np.float32) for _ in range(3)]
@@ -91,7 +92,8 @@ def test_pixels_are_ranked_at_a_bounded_resolution():
     np.testing.assert_allclose(curves.deletion[0], [1.0, 0.75, 0.5, 0.5, 0.5], atol=0.01)
 
 
-def test_progress_is_reported_per_chunk_and_throttled():
+def test_progress_is_reported_per_chunk_and_throttled(monkeypatch):
+    monkeypatch.setattr(cam_trust, "CURVE_CHUNK_VARIANTS", 34)
     image = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
     updates = []
     deletion_insertion(_probabilities, image, [np.ones((4, 4))] * 3, [0, 1, 2],

@@ -14,17 +14,20 @@ from reportgen.config import CAM_METHODS, ReportOptions
 from reportgen.errors import InputError
 from reportgen.graph import layer_output_shapes, walk_layers
 from reportgen.techniques.cam_trust import (
+    CURVE_CHUNK_VARIANTS,
     average_ranks,
     deletion_insertion,
     rank_correlation,
     sanity_check,
 )
 from reportgen.techniques.cams import (
+    CURVE_BATCH_LIMIT,
     CamSettings,
     MethodBatch,
     ModelFunctions,
     choose_target_layer,
     compute_maps,
+    curve_batch_size,
     explain,
     integrated_gradients_attributions,
     score_head,
@@ -361,8 +364,8 @@ def test_deletion_and_insertion_follow_the_map():
     good = np.zeros((4, 4), np.float32)
     good[1, 1] = 1.0  # the cell over the box at 4x4 resolution
     curves = deletion_insertion(probabilities, image, [good, 1.0 - good], [1, 1], steps=16)
-    # The curves' shared ends once, then 15 steps per curve and map, in chunks of at most one map's curves.
-    assert sum(calls) == 3 + 2 * 2 * 15 and max(calls) <= 2 * 17
+    # The curves' shared ends once, then 15 steps per curve and map, in chunks of at most CURVE_CHUNK_VARIANTS.
+    assert sum(calls) == 3 + 2 * 2 * 15 and max(calls) <= CURVE_CHUNK_VARIANTS
     assert curves.deletion[0, 0] == pytest.approx(1.0)
     assert curves.deletion_auc[0] < 0.1 < 0.5 < curves.deletion_auc[1]
     assert curves.insertion_auc[0] > 0.9 > curves.insertion_auc[1]
@@ -589,3 +592,14 @@ def test_a_layer_pass_run_once_runs_eagerly_with_the_traced_numbers(residual_mod
         graph_acts, graph_grads = traced.layer_pass(x, slots)
     np.testing.assert_allclose(eager_acts, graph_acts, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(eager_grads, graph_grads, rtol=1e-5, atol=1e-7 * float(np.abs(graph_grads).max()))
+
+
+def test_curve_batches_fit_the_activations():
+    """The curves' forward passes take as many images as three of the largest layer outputs fit in the budget: a
+    small CNN's hundreds at once, VGG16's first block no more than the other passes' 4 x batch."""
+    small = {"input": (None, 64, 64, 3), "c1": (None, 64, 64, 16), "p1": (None, 32, 32, 16), "out": (None, 4)}
+    vgg = {"block1_conv1": (None, 224, 224, 64), "fc": (None, 4096)}
+    assert curve_batch_size(small, 16) == CURVE_BATCH_LIMIT
+    assert curve_batch_size(vgg, 16) == 64
+    assert curve_batch_size({"wide": (None, 128, 128, 32)}, 16) == 170  # 1 GiB over 3 x 2 MiB
+    assert curve_batch_size({"odd": ((None, 8), (None, 9))}, 16) == CURVE_BATCH_LIMIT  # a multi-output layer

@@ -22,6 +22,7 @@ from reportgen.techniques.cams import (
     CamSettings,
     Heatmap,
     TargetLayer,
+    curve_batch_size,
     explain,
     faithfulness,
     same_maps,
@@ -76,10 +77,14 @@ def _compute(analysis: Analysis) -> CamBundle:
     except Exception as exc:  # a custom layer that cannot be cloned: the maps still come, without the check
         analysis.warnings.append(f"cam: no sanity check, the model could not be re-initialised ({exc})")
         fresh = None
+    batch_size = options.batch_size or 16
     results = explain(
         analysis.model, analysis.inputs, plan.targets, methods, layer, plan.to_probabilities,
-        CamSettings(batch_size=options.batch_size or 16, seed=options.seed,
+        CamSettings(batch_size=batch_size, seed=options.seed,
                     curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes),
+                    # --batch-size bounds every pass's memory; else the curves take what their activations allow
+                    curve_batch_size=None if options.batch_size else curve_batch_size(analysis.layer_shapes,
+                                                                                       batch_size),
                     image_flops=analysis.image_flops),
         baseline, float(np.max(high - low)),
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),

@@ -19,10 +19,11 @@ import cv2
 import numpy as np
 
 DELETION_STEPS = 16
-# Memory: the variants go through the model in chunks of at most this many bytes (float32) and variants (one
-# map's deletion and insertion curves); a chunk of VGG16 at 224 px takes a few seconds on 2 cores.
+# Memory: the variants go through the model in chunks of at most this many bytes (float32) and variants; a chunk
+# of VGG16 at 224 px (106 variants) takes a few seconds on 2 cores. Small images fit every map of an image in one
+# chunk (8 maps' curves): on a small CNN each call costs more in dispatch than in arithmetic.
 CURVE_CHUNK_BYTES = 64 << 20
-CURVE_CHUNK_VARIANTS = 2 * (DELETION_STEPS + 1)
+CURVE_CHUNK_VARIANTS = 16 * (DELETION_STEPS + 1)
 # Pixels are ranked on at most this many cells per side: a 4096 px image is deleted in 8x8 blocks, whose ranks
 # take 2 MB rather than the 128 MB of one rank per pixel (and its sort).
 MAX_RANK_SIDE = 512

@@ -17,6 +17,7 @@ layer without its activation.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ from reportgen.techniques.cam_trust import (
 from reportgen.techniques.predictions import PROBABILITY_ACTIVATIONS, FinalLayer, Target, compiled, traceable
 
 CAM_LAYER_FLAG = "--cam-layer"
+# Images of one forward pass of the deletion and insertion curves at most: past it a pass gains nothing on
+# dispatch, only memory.
+CURVE_BATCH_LIMIT = 256
+CURVE_BATCH_BUDGET = 1 << 30  # bytes of layer outputs (float32) one such pass may hold
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,22 @@ class CamSettings:
     ig_steps: int = 32  # Riemann midpoint steps from the black image to the input
     seed: int = 0
     curves_dtype: str = "float32"  # the deletion and insertion curves' arithmetic (`precision.ranking_dtype`)
+    # Images per forward pass of the curves (inference only, no tape): None for 4 x batch_size; a small model's
+    # report sets it from its activations' size (`curve_batch_size`).
+    curve_batch_size: int | None = None
     # The model's forward FLOPs per image (`precision.forward_flops`), None when unknown: a layer pass that runs
     # once on little arithmetic runs eagerly (`predictions.compiled`).
     image_flops: float | None = None
+
+
+def curve_batch_size(shapes: Mapping[str, Any], batch_size: int) -> int:
+    """Images per forward pass of the deletion and insertion curves: an inference pass holds a few layer outputs
+    at once (a layer's input and output, and a residual branch's), so as many images as three times the largest
+    fit in CURVE_BATCH_BUDGET, at least the 4 x `batch_size` of the other passes, at most CURVE_BATCH_LIMIT."""
+    largest = max((4 * math.prod(shape[1:]) for shape in shapes.values()
+                   if all(isinstance(d, int) for d in shape[1:])), default=0)
+    fitting = CURVE_BATCH_BUDGET // (3 * largest) if largest else CURVE_BATCH_LIMIT
+    return max(4 * batch_size, min(CURVE_BATCH_LIMIT, fitting))
 
 
 # --------------------------------------------------------------------------------------------- target layer
@@ -283,9 +301,10 @@ class ModelFunctions:
     def __init__(self, model: Any, head: ScoreHead, layer: str | None,
                  to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
                  curves_dtype: str = "float32", layer_passes: int | None = None,
-                 layer_pass_flops: float | None = None) -> None:
+                 layer_pass_flops: float | None = None, curve_batch_size: int | None = None) -> None:
         """`layer_passes`: how many times `layer_pass` will run, and `layer_pass_flops` the forward FLOPs of one,
-        when known (one pass of little arithmetic runs eagerly: `predictions.compiled`)."""
+        when known (one pass of little arithmetic runs eagerly: `predictions.compiled`); `curve_batch_size`:
+        images per forward pass of `curve_probabilities` (default 4 x `batch_size`)."""
         import tensorflow as tf
 
         self.model, self.head, self.layer = model, head, layer
@@ -293,6 +312,7 @@ class ModelFunctions:
         self.batch_size = batch_size
         self.traced = traceable(model)
         self.curves_dtype = curves_dtype
+        self.curve_batch_size = curve_batch_size or 4 * batch_size
         self._layer_pass = compiled(self._layer_pass_graph, model, calls=layer_passes, flops=layer_pass_flops)
         self._input_gradients = compiled(self._input_gradients_graph, model)
         self._raw = compiled(lambda x: model(x, training=False), model)
@@ -380,18 +400,17 @@ class ModelFunctions:
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes), in chunks of a few batches."""
-        return self._probabilities(self._raw, inputs)
+        return self._probabilities(self._raw, inputs, 4 * self.batch_size)
 
     def curve_probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """`probabilities` in the arithmetic of the deletion and insertion curves (`curves_dtype`): hundreds of
         variants per image whose probabilities are only averaged into areas."""
         with computing_in(self.model, self.curves_dtype):
-            return self._probabilities(self._raw_curves, inputs)
+            return self._probabilities(self._raw_curves, inputs, self.curve_batch_size)
 
-    def _probabilities(self, function: Callable[[Any], Any], inputs: np.ndarray) -> np.ndarray:
+    def _probabilities(self, function: Callable[[Any], Any], inputs: np.ndarray, chunk: int) -> np.ndarray:
         import tensorflow as tf
 
-        chunk = 4 * self.batch_size
         outs = [np.asarray(function(tf.constant(inputs[i:i + chunk], tf.float32)), np.float64)
                 for i in range(0, len(inputs), chunk)]
         raw = np.concatenate(outs).reshape(len(inputs), -1)
@@ -746,7 +765,8 @@ def explain(
         slots = max((len(row) for row in targets[:images]), default=1)
         flops = None if settings.image_flops is None else min(batch, images) * slots * settings.image_flops
         return ModelFunctions(network, network_head, path, to_probabilities, settings.batch_size, curves_dtype,
-                              layer_passes=-(-images // batch), layer_pass_flops=flops)
+                              layer_passes=-(-images // batch), layer_pass_flops=flops,
+                              curve_batch_size=settings.curve_batch_size)
 
     functions = functions_for(model, head, len(inputs), settings.curves_dtype)
     maps = compute_maps(functions, inputs, targets, methods, settings, baseline, value_range, progress)
