@@ -47,6 +47,10 @@ DEAD_GREY = 128
 # block2 on; memory-bound first layers reach far less but cost little. 0.8 keeps the estimate a little pessimistic.
 SEARCH_EFFICIENCY = 0.8
 SEARCH_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the patterns, whatever the size
+# Below this many search FLOPs the estimate is mostly the overhead above, and measuring the machine's matmul rate
+# (0.05-0.1 s) would cost more than the arithmetic it times: a nominal rate (GFLOP/s, 2 cores) stands in.
+MEASURED_RATE_FLOPS = 1e11
+NOMINAL_RATE = {"float32": 300.0, "bfloat16": 600.0}
 # Seconds per activation element per image and step, for the memory-bound part (normalisation, activations,
 # depthwise layers): fitted on MobileNetV2's 52 layers (float32, 2 cores), where it and the overhead above predict
 # every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
@@ -315,9 +319,13 @@ def build(analysis: Analysis) -> list[Section]:
              * patterns_per_layer[t.layer] * settings.steps for t in targets}
     elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
                 * patterns_per_layer[t.layer] * settings.steps for t in targets}
-    rate = matmul_rate(settings.compute_dtype) * 1e9 * SEARCH_EFFICIENCY
-    float32_share = 1.0 if settings.compute_dtype == "float32" else rate / (matmul_rate("float32") * 1e9
-                                                                             * SEARCH_EFFICIENCY)
+    measure = sum(flops.values()) >= MEASURED_RATE_FLOPS
+
+    def search_rate(dtype: str) -> float:
+        return (matmul_rate(dtype) if measure else NOMINAL_RATE[dtype]) * 1e9 * SEARCH_EFFICIENCY
+
+    rate = search_rate(settings.compute_dtype)
+    float32_share = 1.0 if settings.compute_dtype == "float32" else rate / search_rate("float32")
     # Forward passes, about a third of a search step each (no input gradient), whatever the steps: the
     # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern)
     # and the patterns' re-evaluation (which also gives the scorecard every filter's response).
