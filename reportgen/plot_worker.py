@@ -163,6 +163,10 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from reportgen import figures
 
+    try:  # the report's process is the critical path; plots fill the gaps (see render.ENCODER_NICENESS)
+        os.nice(10)
+    except OSError:
+        pass
     figures.warm_up_plots()  # matplotlib's import and fonts, while the report's process loads the model
     serve(sys.stdin.buffer, sys.stdout.buffer)
     sys.stdout.flush()

@@ -269,6 +269,18 @@ class _Backlog:
             self._room.notify_all()
 
 
+def _yield_to_the_model() -> None:
+    """Lower the calling thread's scheduling priority: on a machine with few cores, the model's work (the
+    critical path) runs first and encoding fills the gaps; the renderer waits for what is left."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
+
+
+ENCODER_NICENESS = 10
+
+
 class FigureEncoder:
     """`Analysis.encode`: compresses each figure on a small thread pool while the builders compute the next ones
     (the PNG and WebP encoders release the GIL, so encoding overlaps the model's work and Python's). Returns a
@@ -276,7 +288,8 @@ class FigureEncoder:
 
     def __init__(self, workers: int | None = None, plots: bool = False) -> None:
         self.workers = workers or min(4, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode")
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reportgen-encode",
+                                        initializer=_yield_to_the_model)
         self._backlog = _Backlog(ENCODER_BACKLOG_BYTES)
         self._prefetched: dict[str, tuple[np.ndarray, PendingImage]] = {}
         # Started now, so the worker imports matplotlib while the model loads.
