@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 _HEADER = struct.Struct("<Q")  # the byte length of the pickle that follows
+PLOT_NICENESS = 10  # the worker's niceness: below the report's process, as its encoder threads
 
 
 def _send(stream: BinaryIO, message: Any) -> None:
@@ -164,7 +165,7 @@ if __name__ == "__main__":
     from reportgen import figures
 
     try:  # the report's process is the critical path; plots fill the gaps (see render.ENCODER_NICENESS)
-        os.nice(10)
+        os.nice(PLOT_NICENESS)
     except OSError:
         pass
     figures.warm_up_plots()  # matplotlib's import and fonts, while the report's process loads the model

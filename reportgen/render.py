@@ -75,7 +75,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     """RGB uint8 -> PNG bytes (OpenCV; deterministic for the same pixels).
 
     One row filter, "up", instead of libpng's per-row choice among all five: the figures are tiles enlarged by
-    repeating rows and pixels, which "up" predicts best, so the files come out as small (within 3%, smaller on
+    repeating rows and pixels, which "up" predicts best, so the files come out as small (within 4%, smaller on
     the demo) for half the encoding time, the largest CPU cost of a small model's report after the model's own.
     """
     ok, buffer = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]), PNG_PARAMETERS)
@@ -269,16 +269,17 @@ class _Backlog:
             self._room.notify_all()
 
 
+# The encoder threads' niceness (Linux): on a machine with few cores the model's work, the critical path, runs
+# first and encoding fills the gaps; the renderer waits for what is left. The plotting worker takes the same.
+ENCODER_NICENESS = 10
+
+
 def _yield_to_the_model() -> None:
-    """Lower the calling thread's scheduling priority: on a machine with few cores, the model's work (the
-    critical path) runs first and encoding fills the gaps; the renderer waits for what is left."""
+    """Lower the calling thread's scheduling priority to ENCODER_NICENESS."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
         pass
-
-
-ENCODER_NICENESS = 10
 
 
 class FigureEncoder:
