@@ -27,7 +27,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 _HEADER = struct.Struct("<Q")  # the byte length of the pickle that follows
-PLOT_NICENESS = 10  # the worker's niceness: below the report's process, as its encoder threads
+# The niceness of the report's background work, this worker and the figure encoder's threads (`render`): on a
+# machine with few cores the model's work, the critical path, runs first and the background fills the gaps.
+BACKGROUND_NICENESS = 10
 
 
 def _send(stream: BinaryIO, message: Any) -> None:
@@ -164,8 +166,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from reportgen import figures
 
-    try:  # the report's process is the critical path; plots fill the gaps (see render.ENCODER_NICENESS)
-        os.nice(PLOT_NICENESS)
+    try:
+        os.nice(BACKGROUND_NICENESS)
     except OSError:
         pass
     figures.warm_up_plots()  # matplotlib's import and fonts, while the report's process loads the model

@@ -35,7 +35,7 @@ from markupsafe import Markup
 
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
-from reportgen.plot_worker import PlotWorker, plot_function
+from reportgen.plot_worker import BACKGROUND_NICENESS, PlotWorker, plot_function
 from reportgen.report import EncodedImage, Figure, PendingImage, Report, Section, SlugRegistry
 from reportgen.summary_md import summary_markdown
 
@@ -269,15 +269,10 @@ class _Backlog:
             self._room.notify_all()
 
 
-# The encoder threads' niceness (Linux): on a machine with few cores the model's work, the critical path, runs
-# first and encoding fills the gaps; the renderer waits for what is left. The plotting worker takes the same.
-ENCODER_NICENESS = 10
-
-
 def _yield_to_the_model() -> None:
-    """Lower the calling thread's scheduling priority to ENCODER_NICENESS."""
+    """Lower the calling (encoder) thread's scheduling priority to `plot_worker.BACKGROUND_NICENESS` (Linux)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
         pass
 
