@@ -258,11 +258,12 @@ def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
     return targets
 
 
-# What one search costs beyond its arithmetic on a small model: tracing its step and evaluation, their first
-# calls, its step calls (a shared search saved 0.1-0.3 s on a 3-conv CNN at 32 px). Layers on the same canvas
-# share a search while the arithmetic it adds (their patterns also run the deeper layers) is below this many
-# FLOPs, about 0.1 s at this CPU's float32 matmul rate. A count, not a measured time: the grouping, and with it
-# every pattern (a search's random views are drawn for the whole search), must not depend on the machine's speed.
+# What one search costs beyond its arithmetic on a small model: tracing its step, evaluation and scorecard, their
+# first calls, its step calls (about 0.4 s on a 3-conv CNN at 32 px). Layers on the same canvas share a search
+# while the arithmetic it adds (their patterns also run the deeper layers) is below this many FLOPs: 0.1 s at this
+# CPU's float32 matmul rate, about 0.3 s at the rate its 16- and 32-channel convolutions reach, still below what a
+# search costs. A count, not a measured time: the grouping, and with it every pattern (a search's random views are
+# drawn for the whole search), must not depend on the machine's speed.
 SHARED_SEARCH_FLOPS = 3e10
 
 

@@ -56,8 +56,8 @@ class CamSettings:
     ig_steps: int = 32  # Riemann midpoint steps from the black image to the input
     seed: int = 0
     curves_dtype: str = "float32"  # the deletion and insertion curves' arithmetic (`precision.ranking_dtype`)
-    # Images per forward pass of the curves (inference only, no tape): None for 4 x batch_size; a small model's
-    # report sets it from its activations' size (`curve_batch_size`).
+    # Images per forward pass of the curves (inference only, no tape): None for 4 x batch_size; a report without
+    # --batch-size sets it from the layers' output sizes (`curve_batch_size`).
     curve_batch_size: int | None = None
     # The model's forward FLOPs per image (`precision.forward_flops`), None when unknown: a layer pass that runs
     # once on little arithmetic runs eagerly (`predictions.compiled`).
