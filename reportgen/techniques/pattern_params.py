@@ -376,13 +376,19 @@ class ProjectedAscent(PixelParameters):
         keep = mask & (flat != band)
         return tf.reshape(tf.where(keep, tf.clip_by_value(flat, 0.0, 1.0), band), tf.shape(x))
 
-    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any, total: Any,
-               signs: Any) -> tuple[Any, tuple[Any, Any]]:
+    def move(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any, total: Any,
+             signs: Any) -> tuple[Any, tuple[Any, Any]]:
+        """The Adam step before the projection: it does not depend on the budget, so variants that differ only
+        in theirs share it (see `update`)."""
         import tensorflow as tf
 
         rate = _schedule(self.learning_rate, self.final_rate, step, total)
         rate = tf.where(signs > 0, rate, self.descent_rate)[:, None, None, None]
-        params, state = _adam(params, grad, state, step, rate)
+        return _adam(params, grad, state, step, rate)
+
+    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any, total: Any,
+               signs: Any) -> tuple[Any, tuple[Any, Any]]:
+        params, state = self.move(params, grad, state, step, total, signs)
         return self.project(params), state
 
 
