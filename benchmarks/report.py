@@ -235,8 +235,8 @@ def main() -> None:
                   f"{'x bf16':>7s}")
             for section, spent in seconds.items():
                 work = flops.get(section)
-                if work is None:
-                    print(f"   {section:17s} {spent:7.2f}")
+                if not work:  # no floor (figures and pages only), or its passes ran in another section
+                    print(f"   {section:17s} {spent:7.2f}" + ("" if work is None else f" {0.0:9.1f}"))
                     continue
                 floor, floor_bf16 = work / 1e9 / f32, work / 1e9 / bf16
                 print(f"   {section:17s} {spent:7.2f} {work / 1e9:9.1f} {floor:10.2f} {floor_bf16:7.2f} "
