@@ -6,13 +6,15 @@ Models: the bundled example CNN on its 12 images; `small`, a CNN this script tra
 was not designed on (three conv layers with ReLU and max pooling, 64 px RGB shapes,
 pixels/255, flatten and dense head) on 8 images; VGG16 with random weights (`--weights none`) on 4 images of 224 px.
 
-Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model: the
-process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported), the
-phases outside the sections (process start and imports, model load and option checks, render), and per section (the
-dataset pass first) its seconds (report.json), the forward and backward FLOPs it needs and its floor, those FLOPs
-over the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower bound, not a target: it
-counts the conv and dense multiply-adds of every pass a section needs (a backward pass to the input or to a layer
-counted as its forward again, weight gradients never needed), nothing for memory-bound layers, figures or pages.
+Each report runs as `python -m reportgen generate ...` in its own process, with its defaults. Printed per model:
+the process's wall time, the time after imports (the progress clock, which starts once TensorFlow is imported), its
+CPU time (every thread, the plotting worker's too: beside the wall time it shows whether the cores or the waits
+bound it), the phases outside the sections (process start and imports, model load and option checks, render), and
+per section (the dataset pass first) its seconds (report.json), the forward and backward FLOPs it needs and its
+floor, those FLOPs over the machine's measured matmul rate (float32 and bfloat16, 2048^2). A floor is a lower
+bound, not a target: it counts the conv and dense multiply-adds of every pass a section needs (a backward pass to
+the input or to a layer counted as its forward again, weight gradients never needed), nothing for memory-bound
+layers, figures or pages.
 
 `--tutorial` runs `benchmarks/tutorial_report.py` on the same model and images (each run paired with one of the
 report, `--repeats` pairs, the ratio the median of theirs), the tutorials' way (sub-models per
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -149,9 +152,11 @@ def run_report(model: str, images: Path, out: Path) -> dict:
     command = [sys.executable, "-m", "reportgen", "generate", model, str(images), "-o", str(out), "--force"]
     if model == "vgg16":
         command += ["--weights", "none"]
+    before = _children_cpu()
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
     wall = time.perf_counter() - started
+    cpu = _children_cpu() - before  # the report's process and its plotting worker, every thread
     if run.returncode != 0:
         sys.exit(f"reportgen failed:\n{run.stderr[-3000:]}")
     stamps = {stage: float(t) for t, stage in re.findall(r"\[\s*([\d.]+)s\] (\w+):", run.stderr)[::-1]}
@@ -159,10 +164,16 @@ def run_report(model: str, images: Path, out: Path) -> dict:
     manifest = json.loads((out / "report.json").read_text())
     after = last.get("done", float("nan"))
     first_section = min(stamps[kind] for kind in manifest["seconds"] if kind in stamps)
-    return {"wall": wall, "after_imports": after, "manifest": manifest,
+    return {"wall": wall, "cpu": cpu, "after_imports": after, "manifest": manifest,
             "phases": {"process start and imports": wall - after,
                        "model load and checks": first_section - manifest["dataset"]["seconds"],
                        "render (waits for figure encoding)": after - last.get("render", after)}}
+
+
+def _children_cpu() -> float:
+    """User and system CPU seconds of this process's finished children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_tutorial(model: str, images: Path, out: Path, preprocess: str) -> dict:
@@ -229,7 +240,8 @@ def main() -> None:
             flops = section_flops(model, manifest)
             seconds = {"dataset": manifest["dataset"]["seconds"], **manifest["seconds"]}
             print(f"== {name}: {len(manifest['images'])} images; wall {best['wall']:.1f} s, after imports "
-                  f"{best['after_imports']:.1f} s")
+                  f"{best['after_imports']:.1f} s; CPU {best['cpu']:.1f} s ({best['cpu'] / best['wall']:.1f} of "
+                  f"{os.cpu_count()} cores busy on average)")
             print("   " + ", ".join(f"{phase} {spent:.1f} s" for phase, spent in best["phases"].items()))
             print(f"   {'section':17s} {'s':>7s} {'GFLOP':>9s} {'floor f32':>10s} {'bf16':>7s} {'x f32':>7s} "
                   f"{'x bf16':>7s}")
