@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.graph import LayerNode
+from reportgen.graph import LayerNode, pick_channel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
@@ -118,8 +118,7 @@ class DatasetPass:
         with tf.GradientTape() as tape:
             scores, run = self.functions.scores(x, self.capture)
             owner = tf.where(labels >= 0, labels, tf.argmax(scores, axis=1, output_type=tf.int32))
-            # A one-hot product, not a batched gather: the same gradient, for a fraction of the ops to build.
-            selected = tf.reduce_sum(scores * tf.one_hot(owner, tf.shape(scores)[1], dtype=scores.dtype))
+            selected = tf.reduce_sum(pick_channel(scores, owner))
         out: dict[str, Any] = {"raw": tf.reshape(run.output, (tf.shape(x)[0], -1))}
         if plan.cam_layer:
             acts = run.captured[plan.cam_layer]

@@ -92,3 +92,29 @@ def test_graph_rewrites_are_off_inside_and_the_callers_options_come_back():
         assert after["disable_meta_optimizer"] is False and after["constant_folding"] is False
     finally:
         tf.config.optimizer.set_experimental_options({**before, "constant_folding": True})
+
+
+def test_pick_channel_is_each_rows_own_channel_and_its_gradient_the_one_hot():
+    from reportgen.graph import pick_channel
+
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(5, 3, 4, 6)).astype(np.float32)
+    index = np.array([2, 0, 5, 5, 1], np.int32)
+    values = tf.constant(maps)
+    upstream = rng.normal(size=(5, 3, 4)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        picked = pick_channel(values, tf.constant(index))
+        total = tf.reduce_sum(picked * upstream)
+    np.testing.assert_array_equal(picked.numpy(), maps[np.arange(5), :, :, index])  # numpy's fancy indexing
+    # The gradient is the upstream on each row's own channel and zero on every other.
+    expected = np.zeros_like(maps)
+    expected[np.arange(5), :, :, index] = upstream
+    np.testing.assert_array_equal(tape.gradient(total, values).numpy(), expected)
+    # Rows of scores (B, C): one value per row, as a gather gives it; traced with an unknown class count too.
+    scores = rng.normal(size=(4, 7)).astype(np.float32)
+    rows = np.array([6, 0, 3, 3], np.int32)
+    traced = tf.function(pick_channel, input_signature=[tf.TensorSpec([None, None]), tf.TensorSpec([None], tf.int32)])
+    for pick in (pick_channel, traced):
+        np.testing.assert_array_equal(pick(tf.constant(scores), tf.constant(rows)).numpy(),
+                                      scores[np.arange(4), rows])

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-from reportgen.graph import LayerNode, run_layers
+from reportgen.graph import LayerNode, pick_channel, run_layers
 from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
 from reportgen.precision import computing_in
 from reportgen.techniques.cam_trust import (
@@ -353,9 +353,7 @@ class ModelFunctions:
 
         scores, run = self.scores(copies, capture)
         copy_slots = tf.reshape(tf.transpose(slots), [-1])  # slot-major, as the copies
-        # A one-hot product rather than a batched gather: the gradient is the same one-hot, and a gather's
-        # gradient costs about a hundred ops to build, traced or eager.
-        return run, tf.reduce_sum(scores * tf.one_hot(copy_slots, tf.shape(scores)[1], dtype=scores.dtype))
+        return run, tf.reduce_sum(pick_channel(scores, copy_slots))
 
     @staticmethod
     def _per_image(gradients: Any, slots: Any) -> Any:

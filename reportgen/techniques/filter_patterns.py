@@ -28,7 +28,7 @@ import numpy as np
 
 from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
-from reportgen.graph import LayerNode, run_layers, traceable, walk_layers
+from reportgen.graph import LayerNode, pick_channel, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES
 from reportgen.precision import (
     BF16_MIN_INTENSITY,
@@ -308,8 +308,7 @@ def _channel_means(values: Any, filters: Any) -> Any:
     """(B, h, w, C), (B,) filter per image -> (B,) spatial mean of each image's own filter, float32."""
     import tensorflow as tf
 
-    means = tf.reduce_mean(tf.cast(values, tf.float32), axis=[1, 2])
-    return tf.reduce_sum(means * tf.one_hot(filters, int(values.shape[-1]), dtype=tf.float32), axis=1)
+    return pick_channel(tf.reduce_mean(tf.cast(values, tf.float32), axis=[1, 2]), filters)
 
 
 def _diversity(features: Any, groups: Any) -> Any:
@@ -376,11 +375,7 @@ def _compile(model: Any, targets: Sequence[PatternTarget], methods: Sequence[Met
                 for t in targets]
 
     def own(values: Any, filters: Any) -> Any:
-        # A one-hot contraction, not a gather: the same values (one term of the sum is not zero), where a batched
-        # gather's gradient traces about a hundred ops (a third of a step's tracing). As an einsum (a batched
-        # matmul each way) it takes half the time of a product and a channel sum, whose gradient tiles the map.
-        onehot = tf.one_hot(filters, int(values.shape[-1]), dtype=values.dtype)
-        return tf.cast(tf.einsum("bhwc,bc->bhw", values, onehot), tf.float32)
+        return tf.cast(pick_channel(values, filters), tf.float32)
 
     def per_target(members: Any, filters: Any) -> Iterator[tuple[int, Any, Any]]:
         """(index, rows of the target, filter per row): the filter is 0 on other targets' rows (a channel every
@@ -450,8 +445,7 @@ def _compile(model: Any, targets: Sequence[PatternTarget], methods: Sequence[Met
             pre, post = full[k]
             if post is None:
                 post = activations[k](pre)
-            onehot = tf.one_hot(row_filters, int(post.shape[-1]), dtype=tf.float32)
-            peak = tf.reduce_sum(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]) * onehot, axis=1)
+            peak = pick_channel(tf.reduce_max(tf.abs(tf.cast(post, tf.float32)), axis=[1, 2]), row_filters)
             pre_means = select(mine, _channel_means(pre, row_filters), pre_means)
             post_means = select(mine, _channel_means(post, row_filters), post_means)
             peaks = select(mine, peak, peaks)
