@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.graph import LayerNode, pick_channel
+from reportgen.graph import LayerNode, input_tape, pick_channel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
@@ -107,7 +107,8 @@ class DatasetPass:
         model runs eagerly rather than traced (`predictions.compiled`)."""
         from reportgen.techniques.predictions import compiled
 
-        self._step = compiled(self._step_graph, self.model, calls=batches, flops=batch_size * self._image_flops)
+        self._step = compiled(self._step_graph, self.model, calls=batches, flops=batch_size * self._image_flops,
+                              gradients=self.plan.cam_layer is not None)
         self._traced = hasattr(self._step, "get_concrete_function")
         self._traced_shapes: set[tuple[int, ...]] = set()
 
@@ -115,7 +116,7 @@ class DatasetPass:
         import tensorflow as tf
 
         plan = self.plan
-        with tf.GradientTape() as tape:
+        with input_tape(x) as tape:  # the CAM layer's gradient below; never the weights'
             scores, run = self.functions.scores(x, self.capture)
             owner = tf.where(labels >= 0, labels, tf.argmax(scores, axis=1, output_type=tf.int32))
             selected = tf.reduce_sum(pick_channel(scores, owner))

@@ -241,6 +241,23 @@ def pick_channel(values: Any, index: Any) -> Any:
 
 
 @contextlib.contextmanager
+def input_tape(*tensors: Any, persistent: bool = False) -> Iterator[Any]:
+    """A `tf.GradientTape` that watches `tensors` and nothing else: never the model's weights.
+
+    A report differentiates with respect to inputs and activations only. The default tape also watches every
+    weight the forward pass reads, so each backward pass computes filter gradients (`Conv2DBackpropFilter`) that
+    nothing uses, and TensorFlow 2.21's eager oneDNN kernel for that op aborts the process (`double free or
+    corruption`) on real models such as fer's mini-Xception. Gradients of the returned tape never reach it.
+    """
+    import tensorflow as tf
+
+    with tf.GradientTape(persistent=persistent, watch_accessed_variables=False) as tape:
+        for tensor in tensors:
+            tape.watch(tensor)
+        yield tape
+
+
+@contextlib.contextmanager
 def without_graph_rewrites() -> Iterator[None]:
     """TensorFlow's graph optimiser (grappler) off for the functions first called inside, as it was afterwards.
 

@@ -84,8 +84,7 @@ def _compute(analysis: Analysis) -> CamBundle:
                     curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes),
                     # --batch-size bounds every pass's memory; else the curves take what their activations allow
                     curve_batch_size=None if options.batch_size else curve_batch_size(analysis.layer_shapes,
-                                                                                       batch_size),
-                    image_flops=analysis.image_flops),
+                                                                                       batch_size)),
         baseline, float(np.max(high - low)),
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
         probabilities=plan.predictions.probabilities.values,

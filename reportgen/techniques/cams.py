@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-from reportgen.graph import LayerNode, pick_channel, run_layers
+from reportgen.graph import LayerNode, input_tape, pick_channel, run_layers
 from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
 from reportgen.precision import computing_in
 from reportgen.techniques.cam_trust import (
@@ -59,9 +59,6 @@ class CamSettings:
     # Images per forward pass of the curves (inference only, no tape): None for 4 x batch_size; a report without
     # --batch-size sets it from the layers' output sizes (`curve_batch_size`).
     curve_batch_size: int | None = None
-    # The model's forward FLOPs per image (`precision.forward_flops`), None when unknown: a layer pass that runs
-    # once on little arithmetic runs eagerly (`predictions.compiled`).
-    image_flops: float | None = None
 
 
 def curve_batch_size(shapes: Mapping[str, Any], batch_size: int) -> int:
@@ -300,11 +297,8 @@ class ModelFunctions:
 
     def __init__(self, model: Any, head: ScoreHead, layer: str | None,
                  to_probabilities: Callable[[np.ndarray], np.ndarray], batch_size: int = 16,
-                 curves_dtype: str = "float32", layer_passes: int | None = None,
-                 layer_pass_flops: float | None = None, curve_batch_size: int | None = None) -> None:
-        """`layer_passes`: how many times `layer_pass` will run, and `layer_pass_flops` the forward FLOPs of one,
-        when known (one pass of little arithmetic runs eagerly: `predictions.compiled`); `curve_batch_size`:
-        images per forward pass of `curve_probabilities` (default 4 x `batch_size`)."""
+                 curves_dtype: str = "float32", curve_batch_size: int | None = None) -> None:
+        """`curve_batch_size`: images per forward pass of `curve_probabilities` (default 4 x `batch_size`)."""
         import tensorflow as tf
 
         self.model, self.head, self.layer = model, head, layer
@@ -313,8 +307,8 @@ class ModelFunctions:
         self.traced = traceable(model)
         self.curves_dtype = curves_dtype
         self.curve_batch_size = curve_batch_size or 4 * batch_size
-        self._layer_pass = compiled(self._layer_pass_graph, model, calls=layer_passes, flops=layer_pass_flops)
-        self._input_gradients = compiled(self._input_gradients_graph, model)
+        self._layer_pass = compiled(self._layer_pass_graph, model, gradients=True)
+        self._input_gradients = compiled(self._input_gradients_graph, model, gradients=True)
         self._raw = compiled(lambda x: model(x, training=False), model)
         self._raw_curves = self._raw if curves_dtype == "float32" else compiled(
             lambda x: tf.cast(model(x, training=False), tf.float32), model)
@@ -367,18 +361,16 @@ class ModelFunctions:
     def _layer_pass_graph(self, x: Any, slots: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            run, total = self._selected_sum(self._slot_copies(x, slots), slots, [self.layer])
+        copies = self._slot_copies(x, slots)
+        with input_tape(copies) as tape:  # recorded from the input on; differentiated back to the layer only
+            run, total = self._selected_sum(copies, slots, [self.layer])
             activations = run.captured[self.layer]
         gradients = tape.gradient(total, activations)
         return activations[:tf.shape(x)[0]], self._per_image(gradients, slots)  # (B, h, w, K), (B, T, h, w, K)
 
     def _input_gradients_graph(self, x: Any, slots: Any) -> Any:
-        import tensorflow as tf
-
         copies = self._slot_copies(x, slots)
-        with tf.GradientTape() as tape:
-            tape.watch(copies)
+        with input_tape(copies) as tape:
             _, total = self._selected_sum(copies, slots, [])
         return self._per_image(tape.gradient(total, copies), slots)  # (B, T, H, W, C)
 
@@ -756,17 +748,11 @@ def explain(
     head = score_head(model, final_layer(model), units)
     path = layer.path if layer else None
 
-    def functions_for(network: Any, network_head: ScoreHead, images: int,
-                      curves_dtype: str = "float32") -> ModelFunctions:
-        """The functions of `network` for its first `images` inputs."""
-        batch = max(1, settings.batch_size)
-        slots = max((len(row) for row in targets[:images]), default=1)
-        flops = None if settings.image_flops is None else min(batch, images) * slots * settings.image_flops
+    def functions_for(network: Any, network_head: ScoreHead, curves_dtype: str = "float32") -> ModelFunctions:
         return ModelFunctions(network, network_head, path, to_probabilities, settings.batch_size, curves_dtype,
-                              layer_passes=-(-images // batch), layer_pass_flops=flops,
                               curve_batch_size=settings.curve_batch_size)
 
-    functions = functions_for(model, head, len(inputs), settings.curves_dtype)
+    functions = functions_for(model, head, settings.curves_dtype)
     maps = compute_maps(functions, inputs, targets, methods, settings, baseline, value_range, progress)
 
     heatmaps: list[Heatmap] = []
@@ -809,7 +795,7 @@ def explain(
     if count:
         if progress:
             progress(f"sanity check: maps of the freshly initialised model for {count} images")
-        fresh_functions = functions_for(fresh_model, score_head(fresh_model, final_layer(fresh_model), units), count)
+        fresh_functions = functions_for(fresh_model, score_head(fresh_model, final_layer(fresh_model), units))
         fresh_maps = compute_maps(fresh_functions, inputs[:count], targets[:count], methods, settings, baseline,
                                   value_range)
         for method in methods:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.graph import run_layers
+from reportgen.graph import input_tape, run_layers
 from reportgen.techniques.streaming import Ranked
 
 DEFAULT_EXAMPLES = 6
@@ -152,22 +152,32 @@ def receptive_fields(model: Any, layers: Sequence[str], input_shape: tuple[int, 
     forward pass of both inputs serves every layer; each layer then takes one backward pass."""
     import tensorflow as tf
 
+    from reportgen.techniques.predictions import compiled
+
     height, width, channels = input_shape
     rng = np.random.default_rng(seed)
-    x = tf.Variable(rng.normal(size=(2, height, width, channels)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, height, width, channels)).astype(np.float32))
     layers = list(dict.fromkeys(layers))
-    with tf.GradientTape(persistent=True) as tape:
-        captured = run_layers(model, x, capture=layers, stop_early=True).captured
-        centres = {}
-        for layer in layers:
-            out = captured[layer]
-            h, w = int(out.shape[1]), int(out.shape[2])
-            centres[layer] = ((h, w), tf.reduce_sum(out[:, h // 2, w // 2, :]))
+    map_sizes: dict[str, tuple[int, int]] = {}
+
+    def centre_gradients(x: Any) -> list[Any]:
+        with input_tape(x, persistent=True) as tape:
+            captured = run_layers(model, x, capture=layers, stop_early=True).captured
+            centres = []
+            for layer in layers:
+                out = captured[layer]
+                h, w = int(out.shape[1]), int(out.shape[2])
+                map_sizes[layer] = (h, w)
+                centres.append(tf.reduce_sum(out[:, h // 2, w // 2, :]))
+        gradients = [tape.gradient(centre, x) for centre in centres]
+        return [tf.zeros_like(x) if g is None else g for g in gradients]  # None: nothing reaches the cell
+
+    # Traced: an eager convolution gradient computes the filter gradient too (`predictions.compiled`).
+    gradients = compiled(centre_gradients, model, gradients=True)(x)
     fields = {}
-    for layer, (map_size, centre) in centres.items():
-        gradient = tape.gradient(centre, x)
-        support = (np.abs(np.asarray(gradient)).sum(axis=-1) > 0).any(axis=0) if gradient is not None else \
-            np.zeros((height, width), bool)
+    for layer, gradient in zip(layers, gradients, strict=True):
+        map_size = map_sizes[layer]
+        support = (np.abs(np.asarray(gradient)).sum(axis=-1) > 0).any(axis=0)
         stride = (height / map_size[0], width / map_size[1])
         rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
         if rows.size == 0:  # nothing reaches the cell (a dead path): fall back to one cell's own footprint
@@ -175,5 +185,4 @@ def receptive_fields(model: Any, layers: Sequence[str], input_shape: tuple[int, 
         else:
             size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
         fields[layer] = ReceptiveField(stride, size, (height, width))
-    del tape
     return fields

@@ -28,7 +28,7 @@ import numpy as np
 
 from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.errors import InputError
-from reportgen.graph import LayerNode, pick_channel, run_layers, traceable, walk_layers
+from reportgen.graph import LayerNode, input_tape, pick_channel, run_layers, traceable, walk_layers
 from reportgen.layer_kinds import PATTERN_TYPES
 from reportgen.precision import (
     BF16_MIN_INTENSITY,
@@ -389,8 +389,7 @@ def _compile(model: Any, targets: Sequence[PatternTarget], methods: Sequence[Met
 
     def step(params: Any, state: Any, seed: Any, t: Any, total_steps: Any, filters: Any, signs: Any,
              groups: Any, members: Any) -> Any:
-        with tf.GradientTape() as tape:
-            tape.watch(params)
+        with input_tape(params) as tape:
             unit = method.image(params, width)
             if method.jitter is not None:
                 # Ascent only: descent must switch the filter off everywhere at once, which random views fight

@@ -20,20 +20,22 @@ CLASSES_FLAG = "--classes"
 # Rows of a probability output sum to 1 up to float32 rounding of a few thousand terms.
 SUM_TOLERANCE = 1e-3
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
-def compiled(function: Callable, model: Any, calls: int | None = None, flops: float | None = None) -> Callable:
+def compiled(function: Callable, model: Any, calls: int | None = None, flops: float | None = None,
+             gradients: bool = False) -> Callable:
     """`function` as a tf.function (one trace per input shape family) when the model's names allow tracing and it
-    runs more than once, or once with a lot of arithmetic.
+    takes gradients, runs more than once, or runs once with a lot of arithmetic.
 
-    A function that runs once (`calls` 1) on at most `precision.SMALL_MODEL_FLOPS` of forward arithmetic
-    (`flops`: the call's images times the model's forward FLOPs per image; None when unknown) runs eagerly:
-    tracing and optimising a graph for one call costs more than the call (0.08 s against 0.02 s for the CAM layer
-    pass of 8 images through a 3-conv CNN), and the kernels, and so the numbers, are the same. On more arithmetic
-    the graph wins: an eager gradient computes what a graph prunes."""
+    A forward-only function that runs once (`calls` 1) on at most `precision.SMALL_MODEL_FLOPS` of forward
+    arithmetic (`flops`: the call's images times the model's forward FLOPs per image; None when unknown) runs
+    eagerly: tracing and optimising a graph for one call costs more than the call, and the kernels, and so the
+    numbers, are the same. A function that takes `gradients` is always traced: an eager convolution gradient
+    computes the filter gradient too (TensorFlow's `_Conv2DGrad` returns both; a graph prunes the unused one), and
+    TensorFlow 2.21's eager oneDNN kernel for it aborts the process on real models (fer's mini-Xception)."""
     import tensorflow as tf
 
     from reportgen.precision import one_small_call
 
-    if not traceable(model) or one_small_call(calls, flops):
+    if not traceable(model) or (not gradients and one_small_call(calls, flops)):
         return function
     return tf.function(function, reduce_retracing=True, autograph=False)
 
