@@ -85,7 +85,12 @@ class PlotWorker:
     """A plotting process: `submit(draw, *args)` returns a Future of `draw(*args)`'s pixels at once."""
 
     def __init__(self) -> None:
+        # Two locks, never held together: `_lock` guards the table of pending requests and is only held for a
+        # moment, `_write` orders whole requests on the worker's stdin and may wait while the pipe is full. The
+        # reply reader takes only `_lock`, so it keeps draining replies while a request waits to be written: a
+        # worker blocked on a full stdout pipe always gets unblocked, and the writer with it.
         self._lock = threading.Lock()
+        self._write = threading.Lock()
         self._pending: dict[int, tuple[Future[np.ndarray], str, tuple, dict]] = {}
         self._next = 0
         self._local = False  # True once the worker is gone: requests are drawn here
@@ -101,14 +106,18 @@ class PlotWorker:
         plot_function(name)  # a wrong name fails here, in the caller
         future: Future[np.ndarray] = Future()
         with self._lock:
-            if not self._local:
+            local = self._local
+            if not local:
                 number, self._next = self._next, self._next + 1
                 self._pending[number] = (future, name, args, kwargs)
-                try:
+        if not local:
+            try:
+                with self._write:
                     assert self._process is not None and self._process.stdin is not None
                     _send(self._process.stdin, (number, name, args, kwargs))
-                    return future
-                except (OSError, ValueError):  # the worker is gone
+                return future
+            except (OSError, ValueError):  # the worker is gone
+                with self._lock:
                     if self._pending.pop(number, None) is None:
                         return future  # the reply reader took it over and draws it
         _draw_into(future, name, args, kwargs)

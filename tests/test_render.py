@@ -244,6 +244,36 @@ def test_plots_drawn_by_the_worker_process_equal_inline_ones_and_its_errors_surf
         failing.result()
 
 
+def test_large_requests_and_replies_never_deadlock_the_plotting_worker():
+    """Requests and replies each larger than a pipe's buffer, submitted faster than the worker draws: the worker
+    blocks writing a reply while the caller blocks writing the next request, and the reply reader must still
+    drain the replies (MobileNetV2's weights section hung here, the caller holding the lock the reader needed)."""
+    import threading
+
+    from reportgen import figures
+    from reportgen.plot_worker import PlotWorker
+
+    edges = np.linspace(-1, 1, 8_001)  # 64 kB of arguments per request, a pipe's buffer
+    series = [("a", np.arange(8_000, dtype=np.float64), "red")]
+    worker = PlotWorker()
+    futures: list = []
+
+    def submit_all() -> None:
+        for i in range(8):
+            futures.append(worker.submit(figures.plot_histogram, edges, series, f"h{i}", size=(8.0, 4.0)))
+
+    submitter = threading.Thread(target=submit_all, daemon=True)
+    submitter.start()
+    submitter.join(90)
+    try:
+        assert not submitter.is_alive(), "submitting to the plotting worker deadlocked"
+        replies = [future.result(120) for future in futures]
+        assert all(reply.shape == (400, 800, 3) for reply in replies)  # 1 MB replies, 15 pipe buffers each
+        assert not worker._local  # the worker drew them all
+    finally:
+        worker.close(finish=False)
+
+
 def test_plots_are_drawn_here_when_the_worker_is_gone():
     from reportgen import figures
     from reportgen.plot_worker import PlotWorker
