@@ -577,28 +577,37 @@ def test_bfloat16_curves_agree_with_float32_and_shown_probabilities_stay_float32
             == [w for w in runs["bfloat16"]["warnings"] if "random map" in w])
 
 
-def test_a_layer_pass_run_once_runs_eagerly_with_the_traced_numbers(residual_model):
-    """One layer pass of little arithmetic skips tracing (`predictions.compiled`); its activations and every
-    (image, class) gradient equal the traced function's, and a pass of much arithmetic stays traced."""
-    from reportgen.graph import without_graph_rewrites
-    from reportgen.precision import SMALL_MODEL_FLOPS
+def test_gradient_passes_are_traced_and_never_differentiate_the_weights(residual_model):
+    """Every function that takes a gradient is traced, even one small call (an eager convolution gradient also
+    computes the filter gradient, whose eager oneDNN kernel aborts on real models), and its tape watches no
+    weight: the gradients equal an independent computation with a plain tape through a Keras sub-model."""
+    import keras
+
+    from reportgen.graph import input_tape
 
     layer = next(n.path for n in walk_layers(residual_model) if n.path.endswith("add"))
     head = score_head(residual_model, final_layer(residual_model), 3)
+    functions = ModelFunctions(residual_model, head, layer, lambda raw: raw)
+    assert hasattr(functions._layer_pass, "get_concrete_function")
+    assert hasattr(functions._input_gradients, "get_concrete_function")
     x = RNG.random((5, 32, 32, 3), dtype=np.float32)
     slots = np.array([[0, 2], [1, 1], [2, 0], [0, 1], [1, 2]], np.int32)
-    with without_graph_rewrites():
-        once = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1, layer_pass_flops=1e6)
-        traced = ModelFunctions(residual_model, head, layer, lambda raw: raw)
-        large = ModelFunctions(residual_model, head, layer, lambda raw: raw, layer_passes=1,
-                               layer_pass_flops=SMALL_MODEL_FLOPS * 2)
-        assert not hasattr(once._layer_pass, "get_concrete_function")
-        assert hasattr(traced._layer_pass, "get_concrete_function")
-        assert hasattr(large._layer_pass, "get_concrete_function")
-        eager_acts, eager_grads = once.layer_pass(x, slots)
-        graph_acts, graph_grads = traced.layer_pass(x, slots)
-    np.testing.assert_allclose(eager_acts, graph_acts, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(eager_grads, graph_grads, rtol=1e-5, atol=1e-7 * float(np.abs(graph_grads).max()))
+    acts, grads = functions.layer_pass(x, slots)
+
+    assert head.feeder is None  # the model ends in logits: the scores are its outputs
+    expected_acts = keras.Model(residual_model.inputs, residual_model.get_layer(layer).output)(x, training=False)
+    after = keras.Model(residual_model.get_layer("res_relu").input, residual_model.output)  # the layer on
+    for t in range(slots.shape[1]):
+        with tf.GradientTape() as tape:
+            tape.watch(expected_acts)
+            total = tf.reduce_sum(tf.gather(after(expected_acts, training=False), slots[:, t], batch_dims=1))
+        expected = tape.gradient(total, expected_acts).numpy()
+        np.testing.assert_allclose(grads[:, t], expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()))
+    np.testing.assert_allclose(acts, expected_acts.numpy(), rtol=1e-5, atol=1e-6)
+
+    with input_tape(tf.constant(x)) as tape:
+        residual_model(x, training=False)
+    assert tape.watched_variables() == ()
 
 
 def test_curve_batches_fit_the_activations():

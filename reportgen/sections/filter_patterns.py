@@ -193,8 +193,9 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
         rows=tuple(rows),
         caption=(f"Mean activation of each filter (its channel of {target.output}) on the starting image and on "
                  f"each pattern, evaluated in float32 on the stored image, and the {direction} pattern's scorecard: "
-                 f"robust, its mean activation over {len(ROBUST_VIEWS)} fixed views (rotations up to 5°, scales "
-                 "0.9-1.1, shifts up to 6%) as a share of its activation; specific, the share of the other "
+                 f"robust, the share of its gain over the start that it keeps on average over {len(ROBUST_VIEWS)} "
+                 "fixed views (rotations up to 5°, scales 0.9-1.1, shifts up to 6%), from 0 (the views undo the "
+                 "search) to 100%; specific, the share of the other "
                  "filters' patterns that drive this filter less; saturated, the share of pixel values within "
                  f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
                  f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
@@ -345,7 +346,8 @@ def build(analysis: Analysis) -> list[Section]:
     spent = expected = 0.0
     for k, group in enumerate(searches, start=1):
         left = correction * sum(predicted[k - 1:])
-        analysis.progress("filter_patterns", f"{', '.join(group)} ({k}/{len(searches)}), about {_duration(left)} left")
+        analysis.progress("filter_patterns", f"{', '.join(group)} ({k}/{len(searches)}), about {_duration(left)} left",
+                          expect_seconds=correction * predicted[k - 1])
         started = time.perf_counter()
         jobs = [PatternJob(path, chosen[path], by_layer[path],
                            flops[path] / max(1, patterns_per_layer[path] * settings.steps)) for path in group]

@@ -717,7 +717,7 @@ class Scorecard:
     """How far each pattern of one direction can be trusted, in the order of `DirectionPatterns.inputs`."""
 
     activation: np.ndarray  # (P,) the filter's mean output on its pattern (float32)
-    robust: np.ndarray  # (P,) mean output over `ROBUST_VIEWS` of the pattern, as a share of `activation`
+    robust: np.ndarray  # (P,) share of the pattern's gain over its start kept by `ROBUST_VIEWS` (`robust_share`)
     specificity: np.ndarray  # (P,) share of the other filters' patterns on which the filter responds less
     saturation: np.ndarray  # (P,) share of pixel values within `SATURATION_MARGIN` of the range's ends
     two_level: bool = False  # the first conv layer: its best image is two-level, so saturation is not flagged
@@ -732,6 +732,27 @@ class Scorecard:
         if self.saturation[index] > FLAG_SATURATION and not self.two_level:
             out.append("saturated")
         return tuple(out)
+
+
+# A search that moved its filter by less than this share of the larger of its start and final activation has no
+# gain to keep: its robust share would be a ratio of rounding errors, so it is left unmeasured (None).
+MIN_ROBUST_GAIN = 0.01
+
+
+def robust_share(viewed: np.ndarray, activation: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The share of a pattern's gain over its start (`activation - start`, up for ascent, down for descent) that
+    the views keep on average (`viewed - start`), clipped to [0, 1]; nan where the gain is below `MIN_ROBUST_GAIN`
+    of the activations' scale.
+
+    Not `viewed / activation`: that ratio explodes where the activation is near zero (790% on a test model, -192%
+    on a real layer of fer's mini-Xception) and flips with the last bits of the arithmetic. Measured from the
+    start and bounded, 1 means every view drives the filter as far as the pattern does, 0 that the views undo
+    the whole search."""
+    gain = activation - start
+    scale = np.maximum(np.abs(activation), np.abs(start))
+    measurable = np.abs(gain) > MIN_ROBUST_GAIN * scale
+    share = (viewed - start) / np.where(measurable, gain, 1.0)
+    return np.where(measurable, np.clip(share, 0.0, 1.0), np.nan)
 
 
 def score_patterns(model: Any, result: LayerPatterns, direction: str, display: np.ndarray,
@@ -792,7 +813,7 @@ def _scorecards(result: LayerPatterns, displays: dict[str, np.ndarray], viewed_a
         column = np.arange(count) // k  # pattern i is of filter result.filters[i // k]
         own_view = viewed[:, np.arange(count), column].mean(axis=0)
         activation = result.direction(direction).activation
-        robust = own_view / np.where(np.abs(activation) > 1e-12, activation, np.nan)
+        robust = robust_share(own_view, activation, np.repeat(result.start_activation, k))
         specificity = np.full(count, np.nan)
         for i, (f, j) in enumerate(zip(filters, column, strict=True)):
             others = responses[filters != f, j]
