@@ -486,7 +486,8 @@ def _print_result(result: Any, quiet: bool) -> None:
 
 
 def run() -> None:
-    """The `reportgen` program: `main`, then an exit without the interpreter's teardown.
+    """The `reportgen` program: `main` (for `generate` and `demo`, in a child process the watchdog watches), then
+    an exit without the interpreter's teardown.
 
     Once a command has finished, tearing down the interpreter (every module's objects, TensorFlow's runtime)
     takes 0.2 s and does nothing the command's outcome needs. So the exit handlers run and the output streams are
@@ -495,6 +496,16 @@ def run() -> None:
     """
     import atexit
 
+    from reportgen import watchdog
+
+    argv = sys.argv[1:]
+    if watchdog.should_supervise(argv):
+        # The report runs in a watched child process: a hang or a native crash ends with one line that names
+        # the step, and OUT untouched (`watchdog`). This process only waits: nothing to tear down.
+        code = watchdog.supervise(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     try:
         main()
         code: Any = 0

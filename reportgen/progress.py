@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from reportgen import watchdog
+
 
 class Progress:
     """Callable progress reporter: `progress("weights", "conv1 (2/5)")`. Disabled, it does nothing."""
@@ -15,7 +17,10 @@ class Progress:
         self.stream = stream
         self._start = time.perf_counter()
 
-    def __call__(self, stage: str, message: str = "") -> None:
+    def __call__(self, stage: str, message: str = "", expect_seconds: float | None = None) -> None:
+        """Print a progress line; `expect_seconds`: the estimated time of the step now starting, when known (the
+        watchdog then waits that long, and more, before it calls the step stalled)."""
+        watchdog.beat(stage, message, expect_seconds)
         if not self.enabled:
             return
         stream = self.stream or sys.stderr
@@ -59,6 +64,7 @@ class ProgressCounter:
         self.done = done
         if total:
             self.total = max(1, total)
+        watchdog.beat(self.stage, f"{done}/{self.total} {self.unit}", frequent=True)
         if not self.progress.enabled:
             return
         now = time.perf_counter()

@@ -33,6 +33,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from reportgen import watchdog
 from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
 from reportgen.errors import OutputError
 from reportgen.plot_worker import BACKGROUND_NICENESS, PlotWorker, plot_function
@@ -382,6 +383,7 @@ def _encode_figures(report: Report, encoder: FigureEncoder | None = None) -> dic
     files = SlugRegistry()
     encoded: dict[str, EncodedFigure] = {}
     for section in report.sections:
+        watchdog.beat("render", f"the figures of section {section.id}")  # each waits for its encoder or plot
         for figure in section.figures():
             if figure.key in encoded:
                 raise ValueError(f"two figures share the key {figure.key!r}")
@@ -558,6 +560,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    watchdog.staging(staging)  # a watching parent removes it if this process dies before the swap
     try:
         (staging / "figures").mkdir()
         for encoded in figures.values():
@@ -570,6 +573,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
             np.savez_compressed(staging / arrays_file, **arrays)
         staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read
         _replace(staging, out)
+        watchdog.staging(None)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise_if_disk_full(exc, out)
