@@ -188,7 +188,10 @@ def supervise(argv: list[str]) -> int:
     env = {**os.environ, HEARTBEAT_FD_VARIABLE: str(write_end),
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     try:
-        child = subprocess.Popen([sys.executable, "-m", "reportgen.cli", *argv], pass_fds=(write_end,), env=env)
+        # Every inheritable descriptor goes to the child, as if it were this process: a `--class-names <(...)`
+        # names one. The pipe's read end stays here (pipes are not inheritable by default).
+        os.set_inheritable(write_end, True)
+        child = subprocess.Popen([sys.executable, "-m", "reportgen.cli", *argv], close_fds=False, env=env)
     finally:
         os.close(write_end)
 
