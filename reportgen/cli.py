@@ -128,6 +128,9 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
 
             prestart()
         if tensorflow:
+            from reportgen import watchdog
+
+            watchdog.beat("start", "importing TensorFlow")
             _import_tensorflow(quiet=not debug)
         return action()
     except ReportgenError as exc:

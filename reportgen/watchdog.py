@@ -102,7 +102,7 @@ class _Watch:
 
     stall_seconds: float
     stage: str = "start"
-    message: str = "starting"
+    message: str = "starting Python"
     expect: float | None = None
     moved: float = field(default_factory=time.monotonic)
     staging_folder: str | None = None

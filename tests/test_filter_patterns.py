@@ -442,7 +442,9 @@ def test_greyscale_patterns_are_not_saturated(trained):
         for patterns in result.patterns:
             assert patterns.inputs.shape[3] == 1
             assert np.all(_saturation(patterns.inputs) <= 0.10), (layer, patterns.direction)
-            assert np.all(patterns.inputs.std(axis=(1, 2, 3)) > 0.1)  # not flat either
+            # Not flat either: a flat field has no spread, the search's start (grey plus 20 levels of noise) 0.02, a
+            # pattern 0.09-0.32 whichever kernels round its steps (oneDNN's or TensorFlow's own).
+            assert np.all(patterns.inputs.std(axis=(1, 2, 3)) > 0.05), (layer, patterns.direction)
 
 
 def test_scorecard_in_report_json_recomputed_from_the_stored_patterns(keras, trained, tmp_path):
