@@ -22,11 +22,13 @@ from reportgen.techniques import filter_patterns as fp
 from reportgen.techniques.filter_patterns import (
     PatternSettings,
     choose_filters,
-    fast_bfloat16,
     filter_responses,
     pattern_size,
     search_patterns,
 )
+from reportgen.techniques.filter_patterns import schedule as fp_schedule
+from reportgen.techniques.filter_patterns import search as fp_search
+from reportgen.techniques.filter_patterns import sizing as fp_sizing
 from reportgen.techniques.pattern_params import PixelMap
 
 SCALE = PixelMap.from_preprocessor(Preprocessor("scale"))
@@ -41,7 +43,8 @@ def example_model(keras):
 def example_patterns(example_model):
     """A report's defaults (projected, 20 steps, the model's 64 px, 16 filters, bfloat16 steps where the CPU has
     them) on every conv layer of the example model."""
-    settings = PatternSettings(height=64, width=64, compute_dtype="bfloat16" if fast_bfloat16() else "float32")
+    dtype = "bfloat16" if fp_sizing.fast_bfloat16() else "float32"
+    settings = PatternSettings(height=64, width=64, compute_dtype=dtype)
     return {layer: search_patterns(example_model, layer, tuple(range(16)), settings, SCALE)
             for layer in ("conv1", "conv2", "conv3")}
 
@@ -126,9 +129,9 @@ def test_same_seed_gives_identical_arrays(example_model, method):
 
 def test_step_is_traced_once_per_layer_whatever_the_batches(example_model, monkeypatch):
     calls = []
-    real = fp.run_layers
-    monkeypatch.setattr(fp, "run_layers", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
-    monkeypatch.setattr(fp, "BATCH_PIXELS", 3 * 64 * 64)  # 10 patterns in batches of 3, 3, 2 and 2: two sizes
+    real = fp_search.run_layers
+    monkeypatch.setattr(fp_search, "run_layers", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    monkeypatch.setattr(fp_search, "BATCH_PIXELS", 3 * 64 * 64)  # 10 patterns in batches of 3, 3, 2 and 2: two sizes
     search_patterns(example_model, "conv2", (0, 1, 2, 3, 5), PatternSettings(steps=4, height=64, width=64), SCALE)
     assert len(calls) == 2  # one trace of the step, one of the float32 evaluation
 
@@ -173,7 +176,7 @@ def test_layers_on_one_canvas_share_a_search_while_it_costs_little():
     """Worked by hand, in GFLOP against the 30 allowed: a and b share 32 px; running a's 10 patterns to b adds
     10 x (3.0 - 0.6) = 24. With c (also 32 px) all of them would run to c: 10 x 3.6 + 10 x 1.2 = 48, so c is
     searched on its own. d has another canvas; e shares d's, but 4 x (21 - 6) = 60 is too much."""
-    from reportgen.sections.filter_patterns import SHARED_SEARCH_FLOPS, shared_searches
+    from reportgen.techniques.filter_patterns.schedule import SHARED_SEARCH_FLOPS, shared_searches
 
     assert SHARED_SEARCH_FLOPS == 30e9
     canvases = {"a": (32, 32), "b": (32, 32), "c": (32, 32), "d": (48, 48), "e": (48, 48)}
@@ -200,12 +203,11 @@ def _model_with_dead_filter(keras):
 
 
 def test_report_sections_manifest_arrays_and_dead_tiles(keras, shared_images, tmp_path, monkeypatch):
-    from reportgen.sections import filter_patterns as section
 
     def measured(*args, **kwargs):
         raise AssertionError("a search of a few MFLOP measured the machine's matmul rate for its estimate")
 
-    monkeypatch.setattr(section, "matmul_rate", measured)
+    monkeypatch.setattr(fp_schedule, "matmul_rate", measured)
     model = _model_with_dead_filter(keras)
     out = tmp_path / "report"
     options = ReportOptions(sections=("summary", "filter_patterns"), filters=3, steps=8, save_arrays=True)
@@ -329,10 +331,10 @@ def test_bfloat16_steps_only_where_they_pay(keras, example_model, monkeypatch):
         x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
         x = keras.layers.Conv2D(16, 1, name=f"pw{i}")(x)
     mobile = keras.Model(inputs, x)
-    monkeypatch.setattr(fp, "fast_bfloat16", lambda: True)
+    monkeypatch.setattr(fp_sizing, "fast_bfloat16", lambda: True)
     assert choice(example_model, 64) == "bfloat16"  # 3x3 and 5x5 convolutions over many channels
     assert choice(mobile, 32) == "float32"
-    monkeypatch.setattr(fp, "fast_bfloat16", lambda: False)
+    monkeypatch.setattr(fp_sizing, "fast_bfloat16", lambda: False)
     assert choice(example_model, 64) == "float32"  # no native bfloat16: never
 
 
@@ -402,7 +404,7 @@ def _tutorial(model, layer, filters, channels, steps=TUTORIAL_STEPS):
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            out = fp.run_layers(model, x, [output], stop_early=True).captured[output]
+            out = fp_search.run_layers(model, x, [output], stop_early=True).captured[output]
             loss = tf.reduce_sum(tf.gather(tf.reduce_mean(out, axis=[1, 2]), index, axis=1, batch_dims=1))
         g = tape.gradient(loss, x)
         x.assign_add(0.05 * g / (tf.sqrt(tf.reduce_mean(g * g, axis=[1, 2, 3], keepdims=True)) + 1e-5))
@@ -428,7 +430,7 @@ def test_default_search_beats_the_tutorials_loop_on_trained_models(trained, kind
         default = search_patterns(model, layer, filters, settings, _pixel_map(channels)).direction("ascent")
         assert default.activation.mean() > tutorial.mean(), (layer, default.activation.mean(), tutorial.mean())
         assert np.mean(_saturation(reference)) > 0.3
-        if layer != fp.first_conv(fp.walk_layers(model)):
+        if layer != fp.first_conv(fp_search.walk_layers(model)):
             assert np.all(_saturation(default.inputs) <= 0.10), layer
         else:  # two-level: every value at an end of the range
             assert np.mean(_saturation(default.inputs)) > 0.9
@@ -529,7 +531,7 @@ def test_diversity_gives_different_patterns_of_one_filter(trained, monkeypatch):
     def style_similarity(result):
         """Mean cosine similarity of the Gram matrices of b3_relu between the patterns of each filter."""
         x = result.direction("ascent").inputs
-        features = fp.run_layers(model, x, ["b3_relu"], stop_early=True).captured["b3_relu"].numpy()
+        features = fp_search.run_layers(model, x, ["b3_relu"], stop_early=True).captured["b3_relu"].numpy()
         flat = features.reshape(len(x), -1, features.shape[-1])
         grams = np.einsum("bnc,bnd->bcd", flat, flat).reshape(len(x), -1)
         grams /= np.linalg.norm(grams, axis=1, keepdims=True)
@@ -543,7 +545,7 @@ def test_diversity_gives_different_patterns_of_one_filter(trained, monkeypatch):
             for b in range(a + 1, 3):
                 assert np.abs(x[f * 3 + a] - x[f * 3 + b]).mean() > 0.1  # different images
     assert np.all(diverse.direction("ascent").activation > diverse.start_activation.repeat(3))  # still driven
-    monkeypatch.setattr(fp, "DIVERSITY_WEIGHT", 0.0)
+    monkeypatch.setattr(fp_search, "DIVERSITY_WEIGHT", 0.0)
     assert style_similarity(diverse) < style_similarity(run())  # the penalty pushes them apart
 
 
@@ -563,7 +565,7 @@ def test_layers_chooses_pattern_layers(residual_model, shared_images, tmp_path):
 
 def test_deep_networks_get_one_pattern_layer_per_stage(keras):
     from reportgen.graph import layer_output_shapes, walk_layers
-    from reportgen.sections.filter_patterns import ALL_LAYERS_UP_TO, one_per_stage
+    from reportgen.techniques.filter_patterns.targets import ALL_LAYERS_UP_TO, one_per_stage
 
     inputs = keras.Input((32, 32, 3))
     x, convs = inputs, []

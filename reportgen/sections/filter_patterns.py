@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.layer_kinds import PATTERN_TYPES
-from reportgen.precision import search_elements, search_flops
 from reportgen.report import Facts, Figure, Section, Table, Text
 from reportgen.sections.anchors import section_id
-from reportgen.techniques.feature_maps import select_layers
 from reportgen.techniques.filter_patterns import (
     FLAG_ROBUST,
     FLAG_SATURATION,
@@ -29,10 +25,9 @@ from reportgen.techniques.filter_patterns import (
     PatternTarget,
     Scorecard,
     choose_filters,
-    layer_consumers,
+    choose_targets,
     layer_sizes,
-    matmul_rate,
-    pattern_target,
+    plan_searches,
     score_layers,
     search_dtype,
     search_layers,
@@ -42,19 +37,6 @@ from reportgen.techniques.pattern_params import PixelMap
 
 COLUMNS = 8
 DEAD_GREY = 128
-# Share of the matmul rate the search steps reach (conv forward + input gradient), only for the time estimate.
-# Measured on a default VGG16 report (2 cores, bfloat16 matmul 830 GFLOP/s): 0.6 on block1_conv2, 0.85-1.0 from
-# block2 on; memory-bound first layers reach far less but cost little. 0.8 keeps the estimate a little pessimistic.
-SEARCH_EFFICIENCY = 0.8
-SEARCH_OVERHEAD_SECONDS = 1.0  # tracing the compiled steps and evaluating the patterns, whatever the size
-# Below this many search FLOPs the estimate is mostly the overhead above, and measuring the machine's matmul rate
-# (0.05-0.1 s) would cost more than the arithmetic it times: a nominal rate (GFLOP/s, 2 cores) stands in.
-MEASURED_RATE_FLOPS = 1e11
-NOMINAL_RATE = {"float32": 300.0, "bfloat16": 600.0}
-# Seconds per activation element per image and step, for the memory-bound part (normalisation, activations,
-# depthwise layers): fitted on MobileNetV2's 52 layers (float32, 2 cores), where it and the overhead above predict
-# every layer within 0.3 s; on VGG16 the estimate comes out about 1.4x pessimistic.
-ELEMENT_SECONDS = 0.45e-9
 METHOD_TEXT = {
     "projected": "Adam on the pixels, each step projected onto the valid images with at most 10% of their values "
                  "within 1% of the range's ends (the first conv layer, whose best image is two-level, only onto "
@@ -214,76 +196,9 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
     )
 
 
-# Up to this many conv layers a model gets patterns of every one; deeper ones one per stage (see `pattern_layers`).
-ALL_LAYERS_UP_TO = 8
-
-
-def one_per_stage(targets: list[PatternTarget], shapes: dict) -> list[PatternTarget]:
-    """The deepest of `targets` (in order) at each map size of their outputs: the last conv of each stage, before
-    the network downsamples (VGG16: block1_conv2, block2_conv2, block3_conv3, block4_conv3, block5_conv3)."""
-    last = {tuple(shapes[t.output][1:3]): t for t in targets}
-    keep = {id(t) for t in last.values()}
-    return [t for t in targets if id(t) in keep]
-
-
 def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
-    """The layers whose filters get patterns, each with the output its patterns drive: the layers --layers
-    chooses (any layer with a 4-D output; a conv's patterns drive its block's output, another layer's its own),
-    else every conv layer of a model with at most `ALL_LAYERS_UP_TO` of them, else one per stage
-    (`one_per_stage`): a stage's convs refine one texture scale, and its last shows the most of it for the same
-    search. Layers driving the same output are shown once."""
-    consumers = layer_consumers(analysis.model)
-    if analysis.options.layers:
-        chosen = select_layers(analysis.layers, analysis.layer_shapes, analysis.options.layers)
-        chosen = [n for n in chosen if not n.is_model]
-    else:
-        chosen = [n for n in analysis.layers if isinstance(n.layer, PATTERN_TYPES)]
-    producers: dict[str, list[str]] = {}
-    for source, takers in consumers.items():
-        for taker in takers:
-            producers.setdefault(taker, []).append(source)
-    targets, seen = [], set()
-    for node in chosen:
-        if isinstance(node.layer, PATTERN_TYPES):
-            target = pattern_target(analysis.layers, consumers, node.path)
-        else:  # an activation's input is followed while the filter is off everywhere
-            sources = producers.get(node.path, [])
-            nonlinear = type(node.layer).__name__ in ("ReLU", "LeakyReLU", "PReLU", "ELU", "Activation")
-            pre = sources[0] if nonlinear and len(sources) == 1 else node.path
-            target = PatternTarget(node.path, node.path, pre)
-        if target.output not in seen:
-            seen.add(target.output)
-            targets.append(target)
-    if not analysis.options.layers and len(targets) > ALL_LAYERS_UP_TO:
-        return one_per_stage(targets, analysis.layer_shapes)
-    return targets
-
-
-# What one search costs beyond its arithmetic on a small model: tracing its step, evaluation and scorecard, their
-# first calls, its step calls (about 0.4 s on a 3-conv CNN at 32 px). Layers on the same canvas share a search
-# while the arithmetic it adds (their patterns also run the deeper layers) is below this many FLOPs: 0.1 s at this
-# CPU's float32 matmul rate, about 0.3 s at the rate its 16- and 32-channel convolutions reach, still below what a
-# search costs. A count, not a measured time: the grouping, and with it every pattern (a search's random views are
-# drawn for the whole search), must not depend on the machine's speed.
-SHARED_SEARCH_FLOPS = 3e10
-
-
-def shared_searches(paths: Sequence[str], canvases: dict[str, tuple[int, int]], pattern_flops: dict[str, float],
-                    patterns: dict[str, int]) -> list[list[str]]:
-    """`paths` (in execution order) grouped into searches: consecutive layers with the same canvas, as long as
-    running all the group's patterns to its deepest layer adds less than `SHARED_SEARCH_FLOPS` of arithmetic.
-    `pattern_flops`: one pattern's whole search to that layer; `patterns`: each layer's count."""
-    groups: list[list[str]] = []
-    for path in paths:
-        group = groups[-1] if groups else None
-        if group is not None and canvases[group[0]] == canvases[path]:
-            deepest = max(pattern_flops[path], *(pattern_flops[other] for other in group))
-            added = sum(patterns[other] * (deepest - pattern_flops[other]) for other in (*group, path))
-            if added < SHARED_SEARCH_FLOPS:
-                group.append(path)
-                continue
-        groups.append([path])
-    return groups
+    """The report's pattern layers (`targets.choose_targets` with --layers)."""
+    return choose_targets(analysis.model, analysis.layers, analysis.layer_shapes, analysis.options.layers)
 
 
 def build(analysis: Analysis) -> list[Section]:
@@ -313,44 +228,22 @@ def build(analysis: Analysis) -> list[Section]:
     layer_settings = {t.layer: settings if options.pattern_size is not None else dataclasses.replace(
         settings, height=sizes[t.output][0], width=sizes[t.output][1]) for t in targets}
 
-    image_h, image_w = analysis.images.pixels.shape[1:3]
-    area_scale = {path: s.height * s.width / (image_h * image_w) for path, s in layer_settings.items()}
-    patterns_per_layer = {path: len(filters) * len(settings.directions) * settings.diversity
-                          for path, filters in chosen.items()}
-    flops = {t.layer: search_flops(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
-             * patterns_per_layer[t.layer] * settings.steps for t in targets}
-    elements = {t.layer: search_elements(analysis.layers, analysis.layer_shapes, t.output, area_scale[t.layer])
-                * patterns_per_layer[t.layer] * settings.steps for t in targets}
-    measure = sum(flops.values()) >= MEASURED_RATE_FLOPS
-
-    def search_rate(dtype: str) -> float:
-        return (matmul_rate(dtype) if measure else NOMINAL_RATE[dtype]) * 1e9 * SEARCH_EFFICIENCY
-
-    rate = search_rate(settings.compute_dtype)
-    float32_share = 1.0 if settings.compute_dtype == "float32" else rate / search_rate("float32")
-    # Forward passes, about a third of a search step each (no input gradient), whatever the steps: the
-    # scorecard's robust views in the search's arithmetic, and in float32 the starts (half a pass per pattern)
-    # and the patterns' re-evaluation (which also gives the scorecard every filter's response).
-    scoring = (len(ROBUST_VIEWS) + 1.5 * float32_share) / (3.0 * max(1, settings.steps))
-    arithmetic = {path: (1.0 + scoring) * (flops[path] / rate + elements[path] * ELEMENT_SECONDS) for path in flops}
-    searches = shared_searches([n.path for n in nodes], {p: (s.height, s.width) for p, s in layer_settings.items()},
-                               {p: flops[p] / max(1, patterns_per_layer[p]) for p in flops},
-                               patterns_per_layer)
-    predicted = [SEARCH_OVERHEAD_SECONDS + sum(arithmetic[path] for path in group) for group in searches]
+    plan = plan_searches(analysis.layers, analysis.layer_shapes, targets, chosen, layer_settings,
+                         analysis.images.pixels.shape[1:3])
     analysis.progress("filter_patterns", (
-        f"{len(nodes)} layers, {sum(patterns_per_layer.values())} patterns of {_sizes_text(layer_settings)}, "
-        f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about {_duration(sum(predicted))}"))
+        f"{len(nodes)} layers, {sum(plan.patterns.values())} patterns of {_sizes_text(layer_settings)}, "
+        f"{settings.steps} steps ({settings.method}, {settings.compute_dtype}); about {_duration(plan.total_seconds)}"))
     found: dict[str, LayerPatterns] = {}
     scores: dict[str, dict[str, Scorecard]] = {}
     correction = 1.0
     spent = expected = 0.0
-    for k, group in enumerate(searches, start=1):
-        left = correction * sum(predicted[k - 1:])
-        analysis.progress("filter_patterns", f"{', '.join(group)} ({k}/{len(searches)}), about {_duration(left)} left",
-                          expect_seconds=correction * predicted[k - 1])
+    for k, (group, predicted) in enumerate(zip(plan.groups, plan.seconds, strict=True), start=1):
+        left = correction * sum(plan.seconds[k - 1:])
+        analysis.progress("filter_patterns", f"{', '.join(group)} ({k}/{len(plan.groups)}), about "
+                          f"{_duration(left)} left", expect_seconds=correction * predicted)
         started = time.perf_counter()
         jobs = [PatternJob(path, chosen[path], by_layer[path],
-                           flops[path] / max(1, patterns_per_layer[path] * settings.steps)) for path in group]
+                           plan.flops[path] / max(1, plan.patterns[path] * settings.steps)) for path in group]
         searched = search_layers(analysis.model, jobs, layer_settings[group[0]], pixel_map)
         cards = score_layers(analysis.model, searched, [{d.direction: _display(analysis, d.inputs)
                                                          for d in result.patterns} for result in searched],
@@ -359,7 +252,7 @@ def build(analysis: Analysis) -> list[Section]:
             found[result.layer], scores[result.layer] = result, card
         # Correct the prediction by how far off it was so far: one small first search (all tracing, no arithmetic)
         # alone would scale every later one by its overhead.
-        spent, expected = spent + time.perf_counter() - started, expected + predicted[k - 1]
+        spent, expected = spent + time.perf_counter() - started, expected + predicted
         correction = spent / expected
     results = [found[node.path] for node in nodes]
 
