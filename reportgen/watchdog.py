@@ -183,6 +183,7 @@ def supervise(argv: list[str]) -> int:
     except InputError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
+    _adopt_orphans()
     read_end, write_end = os.pipe()
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, HEARTBEAT_FD_VARIABLE: str(write_end),
@@ -219,15 +220,62 @@ def supervise(argv: list[str]) -> int:
                 break
             elif time.monotonic() - watch.moved > watch.allowed:
                 _stop(child)
+                _end_orphans()
                 _remove_staging(watch)
                 print(_stall_line(watch), file=sys.stderr)
                 return 1
     code = child.wait()
     if code < 0:
+        _end_orphans()
         _remove_staging(watch)
         print(_crash_line(watch, -code), file=sys.stderr)
         return 1
     return code
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _adopt_orphans() -> None:
+    """Become the subreaper of the report's process tree (Linux): processes it leaves behind when it dies, such as
+    Ray's dashboard and runtime-environment agents (grandchildren, in process groups of their own), become this
+    process's children instead of init's, so `_end_orphans` can end them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init, as without a watchdog
+        pass
+
+
+def _children() -> list[int]:
+    """This process's live children (Linux's /proc; empty elsewhere)."""
+    found = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        try:
+            found.extend(int(pid) for pid in task.read_text().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _end_orphans(grace: float = 3.0) -> None:
+    """After the report process died or was killed: SIGTERM what it left behind, SIGKILL what is left after
+    `grace` seconds, and reap them all."""
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _children():
+            try:
+                os.kill(pid, number)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.05)
 
 
 def _stop(child: subprocess.Popen) -> None:
