@@ -26,6 +26,7 @@ from reportgen.loading.labels import read_class_names_file, resolve_class_names
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.loading.preprocess import Preprocessor, range_mismatch
 from reportgen.loading.stream import ImageReader
+from reportgen.outlock import output_lock
 from reportgen.precision import SMALL_MODEL_FLOPS
 from reportgen.progress import Progress
 from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
@@ -235,6 +236,25 @@ def image_entries(analysis: Analysis) -> tuple[ImageEntry, ...]:
     return tuple(entries)
 
 
+def _check_unambiguous(names: Sequence[str], requested: Sequence[str]) -> None:
+    """`--detail-images` values are fnmatch globs, and a value equal to an image's name picks that image: a value
+    that is both (`c/[x]*.png`, a file of that name, also matches `c/x.png`) is refused, with the escaped form
+    (each glob character in brackets: `[[]`, `[*]`, `[?]`) that picks only the file."""
+    import re
+    from fnmatch import fnmatchcase
+
+    present = set(names)
+    for pattern in requested:
+        if pattern in present:
+            others = [n for n in names if n != pattern and fnmatchcase(n, pattern)]
+            if others:
+                escaped = re.sub(r"([*?[])", r"[\1]", pattern)
+                shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+                raise InputError(f"--detail-images: {pattern!r} is the name of an image and also a glob matching "
+                                 f"{shown}; give {escaped!r} to pick only that image (a glob character in brackets "
+                                 "matches itself)")
+
+
 def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     """The options that need the model and the images, checked before any section runs: the input size fits the
     model's layers, and --layers, --cam-layer, --classes and --filter-indices name what the model has."""
@@ -242,14 +262,11 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     from reportgen.techniques.predictions import resolve_classes
 
     options = analysis.options
-    if options.engine == "ray":
-        from reportgen.ray_engine import require_ray
-
-        require_ray()
     if options.detail_images:
         from reportgen.techniques.detail import check_requested
 
         check_requested([s.name for s in analysis.all_sources], options.detail_images)
+        _check_unambiguous([s.name for s in analysis.all_sources], options.detail_images)
     try:
         analysis.layer_shapes  # noqa: B018 - computes every layer's output shape at the images' size
     except InputError:
@@ -292,30 +309,37 @@ def generate_report(
     # Every check that needs no model comes first, then those that need the model and images: a typo in any
     # option fails in seconds, before the first section, never after minutes of work.
     out = check_output_dir(Path(out_dir), force)
-    sweep_leftovers(out)
-    wanted = resolve_sections(options.sections)
-    if options.class_names is not None:
-        read_class_names_file(options.class_names)
-    discovery_warnings: list[str] = []
-    sources = discover_images(images, exclude=[out], warnings=discovery_warnings)
+    # One run at a time into OUT: the sweep below would otherwise delete a running run's staging folder.
+    with output_lock(out):
+        sweep_leftovers(out)
+        wanted = resolve_sections(options.sections)
+        if options.engine == "ray":
+            from reportgen.ray_engine import check_engine
 
-    # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
-    with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
-        progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
-        loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
-                            unsafe=options.unsafe, seed=options.seed)
-        progress("load", f"{len(sources)} images")
-        reader = ImageReader(sources, loaded.input_shape, options.image_size)
-        preprocessor = choose_preprocessing(options.preprocess, loaded)
-        mismatch = range_mismatch(preprocessor, loaded.model)
-        names, name_warnings = resolve_class_names(
-            output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
-        )
-        early_warnings = [*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])]
-        report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
-                          wanted, options, progress, encoder)
-        progress("render", str(out))
-        write_report(report, out, force=force, save_arrays=options.save_arrays, encoder=encoder)
+            check_engine(options)  # Ray importable, --ray-address answering: seconds, before the model loads
+        if options.class_names is not None:
+            read_class_names_file(options.class_names)
+        discovery_warnings: list[str] = []
+        sources = discover_images(images, exclude=[out], warnings=discovery_warnings,
+                                  follow_links=options.follow_links)
+
+        # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
+        with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
+            progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
+            loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
+                                unsafe=options.unsafe, seed=options.seed)
+            progress("load", f"{len(sources)} images")
+            reader = ImageReader(sources, loaded.input_shape, options.image_size)
+            preprocessor = choose_preprocessing(options.preprocess, loaded)
+            mismatch = range_mismatch(preprocessor, loaded.model)
+            names, name_warnings = resolve_class_names(
+                output_classes(loaded.model), options.class_names, [s.label for s in sources], builtin=class_names
+            )
+            early_warnings = [*discovery_warnings, *name_warnings, *([mismatch] if mismatch else [])]
+            report = _analyse(loaded, reader, preprocessor, names, sources, early_warnings, len(discovery_warnings),
+                              wanted, options, progress, encoder)
+            progress("render", str(out))
+            write_report(report, out, force=force, save_arrays=options.save_arrays, encoder=encoder)
     progress("done", f"{out / 'index.html'}")
     return ReportResult(Path(out_dir), report.sections, report.warnings)
 

@@ -10,7 +10,6 @@ A rule's number the report does not hold (no labels, no cam section, no baseline
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +107,7 @@ class CheckResult:
     baseline_path: str | None
     results: tuple[RuleResult, ...]
     strict: bool
+    warnings: tuple[str, ...] = ()  # e.g. a baseline of an unrelated model: shown above the table
 
     @property
     def failures(self) -> tuple[RuleResult, ...]:
@@ -145,11 +145,13 @@ def _check_range(name: str, value: Any, low: float, high: float, where: str) -> 
 
 
 def parse_rules(table: Mapping[str, Any], where: str = "--rules") -> tuple[Rule, ...]:
-    """The rules of a `[check]` table, validated: an unknown name or a threshold of the wrong kind is bad input."""
+    """The rules of a `[check]` table, validated: an unknown name, a rule given twice (`min_accuracy` and
+    `min-accuracy`) or a threshold of the wrong kind is bad input."""
     unknown = [str(k) for k in table if str(k).replace("-", "_") not in RULES]
     if unknown:
         raise InputError(f"{where}: unknown rule {', '.join(repr(k) for k in unknown)}; the rules are:\n"
                          + rule_list())
+    _refuse_twice(table, where)
     rules: list[Rule] = []
     for key, value in table.items():
         spec = RULES[str(key).replace("-", "_")]
@@ -177,36 +179,72 @@ def parse_rules(table: Mapping[str, Any], where: str = "--rules") -> tuple[Rule,
             if bad or not scopes:
                 raise InputError(f"{where}: {name} takes a share (0-1) or a table with the keys "
                                  f"{' and '.join(DEAD_SCOPES)}, got {value!r}")
+            _refuse_twice(scopes, f"{where}: {name}")
             for scope, share in scopes.items():
                 scope = str(scope).replace("-", "_")
                 rules.append(Rule(name, _check_range(f"{name}.{scope}", share, 0.0, 1.0, where), scope))
     return tuple(rules)
 
 
-def read_toml(path: Path, where: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{where}: {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{where}: {path} is not a readable TOML file ({exc})") from None
+def _refuse_twice(table: Mapping[str, Any], where: str) -> None:
+    """A key given twice under its two spellings (`min_accuracy` and `min-accuracy`) is one rule set twice."""
+    seen: dict[str, str] = {}
+    for key in table:
+        name = str(key).replace("-", "_")
+        if name in seen:
+            raise InputError(f"{where}: {seen[name]!r} and {str(key)!r} are the same rule set twice; keep one")
+        seen[name] = str(key)
+
+
+RULES_FILE = "a TOML file of rules such as min_accuracy = 0.9"
+
+
+def _rules_of(table: Mapping[str, Any], where: str) -> tuple[Rule, ...]:
+    """The rules of a table that must hold at least one rule that is on."""
+    rules = parse_rules(table, where)
+    if rules:
+        return rules
+    if table:  # only `cam_sanity = false`: every rule given is switched off
+        off = ", ".join(f"{key} = false" for key in table)
+        raise InputError(f"{where}: {off} switches off the only rule given, so there is nothing to check; set it "
+                         "to true or add a rule; the rules are:\n" + rule_list())
+    raise InputError(f"{where}: holds no rules, so there is nothing to check; add one such as min_accuracy = 0.9; "
+                     "the rules are:\n" + rule_list())
 
 
 def read_rules_file(path: Path) -> tuple[Rule, ...]:
-    """--rules FILE: a TOML file of rules, at the top level or in a `[check]` table (so a config file serves)."""
-    raw = read_toml(path, "--rules")
-    table = raw.get("check", raw) if isinstance(raw.get("check"), Mapping) else raw
-    return parse_rules(table, f"--rules {path}")
+    """--rules FILE: a TOML file of rules, at the top level or in a `[check]` table (so a config file serves).
+
+    With a `[check]` table the rules are those in it: a rule name at the top level beside it is an error (it
+    would count for nothing), and so is any top-level key that is no config option."""
+    from reportgen.config import config_keys
+    from reportgen.userfiles import read_toml_file
+
+    raw = read_toml_file(path, "--rules", RULES_FILE)
+    table = raw.get("check")
+    if not isinstance(table, Mapping):
+        return _rules_of(raw, f"--rules {path}")
+    for key in raw:
+        name = str(key).replace("-", "_")
+        if name in RULES:
+            raise InputError(f"--rules {path}: rule {str(key)!r} is outside the [check] table, where it would count "
+                             "for nothing; move it into [check] (a file with a [check] table takes its rules from "
+                             "there)")
+        if name != "check" and name not in config_keys():
+            raise InputError(f"--rules {path}: unknown key {str(key)!r} outside the [check] table; beside [check] "
+                             "only config options (seed, layers, ...) may stand; the rules are:\n" + rule_list())
+    return _rules_of(table, f"--rules {path} [check]")
 
 
 def read_config_rules(path: Path) -> tuple[Rule, ...]:
-    """The `[check]` table of a --config file."""
-    raw = read_toml(path, "--config")
+    """The `[check]` table of a --config file (its other keys are options, checked by `config.read_config_file`)."""
+    from reportgen.userfiles import read_toml_file
+
+    raw = read_toml_file(path, "--config", "a TOML file of options, a few lines long")
     table = raw.get("check")
     if not isinstance(table, Mapping):
         raise InputError(f"--config: {path} has no [check] table of rules; add one or give --rules FILE")
-    return parse_rules(table, f"--config {path} [check]")
+    return _rules_of(table, f"--config {path} [check]")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -331,10 +369,9 @@ def _cam_sanity(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | Non
 
 
 def _map_entries(report: read.ReportFolder) -> dict[tuple[str, str, str], dict[str, Any]]:
-    from reportgen.diff.compare import map_key
+    from reportgen.diff.compare import keyed_maps
 
-    names = read.image_names(report.manifest)
-    return {k: e for e in read.entries(report.manifest, "heatmaps") if (k := map_key(names, e))}
+    return keyed_maps(read.image_names(report.manifest), read.entries(report.manifest, "heatmaps"))
 
 
 def _matched_maps(new: read.ReportFolder, old: read.ReportFolder) -> tuple[list, dict, dict] | str:
@@ -393,7 +430,7 @@ def _min_cam_correlation(rule: Rule, new: read.ReportFolder, old: read.ReportFol
 
     assert old is not None
     missing = [role for role, r in (("the baseline", old), ("the report", new))
-               if r.arrays_file is None or not r.arrays_file.is_file()]
+               if not r.has_arrays]
     if missing:
         return [_not_evaluated(rule, f"{' and '.join(missing)} {'have' if len(missing) > 1 else 'has'} no "
                                      "arrays.npz (generate with --save-arrays)")]
@@ -403,7 +440,8 @@ def _min_cam_correlation(rule: Rule, new: read.ReportFolder, old: read.ReportFol
     both, old_e, new_e = matched
     values: list[tuple[float, tuple[str, str, str]]] = []
     for key in both:
-        before, after = as_map(read.entry_array(old, old_e[key])), as_map(read.entry_array(new, new_e[key]))
+        before = as_map(read.entry_array(old, old_e[key], "heatmaps"))
+        after = as_map(read.entry_array(new, new_e[key], "heatmaps"))
         if before is not None and after is not None:
             values.append((correlation(*common_size(before, after)), key))
     finite = [(v, k) for v, k in values if math.isfinite(v)]
@@ -433,6 +471,17 @@ EVALUATORS: dict[str, Callable[[Rule, read.ReportFolder, read.ReportFolder | Non
 }
 
 
+def warnings_of(report: read.ReportFolder, baseline: read.ReportFolder | None) -> tuple[str, ...]:
+    """What a reader of the rules' results must know: a baseline of an unrelated model (as `diff` says it), image
+    names that do not identify images."""
+    found = [read.ambiguity_warning(report.manifest, "the report")]
+    if baseline is not None:
+        found.insert(0, read.unrelated_models(baseline.manifest, report.manifest, ("the baseline", "the report"),
+                                              "the rules that compare them"))
+        found.append(read.ambiguity_warning(baseline.manifest, "the baseline"))
+    return tuple(w for w in found if w)
+
+
 def evaluate(report: read.ReportFolder, rules: Sequence[Rule], baseline: read.ReportFolder | None = None,
              strict: bool = False) -> CheckResult:
     """Every rule on `report` (a baseline rule against `baseline`), in the order given."""
@@ -443,20 +492,23 @@ def evaluate(report: read.ReportFolder, rules: Sequence[Rule], baseline: read.Re
         else:
             results.extend(EVALUATORS[rule.name](rule, report, baseline))
     return CheckResult(report.label, str(report.path), baseline.label if baseline else None,
-                       str(baseline.path) if baseline else None, tuple(results), strict)
+                       str(baseline.path) if baseline else None, tuple(results), strict,
+                       warnings_of(report, baseline))
 
 
-def check_report(report: str | Path, rules: Sequence[Rule], baseline: str | Path | None = None,
-                 strict: bool = False) -> CheckResult:
-    """Open the report folders (bad input if either is not a report) and evaluate `rules`."""
+def check_report(report: str | Path | read.ReportFolder, rules: Sequence[Rule],
+                 baseline: str | Path | read.ReportFolder | None = None, strict: bool = False) -> CheckResult:
+    """Open the report folders (bad input if either is not a report) and evaluate `rules`. A folder already
+    opened (`read_baseline`) is used as it was read, even if its path now holds another report."""
     if not rules:
         raise InputError("no rules to check: give --rules FILE (a TOML file such as min_accuracy = 0.9) or a "
                          "[check] table in --config; the rules are:\n" + rule_list())
-    new = read.read_report(report, "REPORT")
-    old = read_baseline(baseline) if baseline is not None else None
+    new = report if isinstance(report, read.ReportFolder) else read.read_report(report, "REPORT")
+    old = baseline if isinstance(baseline, read.ReportFolder) or baseline is None else read_baseline(baseline)
     return evaluate(new, rules, old, strict)
 
 
 def read_baseline(path: str | Path) -> read.ReportFolder:
-    """The baseline report folder (bad input when it is not one)."""
+    """The baseline report folder (bad input when it is not one), read now: its report.json in memory and its
+    arrays.npz held open, so `generate -o OUT --check --baseline OUT` compares with the report OUT held before."""
     return read.read_report(path, "--baseline")

@@ -2,12 +2,16 @@
 
 The Markdown stays under GitHub's 1 MiB job-summary limit whatever the report holds: each rule lists at most
 MAX_ITEMS names, each name is cut at MAX_NAME characters, and the whole is cut at MARKDOWN_LIMIT bytes if it
-still were longer. Every name from a model or the images is escaped, so it shows as written.
+still were longer. Every name from a model or the images is escaped, so it shows as written, with its control
+characters removed (an ESC or BEL in a file name would colour a terminal or a CI log, or ring it) and e-mail
+addresses and URLs kept from becoming links.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from typing import Any
 
 from reportgen.check import FAIL, NOT_EVALUATED, PASS, CheckResult, RuleResult
@@ -55,7 +59,7 @@ def _headline(check: CheckResult) -> str:
 
 
 def table_text(check: CheckResult) -> str:
-    """The result as an aligned plain-text table, for the terminal."""
+    """The result as an aligned plain-text table, for the terminal, after the warnings."""
     rows = [("rule", "value", "threshold", "result", "detail")]
     for r in check.results:
         rows.append((r.label, format_value(r.rule, r.value), _threshold(r), verdict(r, check.strict),
@@ -67,18 +71,31 @@ def table_text(check: CheckResult) -> str:
         if r.items and r.status == FAIL:
             lines.append(f"{r.label}: " + "; ".join(_cut(i) for i in r.items[:MAX_ITEMS])
                          + (f"; and {len(r.items) - MAX_ITEMS} more" if len(r.items) > MAX_ITEMS else ""))
-    against = f" against {check.baseline}" if check.baseline else ""
-    lines.append(f"{check.report}{against}: {_headline(check)}")
-    return "\n".join(lines)
+    against = f" against {_cut(check.baseline)}" if check.baseline else ""
+    lines.append(f"{_cut(check.report)}{against}: {_headline(check)}")
+    return "\n".join([*(f"Warning: {_cut(w, MARKDOWN_LIMIT)}" for w in check.warnings), *lines])
+
+
+def plain(text: object) -> str:
+    """`text` on one line without control characters (C0, DEL, C1: ESC, BEL, CSI, ...), which a terminal or a
+    CI log would obey rather than show."""
+    return " ".join("".join(c for c in str(text) if unicodedata.category(c) != "Cc" or c in "\t\n\r").split())
 
 
 def _cut(text: str, limit: int = MAX_NAME) -> str:
-    text = " ".join(str(text).split())
+    text = plain(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _md(text: str) -> str:
-    return escape(_cut(text))
+# GitHub links e-mail addresses and URLs in plain text, escaped or not; a zero-width space before the "@" and
+# after the scheme or "www" breaks the pattern it looks for, and shows nothing.
+_EMAIL_AT = re.compile(r"(?<=[\w.+-])@")
+_URL_START = re.compile(r"(?i)\b(https?|ftp|www)(?=[:.])")
+
+
+def _md(text: str, limit: int = MAX_NAME) -> str:
+    unlinked = _URL_START.sub("\\1\u200b", _EMAIL_AT.sub("\u200b@", _cut(text, limit)))
+    return escape(unlinked)
 
 
 def markdown(check: CheckResult) -> str:
@@ -86,6 +103,7 @@ def markdown(check: CheckResult) -> str:
     icon = {PASS: "✅ pass", FAIL: "❌ **fail**", NOT_EVALUATED: "➖ not evaluated"}
     against = f" against {_md(check.baseline)}" if check.baseline else ""
     lines = [f"### reportgen check: {_md(check.report)}{against}", "",
+             *(f"> **Warning:** {_md(w, MARKDOWN_LIMIT)}\n" for w in check.warnings),
              f"**{_headline(check)}**" + (" (strict: rules not evaluated fail)" if check.strict else ""), "",
              "| Rule | Value | Threshold | Result | Detail |", "|---|---|---|---|---|"]
     for r in check.results:
@@ -119,6 +137,7 @@ def as_json(check: CheckResult) -> dict[str, Any]:
         "report": {"label": check.report, "path": check.report_path},
         "baseline": {"label": check.baseline, "path": check.baseline_path} if check.baseline_path else None,
         "counts": {PASS: check.count(PASS), FAIL: check.count(FAIL), NOT_EVALUATED: check.count(NOT_EVALUATED)},
+        "warnings": list(check.warnings),
         "results": [{"rule": r.rule, "scope": r.scope, "source": r.source, "status": r.status,
                      "value": _json_number(r.value), "threshold": r.threshold, "comparison": r.comparison,
                      "detail": r.detail, "items": list(r.items)} for r in check.results],

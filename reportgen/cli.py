@@ -172,6 +172,9 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--weights", help="keras.applications names only: imagenet (cached file), none, or FILE."),
         click.option("--output", "output_name", help="Output layer to explain when the model has several."),
         click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file)."),
+        click.option("--follow-links/--no-follow-links", default=True, show_default=True,
+                     help="Follow symbolic links inside IMAGES to image files (a link leaving IMAGES is named in "
+                          "a warning), or skip every link."),
         click.option("--layers", metavar="LIST",
                      help="Feature-map and filter-pattern layers: names, nested paths or globs."),
         click.option("--batch-size", type=int, help="Images per forward pass (default: fit ~1 GiB)."),
@@ -278,7 +281,8 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
         from reportgen.api import generate_report
         from reportgen.progress import Progress
 
-        rules = _check_rules(checking, params.get("config_file"))  # bad rules fail before minutes of work
+        # Bad rules fail before minutes of work; the baseline is read now, before OUT (which it may be) is replaced.
+        rules, baseline = _check_rules(checking, params.get("config_file"))
         options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
         result = generate_report(model, images, output_dir, options, force=force, progress=Progress(not quiet))
         _print_result(result, quiet)
@@ -287,15 +291,16 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
         from reportgen.check import check_report
         from reportgen.check_render import table_text
 
-        outcome = check_report(output_dir, rules, checking["baseline"], checking["strict"])
+        outcome = check_report(output_dir, rules, baseline, checking["strict"])
         click.echo(table_text(outcome), err=True)
         return outcome.exit_code
 
     ctx.exit(_run(ctx, action, plots=True))
 
 
-def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[Any, ...] | None:
-    """generate --check: the rules from --rules, else from the config's [check] table; None without --check."""
+def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[tuple[Any, ...] | None, Any]:
+    """generate --check: the rules from --rules, else from the config's [check] table, and the --baseline report
+    opened (or None); (None, None) without --check."""
     from reportgen.check import read_baseline, read_config_rules, read_rules_file
 
     if not checking["run_check"]:
@@ -303,16 +308,14 @@ def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[An
                  if checking[key]]
         if given:
             raise InputError(f"{', '.join(given)}: only with --check")
-        return None
+        return None, None
     if checking["rules_file"] is not None:
         rules = read_rules_file(checking["rules_file"])
     elif config_file is not None:
         rules = read_config_rules(config_file)
     else:
         raise InputError("--check: give --rules FILE or a --config file with a [check] table of rules")
-    if checking["baseline"] is not None:
-        read_baseline(checking["baseline"])
-    return rules
+    return rules, read_baseline(checking["baseline"]) if checking["baseline"] is not None else None
 
 
 @main.command()
@@ -463,21 +466,24 @@ def check(ctx: click.Context, report: Path, baseline: Path | None, rules_file: P
 
         from reportgen.check import check_report, read_rules_file
         from reportgen.check_render import as_json, markdown, table_text
+        from reportgen.side_files import check_side_file, write_side_file
 
+        reports = [report, *([baseline] if baseline is not None else [])]
+        outputs = (("--markdown", markdown_file, lambda: markdown(outcome)),
+                   ("--json", json_file, lambda: json.dumps(as_json(outcome), indent=2, ensure_ascii=False) + "\n"))
+        for flag, path, _ in outputs:
+            if path is not None:
+                check_side_file(path, flag, reports)  # before the check's work
         rules = read_rules_file(rules_file) if rules_file is not None else ()
         outcome = check_report(report, rules, baseline, strict)
-        for path, text in ((markdown_file, lambda: markdown(outcome)),
-                           (json_file, lambda: json.dumps(as_json(outcome), indent=2, ensure_ascii=False) + "\n")):
+        for flag, path, text in outputs:
             if path is not None:
-                try:
-                    path.write_text(text(), encoding="utf-8")
-                except OSError as exc:
-                    raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+                write_side_file(path, text(), flag)
         if not quiet:
             click.echo(table_text(outcome))
         return outcome.exit_code
 
-    ctx.exit(_run(ctx, action))
+    ctx.exit(_run(ctx, action, tensorflow=False))  # check reads files only: no Keras, so it answers at once
 
 
 def _print_result(result: Any, quiet: bool) -> None:

@@ -7,9 +7,7 @@ The CLI flag `--class-names`, the TOML config key `class-names` (or `class_names
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,10 @@ DIRECTIONS = ("ascent", "descent")
 PATTERN_METHODS = ("projected", "logit", "fourier", "pixel", "maco")
 DEFAULT_STEPS = 16  # the projected search passes the tutorials' 40-step loop in 16 (README: which search)
 MAX_PATTERN_DIVERSITY = 16
+# Each step is a forward and backward pass over every chosen filter's pattern: 1,000 steps are already 60 times the
+# default search (which passes the tutorials' 40-step loop), and more only sharpens the texture while the run grows
+# from seconds to hours.
+MAX_STEPS = 1000
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients")
 DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
 # Decoding or resizing to width x height allocates that many pixels at once: a 20000x20000 image takes 1.2 GB per
@@ -47,6 +49,7 @@ class ReportOptions:
     weights: str | None = None  # keras.applications names only: "imagenet", "none" or a weights file
     output: str | None = None  # output layer to explain when a model has several
     unsafe: bool = False  # allow Lambda layers (Keras safe mode off): only for trusted files
+    follow_links: bool = True  # False (--no-follow-links): symbolic links inside IMAGES are skipped, not followed
     # feature maps
     layers: tuple[str, ...] = ()
     batch_size: int | None = None
@@ -94,6 +97,9 @@ class ReportOptions:
         for name, value, low in minimums:
             if value < low:
                 raise InputError(f"{name}: must be at least {low}, got {value}")
+        if self.steps > MAX_STEPS:
+            raise InputError(f"--steps: at most {MAX_STEPS} (each step is a pass over every pattern; the default "
+                             f"{DEFAULT_STEPS} already converges), got {self.steps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -159,7 +165,7 @@ def split_list(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 # What each config key takes, as its flag does: a TOML string is never a boolean, a boolean never a number.
-_BOOL_KEYS = {"save_arrays", "unsafe", "force", "quiet"}
+_BOOL_KEYS = {"save_arrays", "unsafe", "follow_links", "force", "quiet"}
 _INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k", "pattern_diversity", "detail",
              "examples", "workers"}
 _STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_layer", "pattern_method",
@@ -167,7 +173,6 @@ _STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_l
 _LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}  # "a,b" or ["a", "b"]
 _NOT_CONFIG = {"output_dir": "give the output folder with -o/--output-dir", "debug": "pass --debug on the command "
                "line (reportgen --debug generate ...)", "config": "a config file cannot name another"}
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few lines; a huge or endless file (a FIFO, /dev/zero) is refused
 
 
 def _type_name(value: Any) -> str:
@@ -209,29 +214,18 @@ def _check_config_value(path: Path, key: str, name: str, value: Any) -> Any:
     return value
 
 
+def config_keys() -> frozenset[str]:
+    """The keys a config file may set (field names: `class_names` for `class-names`), besides its [check] table."""
+    return frozenset(f.name for f in dataclasses.fields(ReportOptions)) | {"force", "quiet"}
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config; keys are flag names (`class-names` or `class_names`). Returns field-named values, each
     checked to have its flag's type (InputError naming the key otherwise)."""
-    import stat
+    from reportgen.userfiles import read_toml_file
 
-    try:
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise InputError(f"--config: {path} is not a regular file; give a TOML file")
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"--config: {path} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"--config: {path} cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise InputError(f"--config: {path} is over {MAX_CONFIG_BYTES // 1024} KiB; a config is a few lines of TOML")
-    try:
-        raw = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"--config: {path} is not UTF-8 text; save it as a UTF-8 TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"--config: {path} is not a valid TOML file ({exc})") from None
-    known = {f.name for f in dataclasses.fields(ReportOptions)} | {"force", "quiet"}
+    raw = read_toml_file(path, "--config", "a TOML file of options, a few lines long")
+    known = config_keys()
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
@@ -243,12 +237,3 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise InputError(f"--config: {path} has an unknown key {key!r}; keys are the flags' names, e.g. 'seed'")
         values[name] = _check_config_value(path, key, name, value)
     return values
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How a run behaves, as opposed to what the report holds."""
-
-    force: bool = False
-    quiet: bool = False
-    extra_warnings: tuple[str, ...] = field(default=())

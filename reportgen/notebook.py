@@ -42,7 +42,9 @@ def section_ids(manifest: Mapping[str, Any], section: str) -> list[str]:
     """The ids of the sections `section` names: a section id (`weights-conv1`), a kind (`cam`: every cam
     section) or a layer path (`conv1`: every section of that layer)."""
     sections = manifest.get("sections", [])
-    for matches in ([s for s in sections if s["id"] == section], [s for s in sections if s["kind"] == section],
+    # A kind first: the overview section of a kind has the kind's name as its id (`cam`), and `show("cam")` means
+    # every cam section, not that one.
+    for matches in ([s for s in sections if s["kind"] == section], [s for s in sections if s["id"] == section],
                     [s for s in sections if s.get("layer") == section]):
         if matches:
             return [s["id"] for s in matches]

@@ -11,12 +11,14 @@ import filecmp
 import re
 import unicodedata
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from reportgen.diff import manifest as read
 from reportgen.errors import InputError
+from reportgen.outlock import output_lock
 from reportgen.render import (
     SUMMARY_MD,
     check_writable_target,
@@ -77,6 +79,101 @@ def same_tree(a: Path, b: Path) -> bool:
     files = _files(a)
     return (files == _files(b) and not any(f.endswith("@") for f in files)
             and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files))
+
+
+_PAGE = "index.html"
+_FIGURE_FILE = re.compile(r"figures/[^/\\]+\.png")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Every source a report page's Content-Security-Policy may allow: nothing to fetch, data: images, and its own style
+# and script by hash. A page whose policy allows anything else (or has none) is not a page generate wrote.
+_CSP_SOURCE = re.compile(r"'none'|data:|'sha(?:256|384|512)-[A-Za-z0-9+/_=-]+'")
+_PAGE_HEAD_BYTES = 64 * 1024
+
+
+def report_files(folder: read.ReportFolder) -> list[str]:
+    """The files `generate` (or `diff`) writes in a report folder, as report.json names them: the page, the
+    manifest, summary.md, arrays.npz and every figure. Publishing copies a report only when it holds these and
+    nothing else (InputError otherwise), and only when its page carries the report's strict CSP."""
+    where = f"REPORT: {folder.path}"
+    expected = {_PAGE, read.MANIFEST}
+    if (folder.path / SUMMARY_MD).exists():
+        expected.add(SUMMARY_MD)
+    arrays = folder.manifest.get("arrays")
+    if arrays is not None:
+        if not (isinstance(arrays, str) and re.fullmatch(r"[\w.-]+\.npz", arrays)):
+            raise InputError(f"{where}: report.json names the arrays file {str(arrays)[:80]!r}, not a file "
+                             "generate writes; regenerate the report")
+        expected.add(arrays)
+    for section in folder.manifest.get("sections") or []:
+        for figure in (section.get("figures") if isinstance(section, dict) else None) or []:
+            file = figure.get("file") if isinstance(figure, dict) else None
+            if not (isinstance(file, str) and _FIGURE_FILE.fullmatch(file) and ".." not in file):
+                raise InputError(f"{where}: report.json names the figure file {str(file)[:80]!r}, not a file "
+                                 "generate writes (figures/NAME.png); regenerate the report")
+            expected.add(file)
+    present = {p.relative_to(folder.path).as_posix() for p in folder.path.rglob("*") if not p.is_dir()}
+    missing, extra = sorted(expected - present), sorted(present - expected)
+    for label, names, advice in (("lacks", missing, "regenerate the report"),
+                                 ("holds files generate does not write", extra,
+                                  "publish copies only a report's own files: remove them or regenerate the report")):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise InputError(f"{where} {label}: {shown}; {advice}")
+    for file in sorted(f for f in expected if f.startswith("figures/")):
+        with open(folder.path / file, "rb") as handle:
+            if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+                raise InputError(f"{where}: {file} is not a PNG image; regenerate the report")
+    _check_page(folder.path / _PAGE, where)
+    return sorted(expected)
+
+
+class _PageHead(HTMLParser):
+    """Reads a page's start up to its Content-Security-Policy <meta>; anything that could run or load before it
+    (a script, a link, an iframe, a base) is noted."""
+
+    ALLOWED_BEFORE = frozenset({"html", "head", "meta", "title"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy: str | None = None
+        self.before: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.policy is not None:
+            return
+        values = dict(attrs)
+        if tag == "meta" and (values.get("http-equiv") or "").lower() == "content-security-policy":
+            self.policy = values.get("content") or ""
+        elif tag not in self.ALLOWED_BEFORE or (tag == "meta" and values.get("http-equiv")):
+            self.before.append(tag)
+
+
+def _check_page(page: Path, where: str) -> None:
+    """InputError unless `page` starts with a Content-Security-Policy that allows only hashed scripts and styles
+    and data: images, before anything else that could run."""
+    with open(page, "rb") as handle:
+        head = handle.read(_PAGE_HEAD_BYTES).decode("utf-8", "replace")
+    parser = _PageHead()
+    parser.feed(head)
+    policy = parser.policy
+    problem = None
+    if policy is None or parser.before:
+        problem = "has no Content-Security-Policy before its first " + (parser.before[0] if parser.before else
+                                                                          "script")
+    else:
+        directives = {}
+        for part in policy.split(";"):
+            words = part.split()
+            if words:
+                directives[words[0].lower()] = words[1:]
+        loose = sorted({w for words in directives.values() for w in words if not _CSP_SOURCE.fullmatch(w)})
+        if directives.get("default-src") != ["'none'"]:
+            problem = "has a Content-Security-Policy without default-src 'none'"
+        elif loose:
+            problem = f"has a Content-Security-Policy that allows {', '.join(loose[:3])}"
+    if problem:
+        raise InputError(f"{where}: its {_PAGE} {problem}, so it is not a page reportgen generate wrote (whose "
+                         "policy runs only its own script); regenerate the report")
 
 
 def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary: bool) -> dict[str, Any]:
@@ -150,6 +247,7 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"REPORT: {folder.path}: its report.json has an unexpected layout ({exc}); regenerate "
                          "the report") from None
+    report_files(folder)
     site = Path(site)
     if site.exists() and not site.is_dir():
         raise InputError(f"SITE: {site} is a file; give a folder for the site")
@@ -164,7 +262,15 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     version_text = version or _default_version(folder.manifest)
     version_dir = version_slug(version_text)
     target = site / model_slug / version_dir
-    check_writable_target(target, "SITE")
+    resolved = check_writable_target(target, "SITE")
+    # One publish at a time into this version; the lock also removes SITE/NAME/ (and SITE) again when this run
+    # created them and fails before anything is in them (a full disk).
+    with output_lock(resolved, "SITE"):
+        return _publish(folder, site, target, model_slug, version_dir, force)
+
+
+def _publish(folder: read.ReportFolder, site: Path, target: Path, model_slug: str, version_dir: str,
+             force: bool) -> PublishResult:
     sweep_leftovers(target)
 
     already_there = target.resolve() == folder.path.resolve() or same_tree(folder.path, target)

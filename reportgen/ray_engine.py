@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -39,6 +41,107 @@ def require_ray() -> None:
     except ImportError:
         raise InputError(f"--engine ray: Ray Data is not installed; install it with {INSTALL_HINT}, or leave "
                          "--engine at local") from None
+
+
+ADDRESS_FLAG = "--ray-address"
+CONNECT_SECONDS = 3.0  # a cluster's GCS port answers at once; nothing answering in this long is no cluster
+
+
+def check_engine(options: Any) -> None:
+    """`--engine ray` checked before any work: Ray Data importable, and `--ray-address` an address where a Ray
+    cluster answers (InputError naming the option otherwise, in seconds, never after minutes of silence)."""
+    if options.engine != "ray":
+        return
+    require_ray()
+    if options.ray_address is not None:
+        cluster_address(options.ray_address)
+
+
+def cluster_address(text: str) -> str:
+    """The `HOST:PORT` a `--ray-address` value names, checked to answer; InputError saying what to give instead.
+    `auto` is the cluster `ray start` last started on this machine (or RAY_ADDRESS)."""
+    value = text.strip()
+    hint = "give the address `ray start --head` printed, HOST:PORT (port 6379 by default)"
+    if value.lower().startswith("ray://"):
+        raise InputError(f"{ADDRESS_FLAG}: {text!r} is a Ray Client address, which reportgen does not use; run "
+                         f"reportgen on a node of the cluster and {hint}")
+    if "://" in value:
+        raise InputError(f"{ADDRESS_FLAG}: {text!r} is a URL (http://HOST:8265 is the dashboard's); {hint}")
+    if value == "auto":
+        from ray._private import services
+
+        try:
+            found = services.canonicalize_bootstrap_address("auto")
+        except Exception:
+            found = None
+        if not found:
+            raise InputError(f"{ADDRESS_FLAG}: auto found no running Ray cluster on this machine; start one with "
+                             f"`ray start --head`, or leave {ADDRESS_FLAG} out to start a local Ray for the run")
+        value = found
+    host, _, port_text = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]:port
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536 or any(c in host for c in " /\\@"):
+        raise InputError(f"{ADDRESS_FLAG}: {text!r} is not an address; {hint}")
+    import socket
+
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=CONNECT_SECONDS):
+            pass
+    except socket.gaierror:
+        raise InputError(f"{ADDRESS_FLAG}: the host {host!r} of {text!r} is not known; {hint}") from None
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise InputError(f"{ADDRESS_FLAG}: no Ray cluster answers at {value} ({reason}); start it with "
+                         f"`ray start --head`, or {hint}") from None
+    return value
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _resident_memory() -> int:
+    """This process's resident memory in bytes: TensorFlow and the model, which every worker holds too."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker_count(requested: int | None, cpus: int, memory: float | None, per_worker: int,
+                 where: str) -> tuple[int, str | None]:
+    """Workers to start: `requested` (default: one per CPU), at most one per CPU and as many as `memory` holds
+    at `per_worker` bytes each (at least one). Returns the count and a warning when a request was cut down."""
+    by_memory = max(1, int(memory // per_worker)) if memory and per_worker > 0 else None
+    limit = max(1, min(cpus, by_memory if by_memory is not None else cpus))
+    wanted = requested or cpus
+    if wanted <= limit:
+        return wanted, None
+    if requested is None:
+        return limit, None  # the default adapts quietly
+    mib = per_worker / 2**20
+    memory_note = (f" and memory for {by_memory} (each worker holds the model and TensorFlow, about {mib:,.0f} MiB "
+                   "as measured in this process)") if by_memory is not None else ""
+    return limit, (f"--workers {requested}: {where} has {cpus} CPU(s){memory_note}; ran {limit} worker(s) "
+                   "instead")
 
 
 @dataclass(frozen=True)
@@ -117,14 +220,37 @@ def run_on_ray(analysis: Any, dataset_pass: Any, reader: Any, labels: np.ndarray
     options = analysis.options
     started = time.perf_counter()
     own_cluster = not ray.is_initialized()
+    per_worker = _resident_memory()
+    workers = None
     if own_cluster:
-        if options.ray_address:
-            ray.init(address=options.ray_address, logging_level="ERROR", log_to_driver=False)
-        else:
-            ray.init(num_cpus=options.workers or os.cpu_count() or 1, include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
+        # ray.init replaces the SIGTERM handler with sys.exit(15); the run's own (SIGTERM ends it as Ctrl-C does,
+        # exit 130, staging removed) is put back.
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            if options.ray_address:
+                address = cluster_address(options.ray_address)
+                try:
+                    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+                except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+                    line = next((x for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+                    raise InputError(f"{ADDRESS_FLAG}: could not join the Ray cluster at {address} "
+                                     f"({line[:300]})") from None
+            else:
+                workers, warning = worker_count(options.workers, _available_cpus(), _available_memory(),
+                                                per_worker, "this machine")
+                if warning:
+                    analysis.warnings.append(warning)
+                ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        finally:
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
     try:
-        workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if workers is None:  # a cluster this run joined: its CPUs and memory
+            resources = ray.cluster_resources()
+            workers, warning = worker_count(options.workers, max(1, int(resources.get("CPU", 1))),
+                                            resources.get("memory"), per_worker, "the Ray cluster")
+            if warning:
+                analysis.warnings.append(warning)
         context = ray.data.DataContext.get_current()
         context.retried_map_errors = True  # a failed batch is re-run (its state counted once)
         context.max_map_retries = 3

@@ -7,6 +7,7 @@ Every name that came from a user (model, layer, class, image) is escaped, so it 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,13 @@ def escape(text: object) -> str:
 def _listed(items: Sequence[str]) -> str:
     shown = ", ".join(items[:MAX_ITEMS])
     return shown + (f", and {len(items) - MAX_ITEMS} more" if len(items) > MAX_ITEMS else "")
+
+
+def _number(value: object, spec: str) -> str:
+    """`value` formatted with `spec`, or "n/a" when it is not a finite number (a NaN or Inf is stored as null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return format(value, spec)
 
 
 def _model_line(model: Mapping[str, Any]) -> str:
@@ -80,7 +88,7 @@ def _cam_faithfulness(manifest: Mapping[str, Any]) -> str | None:
         verdict = "beats random" if m["beats_random"] else "**no better than a random map**"
         same = f", same maps as {', '.join(escape(x) for x in m['same_maps_as'] if x != m['method'])}" \
             if m["same_maps_as"] else ""
-        parts.append(f"{escape(m['method'])} {verdict} (margin {m['margin_over_random']:+.3f}{same})")
+        parts.append(f"{escape(m['method'])} {verdict} (margin {_number(m.get('margin_over_random'), '+.3f')}{same})")
     return "; ".join(parts)
 
 
@@ -109,7 +117,7 @@ def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _accuracy(value: Mapping[str, Any] | None) -> str:
     if not value:
         return "n/a"
-    return f"{value['accuracy']:.1%} ({value['correct']} of {value['labelled']})"
+    return f"{_number(value.get('accuracy'), '.1%')} ({value['correct']} of {value['labelled']})"
 
 
 def _side(info: Mapping[str, Any]) -> str:
@@ -135,8 +143,8 @@ def _diff_rows(diff: Mapping[str, Any]) -> list[tuple[str, str]]:
     if weights.get("compared"):
         text = f"{weights['compared']} tensors compared"
         if largest:
-            text += (f"; largest relative change {largest['relative_change']:.3g} in {escape(largest['layer'])} "
-                     f"{escape(largest['tensor'])}")
+            change = _number(largest.get("relative_change"), ".3g")
+            text += f"; largest relative change {change} in {escape(largest['layer'])} {escape(largest['tensor'])}"
         rows.append(("Weights", text))
     cams = diff.get("cams")
     if cams:

@@ -76,7 +76,8 @@ def reports(tmp_path_factory, keras):
     bias = dead.get_layer("conv2").bias.numpy()
     bias[:4] = -1e4
     dead.get_layer("conv2").bias.assign(bias)
-    out = {"images": images}
+    out = {"images": images, "baseline_model": folder / "baseline.keras"}
+    baseline.save(out["baseline_model"])
     for name, model, version in (("candidate", candidate, "2"), ("baseline", baseline, "1"),
                                  ("blind", blind, "0"), ("dead", dead, "3")):
         out[name] = folder / name
@@ -367,6 +368,49 @@ def test_generate_check_writes_the_report_then_exits_with_the_rules(cli, reports
     assert cli(*args, "-o", tmp_path / "never", "--check").exit_code == 2  # no rules anywhere
     assert cli(*args, "-o", tmp_path / "never", "--rules", unknown).exit_code == 2  # --rules without --check
     assert not (tmp_path / "never").exists()
+
+
+def test_generate_check_against_the_report_it_replaces(cli, reports, tmp_path):
+    """`-o OUT --baseline OUT`: the rules compare with the report OUT held before, not with the new one."""
+    import shutil
+
+    import keras
+    from conftest import build_plain_model
+
+    out = shutil.copytree(reports["baseline"], tmp_path / "out")  # the last published version: 100% accuracy
+    untrained = tmp_path / "untrained.keras"
+    build_plain_model(keras, input_shape=SIZE, seed=1).save(untrained)
+    rules = _rules_file(tmp_path, "max_flipped_predictions = 0\n")
+    result = cli("generate", untrained, reports["images"], "-o", out, "--sections", "summary,predictions", "--quiet",
+                 "--check", "--rules", rules, "--baseline", out)
+    assert result.exit_code == 3, result.output
+    assert _manifest(out)["model"].get("version") is None  # OUT holds the new report
+    old, new = _top1(_manifest(reports["baseline"])), _top1(_manifest(out))
+    flips = sum(new[n]["top_k"][0]["class_index"] != old[n]["top_k"][0]["class_index"] for n in new)
+    assert flips > 0 and f"{flips} of {len(new)} images" in result.output
+
+
+def test_swapping_two_image_folders_with_the_same_names_flips_nothing(cli, reports, tmp_path):
+    """A/red/red_0.png and B/red/red_0.png are two images: `generate M A B` and `generate M B A` name them after
+    their folders, so check pairs each with itself."""
+    import shutil
+
+    source = colour_images(tmp_path / "made", per_class=2, seed=7)
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(source, a)
+    for klass, other in zip(CLASSES, CLASSES[1:] + CLASSES[:1], strict=True):  # B's red/ holds blue images, ...
+        (b / klass).mkdir(parents=True)
+        for k in range(2):
+            shutil.copy(source / other / f"{other}_{k}.png", b / klass / f"{klass}_{k}.png")
+    args = ("--sections", "summary,predictions", "--quiet")
+    assert cli("generate", reports["baseline_model"], a, b, "-o", tmp_path / "ab", *args).exit_code == 0
+    names = [i["name"] for i in _manifest(tmp_path / "ab")["images"]]
+    assert len(names) == len(set(names)) == 12 and "A/red/red_0.png" in names and "B/red/red_0.png" in names
+    rules = _rules_file(tmp_path, "max_flipped_predictions = 0\n")
+    result = cli("generate", reports["baseline_model"], b, a, "-o", tmp_path / "ba", *args, "--check", "--rules",
+                 rules, "--baseline", tmp_path / "ab")
+    assert result.exit_code == 0, result.output
+    assert "0 of 12 images" in result.output
 
 
 # ---------------------------------------------------------------------------------------------- the Markdown

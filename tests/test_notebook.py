@@ -51,6 +51,14 @@ def test_show_picks_sections_by_id_kind_or_layer(report):
         report.show("no-such-section")
 
 
+def test_show_a_kind_whose_overview_has_its_name_shows_every_section_of_it(report):
+    """The weights overview's id is `weights`: `show("weights")` is still every weights section (issue 26)."""
+    ids = [s["id"] for s in report.manifest_data["sections"] if s["kind"] == "weights"]
+    assert "weights" in ids and len(ids) > 1
+    page = html.unescape(report.show("weights")._repr_html_())
+    assert all(f'id="{section_id}"' in page for section_id in ids) and 'id="predictions"' not in page
+
+
 # ------------------------------------------------------------------------------------------------- Chromium
 
 

@@ -484,7 +484,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, saved_models, image_folder):
 
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "reportgen", "generate", str(saved_models["plain"]),
-                                str(image_folder), "-o", str(out), "--steps", "100000", "--sections",
+                                str(image_folder), "-o", str(out), "--steps", "1000", "--sections",
                                 "filter_patterns"], stderr=subprocess.PIPE, text=True)
     for line in process.stderr:  # wait until the long step has started
         if "filter_patterns: start" in line:

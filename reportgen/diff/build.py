@@ -25,7 +25,7 @@ from reportgen.diff.compare import (
     common_size,
     compare_predictions,
     compare_tensor,
-    map_key,
+    keyed_maps,
     match_keys,
     unit_range,
 )
@@ -108,7 +108,8 @@ def _weights(ctx: DiffContext) -> list[Section]:
                          [_tensor_label(k) for k in matching.only_new])
     changes: list[TensorChange] = []
     for key in matching.both:
-        old, new = ctx.old.array(old_t[key].array_key), ctx.new.array(new_t[key].array_key)
+        old = ctx.old.array(old_t[key].array_key, old_t[key].shape, field="sections[].data.tensors[].shape")
+        new = ctx.new.array(new_t[key].array_key, new_t[key].shape, field="sections[].data.tensors[].shape")
         if old is None or new is None:
             ctx.warnings.append(f"weights: {_tensor_label(key)} has no array in "
                                 f"{'OLD' if old is None else 'NEW'}'s arrays.npz; not compared")
@@ -262,8 +263,8 @@ def _probability_delta(change: PredictionChange) -> str:
 
 
 def _cams(ctx: DiffContext) -> list[Section]:
-    old_e = {k: e for e in read.entries(ctx.old.manifest, "heatmaps") if (k := map_key(ctx.old_names, e))}
-    new_e = {k: e for e in read.entries(ctx.new.manifest, "heatmaps") if (k := map_key(ctx.new_names, e))}
+    old_e = keyed_maps(ctx.old_names, read.entries(ctx.old.manifest, "heatmaps"))
+    new_e = keyed_maps(ctx.new_names, read.entries(ctx.new.manifest, "heatmaps"))
     title = "Class activation map changes"
     if not old_e or not new_e:
         return [_absent("cam-diff", title, bool(old_e), bool(new_e), "class activation maps",
@@ -274,7 +275,8 @@ def _cams(ctx: DiffContext) -> list[Section]:
     changes: list[MapChange] = []
     for key in matching.both:
         old_entry, new_entry = old_e[key], new_e[key]
-        old, new = as_map(read.entry_array(ctx.old, old_entry)), as_map(read.entry_array(ctx.new, new_entry))
+        old = as_map(read.entry_array(ctx.old, old_entry, "heatmaps"))
+        new = as_map(read.entry_array(ctx.new, new_entry, "heatmaps"))
         if old is None or new is None:
             ctx.warnings.append(f"cam: no stored map for {_map_label(key, new_entry)} in "
                                 f"{'OLD' if old is None else 'NEW'} (was it generated with --save-arrays?)")
@@ -434,7 +436,8 @@ def _filter_patterns(ctx: DiffContext) -> list[Section]:
         tiles: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         labels = []
         for key in keys:
-            pair = [read.entry_array(ctx.old, old_e[key]), read.entry_array(ctx.new, new_e[key])]
+            pair = [read.entry_array(ctx.old, old_e[key], "filter_patterns"),
+                    read.entry_array(ctx.new, new_e[key], "filter_patterns")]
             if pair[0] is None or pair[1] is None:
                 continue
             shown = [_pattern_pixels(a, mode) for a, mode in zip(pair, modes, strict=True)]
@@ -487,14 +490,6 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- overview, unmatched
 
 
-def _summary_layers(manifest: dict[str, Any]) -> list[str]:
-    for section in read.sections_of(manifest, "summary"):
-        layers = (section.get("data") or {}).get("layers")
-        if isinstance(layers, list):
-            return [str(layer["path"]) for layer in layers if isinstance(layer, dict) and "path" in layer]
-    return []
-
-
 def _model_row(label: str, old: Any, new: Any) -> tuple[str, str, str]:
     return label, "" if old is None else str(old), "" if new is None else str(new)
 
@@ -518,7 +513,7 @@ def _overview(ctx: DiffContext, sections: list[Section]) -> Section:
         ),
         caption="The two reports compared.",
     )
-    old_layers, new_layers = _summary_layers(old_m), _summary_layers(new_m)
+    old_layers, new_layers = read.summary_layers(old_m), read.summary_layers(new_m)
     layer_match = match_keys(old_layers, new_layers)
     ctx.record_unmatched("layers", list(layer_match.only_old), list(layer_match.only_new))
     links: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -560,24 +555,6 @@ def _unmatched(ctx: DiffContext) -> list[Section]:
 # ------------------------------------------------------------------------------------------------------ entry
 
 
-def _unrelated(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """A warning when OLD and NEW look like two different models rather than two versions of one: other classes,
-    or no layer in common."""
-    reasons = []
-    old_classes, new_classes = read.class_names(old), read.class_names(new)
-    if old_classes != new_classes:
-        reasons.append(f"they predict different classes ({len(old_classes)} and {len(new_classes)}; "
-                       f"{len(set(old_classes) & set(new_classes))} names in common)")
-    old_layers = set(_summary_layers(old)) or {k[0] for k in read.weight_tensors(old)}
-    new_layers = set(_summary_layers(new)) or {k[0] for k in read.weight_tensors(new)}
-    if old_layers and new_layers and not old_layers & new_layers:
-        reasons.append("they have no layer in common (different architectures)")
-    if not reasons:
-        return None
-    return ("OLD and NEW look like unrelated models, not two versions of one: " + " and ".join(reasons)
-            + "; the comparisons below may mean little")
-
-
 def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None = None,
                progress: Callable[[str, str], None] | None = None, images_dir: Path | None = None) -> Report:
     """The diff of two opened report folders as a Report (nothing written). Image pixels come only from
@@ -585,9 +562,12 @@ def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None
     from reportgen.api import creation_time, versions
 
     ctx = DiffContext(old, new, progress or (lambda stage, message: None), images_dir)
-    unrelated = _unrelated(old.manifest, new.manifest)
+    unrelated = read.unrelated_models(old.manifest, new.manifest)
     if unrelated:
         ctx.warnings.append(unrelated)  # the first warning: shown at the top of the diff
+    for role, folder in (("OLD", old), ("NEW", new)):
+        if (ambiguous := read.ambiguity_warning(folder.manifest, role)) is not None:
+            ctx.warnings.append(ambiguous)
     images = match_keys(ctx.old_names.values(), ctx.new_names.values())
     ctx.record_unmatched("images", list(images.only_old), list(images.only_new))
     body: list[Section] = []

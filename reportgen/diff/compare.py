@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
 
 from reportgen.diff.manifest import ImagePrediction
-from reportgen.techniques.weights import WeightStats, histogram, weight_stats
+
+if TYPE_CHECKING:  # the weights' statistics import Keras; `check` pairs predictions and maps without it
+    from reportgen.techniques.weights import WeightStats
 
 K = TypeVar("K", bound=Hashable)
 
@@ -75,6 +77,8 @@ class TensorChange:
 
 
 def compare_tensor(layer: str, tensor: str, layer_type: str, old: np.ndarray, new: np.ndarray) -> TensorChange:
+    from reportgen.techniques.weights import histogram, weight_stats
+
     old, new = np.asarray(old, np.float32), np.asarray(new, np.float32)
     edges, old_counts, new_counts = histogram(old, new)
     return TensorChange(layer, tensor, layer_type, old, new, weight_stats(old), weight_stats(new), edges,
@@ -113,8 +117,10 @@ class PredictionChange:
 
 def compare_predictions(old: Mapping[str, ImagePrediction], new: Mapping[str, ImagePrediction],
                         old_names: Mapping[str, str], new_names: Mapping[str, str]) -> list[PredictionChange]:
-    """Pair the predictions of images present in both reports (by image name), in the new report's order."""
-    old_by_name = {old_names.get(image, image): p for image, p in old.items()}
+    """Pair the predictions of images present in both reports (by image name), in the new report's order. A name
+    that more than one image of either report has pairs nothing (`manifest.ambiguous_names`)."""
+    unclear = _repeated(old_names.values()) | _repeated(new_names.values())
+    old_by_name = {name: p for image, p in old.items() if (name := old_names.get(image, image)) not in unclear}
     changes = []
     for image, prediction in new.items():
         name = new_names.get(image, image)
@@ -125,6 +131,18 @@ def compare_predictions(old: Mapping[str, ImagePrediction], new: Mapping[str, Im
 
 
 # ------------------------------------------------------------------------------------------------- heatmaps
+
+
+def _repeated(names: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    return {name for name in names if name in seen or seen.add(name)}  # type: ignore[func-returns-value]
+
+
+def keyed_maps(names: Mapping[str, str], entries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], Any]:
+    """The "heatmaps" entries of a report by match key; entries without a key, or of an image whose name another
+    image of the report has too, are left out (they cannot be paired)."""
+    unclear = _repeated(names.values())
+    return {k: e for e in entries if (k := map_key(names, e)) is not None and k[0] not in unclear}
 
 
 def map_key(names: Mapping[str, str], entry: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,38 +58,67 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _is_report_folder(path: Path) -> bool:
-    """A folder reportgen wrote (its report.json says so), or a leftover of a run (`.OUT.building-*`)."""
-    from reportgen.diff.manifest import read_manifest
+    """A folder reportgen wrote (the start of its report.json says so: never parsed, whatever its size), or a
+    leftover of a run (`.OUT.building-*`)."""
+    from reportgen.diff.manifest import looks_like_report
 
-    return path.name.startswith(".") or read_manifest(path) is not None
+    return path.name.startswith(".") or looks_like_report(path)
 
 
 def discover_images(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = (),
-                    warnings: list[str] | None = None) -> list[ImageSource]:
+                    warnings: list[str] | None = None, follow_links: bool = True) -> list[ImageSource]:
     """Expand files and folders into image files. In a folder, images in a subfolder are labelled by its name.
 
     Folders that are reportgen reports, hidden folders (a run's leftovers among them) and the `exclude` folders
-    (the report being written) are not searched, so a report kept beside its images is never read as images.
-    File names that are not UTF-8 are kept, shown escaped, with a warning appended to `warnings`.
+    (the report being written) are not searched, so a report kept beside its images is never read as images; a
+    folder skipped that way although it holds images itself (a class folder with a stray report.json) is named in
+    a warning. File names that are not UTF-8 are kept, shown escaped, with a warning appended to `warnings`.
+
+    Symbolic links inside the folders: a link to a regular file is followed (datasets are often folders of
+    links), and named in a warning when its target lies outside every folder given; with `follow_links=False`
+    every link is skipped, with a warning. Links to folders are not followed. Nothing but a regular file is ever
+    listed, so a FIFO, a device or a link to one is never opened.
     """
     skipped = {Path(e).resolve() for e in exclude}
+    roots = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
     found: list[ImageSource] = []
+    origins: dict[Path, Path] = {}  # image file -> the folder given (a file's own folder) its name is relative to
+    notes: dict[str, list[str]] = {"outside": [], "links": [], "special": [], "folder links": [], "reports": []}
     for item in inputs:
         path = Path(item)
         if path.is_file():
             found.append(ImageSource(path, display_text(path.name), None))
+            origins[path] = path.parent
         elif path.is_dir():
             files: list[Path] = []
             for root, dirs, names in os.walk(path):
                 here = Path(root)
-                dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in skipped
-                                 and not _is_report_folder(here / d))
-                files.extend(here / n for n in names
-                             if n.lower().endswith(IMAGE_SUFFIXES) and (here / n).is_file())
+                kept_dirs = []
+                for d in sorted(dirs):
+                    folder = here / d
+                    if folder.is_symlink():
+                        notes["folder links"].append(_shown(folder, path))
+                    elif folder.resolve() in skipped:
+                        continue
+                    elif _is_report_folder(folder):
+                        if not d.startswith(".") and _holds_images(folder):
+                            notes["reports"].append(_shown(folder, path))
+                    else:
+                        kept_dirs.append(d)
+                dirs[:] = kept_dirs
+                for n in names:
+                    if not n.lower().endswith(IMAGE_SUFFIXES):
+                        continue
+                    kind = _file_kind(here / n, roots, follow_links)
+                    if kind in ("file", "outside"):
+                        files.append(here / n)
+                    if kind != "file":
+                        notes[kind].append(_shown(here / n, path))
             for file in sorted(files):
                 relative = file.relative_to(path)
                 label = display_text(relative.parts[0]) if len(relative.parts) > 1 else None
                 found.append(ImageSource(file, display_text(relative.as_posix()), label))
+                origins[file] = path
         else:
             raise ImageError(f"{display_text(str(path))} does not exist: give image files or folders of images")
     seen: set[Path] = set()
@@ -97,16 +128,85 @@ def discover_images(inputs: Sequence[str | Path], exclude: Sequence[str | Path] 
         if key not in seen:
             seen.add(key)
             unique.append(source)
+    unique = _unambiguous(unique, origins)
     escaped = [source.name for source in unique if _has_surrogates(str(source.path))]
-    if escaped and warnings is not None:
-        shown = ", ".join(escaped[:5]) + (f" and {len(escaped) - 5} more" if len(escaped) > 5 else "")
-        warnings.append(f"{len(escaped)} image file name(s) are not UTF-8 and are shown escaped: {shown}")
+    if warnings is not None:
+        if escaped:
+            warnings.append(f"{len(escaped)} image file name(s) are not UTF-8 and are shown escaped: {_few(escaped)}")
+        messages = {
+            "outside": "symbolic link(s) in IMAGES point outside the folders given and were followed (pass "
+                       "--no-follow-links to skip every link)",
+            "links": "symbolic link(s) in IMAGES were skipped (--no-follow-links)",
+            "special": "image name(s) are not regular files (a FIFO, a device, a broken link or a link to one) and "
+                       "were skipped",
+            "folder links": "symbolic link(s) to folders in IMAGES were not followed",
+            "reports": "folder(s) in IMAGES hold a reportgen report.json and were skipped as reports although they "
+                       "hold images; move the report.json out to include their images",
+        }
+        for kind, message in messages.items():
+            if notes[kind]:
+                warnings.append(f"{len(notes[kind])} {message}: {_few(notes[kind])}")
     if not unique:
         raise ImageError(
             f"no image files in {', '.join(display_text(str(i)) for i in inputs)} "
             f"(looked for {', '.join(IMAGE_SUFFIXES)})"
         )
     return unique
+
+
+def _unambiguous(sources: list[ImageSource], origins: dict[Path, Path]) -> list[ImageSource]:
+    """Names that identify the images: two reports are matched image by image on their names, so when several
+    folders given hold the same relative name (`generate M A B` with A/cat/1.png and B/cat/1.png), each image of
+    that name is named after the folder it came from (`A/cat/1.png`, `B/cat/1.png`), whatever the folders' order.
+    Other names stay as they are; folders of the same name that would still collide are bad input."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        counts[source.name] = counts.get(source.name, 0) + 1
+    if all(count == 1 for count in counts.values()):
+        return sources
+    renamed = [source if counts[source.name] == 1 else dataclasses.replace(
+        source, name=f"{display_text(origins[source.path].resolve().name or '/')}/{source.name}")
+        for source in sources]
+    taken: dict[str, Path] = {}
+    for source in renamed:
+        if source.name in taken:
+            raise ImageError(f"IMAGES: {display_text(str(taken[source.name]))} and {display_text(str(source.path))} "
+                             f"would both be named {source.name!r} (images are matched between reports by name); "
+                             "give folders of different names, or move one of the images")
+        taken[source.name] = source.path
+    return renamed
+
+
+def _few(items: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _shown(path: Path, folder: Path) -> str:
+    return display_text(str(path.relative_to(folder)))
+
+
+def _file_kind(path: Path, roots: Sequence[Path], follow_links: bool) -> str:
+    """"file" (a regular file, or a link to one inside `roots`), "outside" (a link to a regular file elsewhere),
+    "links" (a link, with links not followed) or "special" (anything else: never opened)."""
+    try:
+        if not path.is_symlink():
+            return "file" if stat.S_ISREG(path.lstat().st_mode) else "special"
+        if not follow_links:
+            return "links"
+        if not stat.S_ISREG(path.stat().st_mode):
+            return "special"
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a broken link, a loop, a file removed meanwhile
+        return "special"
+    return "file" if any(target.is_relative_to(root) for root in roots) else "outside"
+
+
+def _holds_images(folder: Path) -> bool:
+    """True when `folder` has image files of its own (a report keeps its figures in figures/, never beside it)."""
+    try:
+        return any(entry.name.lower().endswith(IMAGE_SUFFIXES) for entry in os.scandir(folder))
+    except OSError:
+        return False
 
 
 def decode_image(path: Path) -> np.ndarray:
@@ -118,7 +218,12 @@ def decode_image(path: Path) -> np.ndarray:
 def decode_with_notes(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     """`decode_image`, and what was done to the file's pixels on the way (for the report)."""
     notes: list[str] = []
-    with open(path, "rb") as file:
+    # Opened without blocking (a FIFO would wait for a writer) and read only when it is a regular file, whatever
+    # the path was when the images were listed.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         raw = file.read()
     if not raw:
         raise ValueError("the file is empty")

@@ -33,21 +33,9 @@ MAX_NAMES_BYTES = 16 << 20  # 16 MiB: far more than any list of class names
 def read_class_names_file(path: Path) -> list[str]:
     """One class name per line; blank lines and lines starting with # are ignored. Only a regular file is read
     (a FIFO would block, /dev/zero never ends), at most MAX_NAMES_BYTES, as UTF-8; names must be unique."""
-    import stat
+    from reportgen.userfiles import read_text_file
 
-    try:
-        if not stat.S_ISREG(Path(path).stat().st_mode):
-            raise InputError(f"--class-names: {path} is not a regular file; give a text file, one name per line")
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_NAMES_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"--class-names: cannot read {path} ({exc.strerror or exc})") from None
-    if len(data) > MAX_NAMES_BYTES:
-        raise InputError(f"--class-names: {path} is over {MAX_NAMES_BYTES >> 20} MiB; give one name per line")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"--class-names: {path} is not UTF-8 text; save it as UTF-8, one name per line") from None
+    text = read_text_file(path, "--class-names", MAX_NAMES_BYTES, "a text file, one class name per line")
     names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     seen: set[str] = set()
     duplicates = [name for name in names if name in seen or seen.add(name)]

@@ -22,7 +22,11 @@ def read_model_config(path: Path) -> dict[str, Any] | None:
     if raw is None:
         return None
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
+        raw = raw.decode("utf-8")  # UnicodeDecodeError (a ValueError) when it is not UTF-8
+    elif isinstance(raw, str):
+        # h5py decodes a UTF-8 string attribute with surrogate escapes for bytes that are not UTF-8; those names
+        # would fail later, anywhere text is written.
+        raw.encode("utf-8")
     return json.loads(raw)
 
 
@@ -43,6 +47,40 @@ def unwrap_single_io(config: Any) -> Any:
     return config
 
 
+def sequential_input_shapes(config: Any) -> Any:
+    """Rewrite every Sequential's layer configs so Keras 3 reads their input shapes.
+
+    tf.keras 2 writes a nested Sequential's layers in the new format (with a `module` key), which Keras 3
+    deserialises directly, without the legacy reader that turns `batch_input_shape` into an input shape: a Conv2D
+    then fails on the unknown keyword. So an InputLayer's `batch_input_shape` becomes `batch_shape`, and another
+    layer's is dropped, after an InputLayer of that shape is put first when the Sequential has none."""
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "Sequential" and isinstance(inner, dict) and isinstance(inner.get("layers"),
+                                                                                                list):
+            layers = inner["layers"]
+            has_input = False
+            for position, layer in enumerate(list(layers)):
+                settings = layer.get("config") if isinstance(layer, dict) else None
+                if not isinstance(settings, dict) or "batch_input_shape" not in settings:
+                    continue
+                shape = settings.pop("batch_input_shape")
+                if layer.get("class_name") == "InputLayer":
+                    settings.setdefault("batch_shape", shape)
+                    has_input = True
+                elif not has_input and position == 0:
+                    layers.insert(0, {"class_name": "InputLayer", "config": {
+                        "batch_shape": shape, "dtype": settings.get("dtype", "float32"),
+                        "name": f"{settings.get('name', 'layer')}_input"}})
+                    has_input = True
+        for value in config.values():
+            sequential_input_shapes(value)
+    elif isinstance(config, list):
+        for value in config:
+            sequential_input_shapes(value)
+    return config
+
+
 def load_legacy_h5(path: Path, safe_mode: bool = True) -> Any:
     """Rebuild a tf.keras 2 `.h5` model in Keras 3 and load its weights."""
     from keras.src.legacy.saving import saving_utils
@@ -53,7 +91,7 @@ def load_legacy_h5(path: Path, safe_mode: bool = True) -> Any:
     from keras.src.saving.serialization_lib import SafeModeScope
 
     with SafeModeScope(safe_mode):
-        model = saving_utils.model_from_config(unwrap_single_io(config))
+        model = saving_utils.model_from_config(sequential_input_shapes(unwrap_single_io(config)))
     model.load_weights(str(path))
     return model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ def load_model(
         raise ModelLoadError(_saved_model_message(path) if (path / "saved_model.pb").exists() else (
             f"{path} is a folder, not a model file: give a .keras or .h5 file or a keras.applications name"
         ))
+    if path.exists() and not path.is_file():  # a FIFO, a device (or a link to one): never opened
+        raise ModelLoadError(f"{path} is not a regular file (a FIFO, a device or a link to one): give a .keras or "
+                             ".h5 model file")
     if path.is_file():
         if weights is not None:
             raise ModelLoadError("--weights only applies to keras.applications names such as vgg16")
@@ -96,6 +100,9 @@ def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
     except OSError as exc:
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     if suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path} could not be loaded as a Keras model: it is not a .keras file (a .keras "
+                                 "file is a zip archive); the file is damaged or of another type")
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
         except Exception as exc:
@@ -105,9 +112,10 @@ def _load_file(path: Path, output: str | None, unsafe: bool) -> LoadedModel:
         config = read_model_config(path)
     except OSError as exc:
         raise ModelLoadError(f"{path} is not a readable HDF5 file ({exc})") from None
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelLoadError(f"{path}: the model architecture stored in the file (model_config) is not JSON "
-                             f"({str(exc).splitlines()[0][:200]}); the file is damaged, save the model again") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError and -EncodeError: ValueErrors
+        raise ModelLoadError(f"{path}: the model architecture stored in the file (model_config) is not JSON or "
+                             f"not UTF-8 ({str(exc).splitlines()[0][:200]}); the file is damaged, save the model "
+                             "again") from None
     if config is not None and not isinstance(config, dict):
         raise ModelLoadError(f"{path}: the model architecture stored in the file (model_config) is not a JSON "
                              "object; the file is damaged, save the model again")

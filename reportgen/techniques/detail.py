@@ -15,7 +15,6 @@ import numpy as np
 
 from reportgen.errors import InputError
 
-DEFAULT_DETAIL = 12
 DETAIL_IMAGES_FLAG = "--detail-images"
 # Up to this share of the sample goes to the most confident mistakes: the images a reviewer most needs to see.
 MISTAKE_SHARE = 0.25
