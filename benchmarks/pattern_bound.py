@@ -48,9 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from pattern_methods import MODELS, load
+    from tutorial import TutorialAscent
 
     from reportgen.loading.preprocess import Preprocessor
-    from reportgen.techniques.pattern_params import PixelMap, ProjectedAscent, TutorialAscent
+    from reportgen.techniques.pattern_params import PixelMap, ProjectedAscent
 
     filters = tuple(range(args.filters))
     print(f"{args.filters} filters, best of {args.starts} starts x {args.steps} steps of projected Adam\n")

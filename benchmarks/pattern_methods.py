@@ -64,10 +64,12 @@ def load(name: str):
 
 def variants() -> dict:
     """Method name -> Method: the report's methods plus the variants measured while choosing the default."""
+    from tutorial import TutorialAscent
+
     from reportgen.techniques import pattern_params as pp
 
     return {
-        "tutorial": pp.TutorialAscent(),
+        "tutorial": TutorialAscent(),
         "projected": pp.ProjectedAscent(),
         "logit": pp.LogitAscent(),
         "pixel": pp.PixelAscent(),

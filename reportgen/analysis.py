@@ -36,11 +36,13 @@ class Analysis:
     class_names: ClassNames
     options: ReportOptions
     progress: Progress = SILENT
+    # Warnings of the steps before the sections (loading, the dataset pass); each section returns its own.
     warnings: list[str] = field(default_factory=list)
-    # Top-level report.json lists that techniques fill, e.g. "filter_patterns" or "heatmaps".
-    manifest_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    # Results several section kinds share (predictions feed the predictions, cam and class sections).
-    shared_results: dict[str, Any] = field(default_factory=dict)
+    # report.json's `dataset` entry, once the dataset pass ran.
+    dataset_manifest: dict[str, Any] | None = None
+    # Results computed once from the same inputs, whichever section asks first (the predictions of the detail
+    # images feed the predictions, cam and class sections; receptive fields the patterns and dataset examples).
+    cache: dict[str, Any] = field(default_factory=dict)
     # The renderer's figure encoder (`render.FigureEncoder`): builders pass each figure's pixels through it as they
     # make them, so only compressed figures pile up (`page=False`: a figure the page only links to). The default
     # keeps raw pixels (render encodes them later).
@@ -79,9 +81,9 @@ class Analysis:
 
     def shared(self, key: str, compute: Callable[[], T]) -> T:
         """`compute()` once per report, whichever of the sections that need it run first."""
-        if key not in self.shared_results:
-            self.shared_results[key] = compute()
-        return self.shared_results[key]
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     def receptive_fields(self, outputs: Sequence[str]) -> dict[str, ReceptiveField]:
         """Each of `outputs`' receptive field at the model's input size (`dataset_examples.receptive_fields`). The
@@ -89,7 +91,7 @@ class Analysis:
         sections share one forward pass."""
         from reportgen.techniques.dataset_examples import receptive_fields
 
-        known: dict[str, ReceptiveField] = self.shared_results.setdefault("receptive_fields", {})
+        known: dict[str, ReceptiveField] = self.cache.setdefault("receptive_fields", {})
         if any(output not in known for output in outputs):
             examples = self.dataset.examples if self.dataset is not None else ()
             wanted = [o for o in dict.fromkeys([*outputs, *(e.output or e.layer for e in examples)]) if o not in known]

@@ -29,9 +29,9 @@ from reportgen.loading.stream import ImageReader
 from reportgen.outlock import output_lock
 from reportgen.precision import SMALL_MODEL_FLOPS
 from reportgen.progress import Progress
+from reportgen.registry import section_kind, section_names
 from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
-from reportgen.report import ImageEntry, Report, Section
-from reportgen.sections import BUILDERS, available_sections
+from reportgen.report import ImageEntry, Report, Section, SectionResult
 from reportgen.techniques.detail import choose_detail
 
 
@@ -91,7 +91,8 @@ def creation_time() -> str:
 
 
 def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
-    known = available_sections()
+    """The section kinds to build, in report order: every kind, or those --sections names (checked)."""
+    known = section_names()
     if not requested:
         return known
     unknown = [s for s in requested if s not in known]
@@ -134,15 +135,12 @@ def output_classes(model: Any) -> int:
     return 2 if units == 1 else units
 
 
-PASS_SECTIONS = ("feature_maps", "dataset_examples", "predictions", "evaluation", "cam", "class")
-
-
 def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[str]) -> None:
     """Stream every image through the model once for the dataset sections, then load the detail sample."""
     options = analysis.options
     labels = np.array([-1 if (i := analysis.class_names.index_of(s.label)) is None else i
                        for s in analysis.all_sources], np.int64)
-    if not any(kind in PASS_SECTIONS for kind in wanted):  # no section needs every image: read the sample only
+    if not any(section_kind(kind).dataset_pass for kind in wanted):  # no section needs every image: the sample only
         detail = list(range(min(options.detail, len(reader.sources))))
         analysis.use_detail(*_load_detail(reader, detail))
         return
@@ -173,7 +171,7 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
     detail = choose_detail(names, result.labels, result.predicted, result.confidence, options.detail, options.seed,
                            options.detail_images)
     analysis.use_detail(*_load_detail(reader, detail))
-    analysis.manifest_lists["dataset"] = {  # type: ignore[assignment]
+    analysis.dataset_manifest = {
         "images": result.images, "listed": result.listed, "labelled": int(np.count_nonzero(result.labels >= 0)),
         "detail_images": [analysis.all_image_ids[i] for i in analysis.detail_indices],
         "seconds": round(result.seconds, 3), "images_per_second": round(result.images_per_second, 2),
@@ -262,6 +260,11 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
     from reportgen.techniques.predictions import resolve_classes
 
     options = analysis.options
+
+    def read(option: str) -> bool:
+        """True when `option` is given and a wanted section reads it."""
+        return bool(getattr(options, option)) and any(option in section_kind(k).model_options for k in wanted)
+
     if options.detail_images:
         from reportgen.techniques.detail import check_requested
 
@@ -276,13 +279,13 @@ def check_options(analysis: Analysis, wanted: Sequence[str]) -> None:
         cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ImageError(f"--image-size: {width}x{height} is too small for {analysis.loaded.name} (its layers "
                          f"cannot run on it: {cause[:300]}); choose a larger size") from None
-    if options.layers and "feature_maps" in wanted:
+    if read("layers"):
         select_layers(analysis.layers, analysis.layer_shapes, options.layers)
-    if options.cam_layer and {"cam", "class", "summary"} & set(wanted):
+    if read("cam_layer"):
         analysis.cam_target  # noqa: B018 - raises InputError naming --cam-layer
-    if options.classes and {"predictions", "cam", "class"} & set(wanted):
+    if read("classes"):
         resolve_classes(options.classes, analysis.class_names.names)
-    if options.filter_indices and "filter_patterns" in wanted:
+    if read("filter_indices"):
         from reportgen.layer_kinds import PATTERN_TYPES
         from reportgen.techniques.filter_patterns import choose_filters
 
@@ -324,7 +327,7 @@ def generate_report(
                                   follow_links=options.follow_links)
 
         # The plotting worker starts now, so it imports matplotlib while the model loads and the images stream.
-        with FigureEncoder(plots=bool({"weights", "predictions", "evaluation"} & set(wanted))) as encoder:
+        with FigureEncoder(plots=any(section_kind(kind).plots for kind in wanted)) as encoder:
             progress("load", f"model {model if not hasattr(model, 'name') else model.name}")
             loaded = load_model(model, weights=options.weights, image_size=options.image_size, output=options.output,
                                 unsafe=options.unsafe, seed=options.seed)
@@ -362,13 +365,15 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
     with without_graph_rewrites() if small else contextlib.nullcontext():
         run_dataset_pass(analysis, reader, wanted)
         analysis.warnings[discovered:discovered] = reader.warnings  # skipped files early
+        results: dict[str, SectionResult] = {}
         for kind in wanted:
             started = time.perf_counter()
             progress(kind, "start")
-            built = BUILDERS[kind](analysis)
-            for section in built:
+            earlier = {name: results[name] for name in section_kind(kind).after if name in results}
+            result = results[kind] = section_kind(kind).build()(analysis, earlier)
+            for section in result.sections:
                 encoder.prefetch(section)  # its plots compress while the next section computes
-            sections.extend(built)
+            sections.extend(result.sections)
             seconds[kind] = round(time.perf_counter() - started, 3)
 
     report = Report(
@@ -394,9 +399,10 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
         images=image_entries(analysis),
         class_names=names.names,
         sections=tuple(sections),
-        warnings=tuple(dict.fromkeys(analysis.warnings)),
+        warnings=tuple(dict.fromkeys([*analysis.warnings, *(w for r in results.values() for w in r.warnings)])),
         seconds=seconds,
         versions=versions(),
-        extra=dict(analysis.manifest_lists),
+        extra={**({"dataset": analysis.dataset_manifest} if analysis.dataset_manifest is not None else {}),
+               **{k: v for r in results.values() for k, v in r.manifest.items()}},
     )
     return report

@@ -21,22 +21,14 @@ from click.core import ParameterSource
 
 from reportgen import __version__
 from reportgen.config import (
-    CAM_METHODS,
-    DEFAULT_STEPS,
-    DIRECTIONS,
-    ENGINES,
-    PATTERN_METHODS,
-    PREPROCESS_MODES,
     ReportOptions,
+    flag_name,
+    option_fields,
+    options_from,
     parse_image_size,
     read_config_file,
-    split_list,
 )
 from reportgen.errors import InputError, ReportgenError
-
-SECTION_NAMES = ("summary", "weights", "feature_maps", "filter_patterns", "dataset_examples", "predictions",
-                 "evaluation", "cam", "class")
-
 
 # Modules Keras imports at its own import though a report never uses what they give it (see _import_tensorflow).
 KERAS_OPTIONAL_IMPORTS = ("pandas", "matplotlib")
@@ -150,61 +142,38 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
         ctx.exit(1)
 
 
+def _flag(field: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of a `ReportOptions` field: its flag, type, default and help from the field (`option`)."""
+    meta, flag = field.metadata, "--" + flag_name(field.name)
+    kind, default = meta["kind"], field.default
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    common: dict[str, Any] = {"help": meta["help"], "metavar": meta["metavar"]}
+    if kind == "flag":
+        declaration = [flag] if default is False else [f"{flag}/--no-{flag_name(field.name)}"]
+        return click.option(*declaration, field.name, is_flag=True, default=default, show_default=default is True,
+                            help=meta["help"])
+    if kind == "choice":
+        return click.option(flag, field.name, type=click.Choice(meta["choices"]), default=default, show_default=True,
+                            help=meta["help"])
+    if kind in ("list", "int_list"):
+        common["metavar"] = common["metavar"] or "LIST"
+    elif kind == "path":
+        return click.option(flag, field.name, type=click.Path(path_type=Path, dir_okay=False), help=meta["help"])
+    value_type = int if kind == "int" else None
+    if shown is None or shown == "":
+        return click.option(flag, field.name, type=value_type, **common)
+    return click.option(flag, field.name, type=value_type, default=shown, show_default=True, **common)
+
+
 def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options shared by `generate` and `demo` (each one is also a TOML key in --config)."""
+    """The options shared by `generate` and `demo`: -o and --config, one flag per `ReportOptions` field (each also
+    a TOML key in --config), and --force and --quiet."""
     options = [
         click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False), required=True,
                      help="Folder to write the report to (replaced atomically)."),
         click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
                      help="TOML file of options; keys are the flags' names (e.g. seed = 3). Flags win."),
-        click.option("--class-names", type=click.Path(path_type=Path, dir_okay=False),
-                     help="Text file with one class name per line, in output order."),
-        click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default="auto", show_default=True,
-                     help="auto: a keras.applications model gets its own preprocess_input, a model that starts "
-                          "with Rescaling gets raw pixels, anything else pixels/255."),
-        click.option("--image-size", metavar="WxH", help="Input size for models without a fixed one."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
-        click.option("--title", help="Report title."),
-        click.option("--model-version", help="Model version shown in the report and report.json."),
-        click.option("--sections", metavar="LIST", help=f"Comma-separated sections (default all): "
-                                                        f"{', '.join(SECTION_NAMES)}."),
-        click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the raw arrays."),
-        click.option("--weights", help="keras.applications names only: imagenet (cached file), none, or FILE."),
-        click.option("--output", "output_name", help="Output layer to explain when the model has several."),
-        click.option("--unsafe", is_flag=True, help="Allow Lambda layers (runs code stored in the file)."),
-        click.option("--follow-links/--no-follow-links", default=True, show_default=True,
-                     help="Follow symbolic links inside IMAGES to image files (a link leaving IMAGES is named in "
-                          "a warning), or skip every link."),
-        click.option("--layers", metavar="LIST",
-                     help="Feature-map and filter-pattern layers: names, nested paths or globs."),
-        click.option("--batch-size", type=int, help="Images per forward pass (default: fit ~1 GiB)."),
-        click.option("--filters", type=int, default=16, show_default=True, help="Filters per layer to visualise."),
-        click.option("--filter-indices", metavar="LIST", help="Exact filter indices, e.g. 0,3,7."),
-        click.option("--directions", metavar="LIST", default="ascent,descent", show_default=True,
-                     help=f"Pattern directions: {', '.join(DIRECTIONS)}."),
-        click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
-                     help="Optimisation steps per pattern."),
-        click.option("--pattern-size", type=int,
-                     help="Pattern size in px for every layer (default: twice each layer's receptive field, at "
-                     "most the model's input and 128)."),
-        click.option("--pattern-method", type=click.Choice(PATTERN_METHODS), default="projected",
-                     show_default=True, help="Filter-pattern parameterisation."),
-        click.option("--pattern-diversity", type=int, default=1, show_default=True, metavar="K",
-                     help="Different patterns per filter and direction (a diversity penalty keeps them apart)."),
-        click.option("--top-k", type=int, default=3, show_default=True, help="Predictions shown per image."),
-        click.option("--cam-methods", metavar="LIST", default="gradcam,gradcam++,layercam", show_default=True,
-                     help=f"Class activation methods: {', '.join(CAM_METHODS)}."),
-        click.option("--cam-layer", help="Layer for class activation maps (default: the last conv layer)."),
-        click.option("--classes", metavar="LIST", help="Extra classes (names or indices) to explain per image."),
-        click.option("--detail", type=int, default=12, show_default=True,
-                     help="Images that get per-image figures (all images feed the dataset sections)."),
-        click.option("--detail-images", metavar="LIST", help="Pick the detail images by name or glob instead."),
-        click.option("--examples", type=int, default=6, show_default=True,
-                     help="Dataset examples per filter: the images that drive it most (and least)."),
-        click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-                     help="Where the dataset pass runs: this process, or Ray Data (pip install 'reportgen[ray]')."),
-        click.option("--ray-address", help="With --engine ray: join this cluster (default: start a local Ray)."),
-        click.option("--workers", type=int, help="With --engine ray: workers, one model each (default: the CPUs)."),
+        *(_flag(field) for field in option_fields()),
         click.option("--force", is_flag=True, help="Replace OUT even if it is not an earlier report."),
         click.option("--quiet", is_flag=True, help="No progress on stderr."),
     ]
@@ -213,44 +182,17 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-_LIST_FIELDS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}
-
-
 def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOptions, bool, bool]:
     """Merge --config (TOML) under the flags, then build ReportOptions. Returns (options, force, quiet)."""
     values = dict(params)
     config_file = values.pop("config_file", None)
     if config_file is not None:
         for name, value in read_config_file(config_file).items():
-            key = "output_name" if name == "output" else name
             # A flag given on the command line wins over the file.
-            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
-                values[key] = value
+            if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+                values[name] = value
     force, quiet = bool(values.pop("force")), bool(values.pop("quiet"))
-    values.pop("output_dir", None)
-    values["output"] = values.pop("output_name")
-    fields = {f.name for f in dataclasses.fields(ReportOptions)}
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in fields or value is None:
-            continue
-        if name in _LIST_FIELDS or name == "filter_indices":
-            items = split_list(value)
-            if not items:  # `--sections ",,,"` is a mistake, not "every section"
-                flag = "--" + name.replace("_", "-")
-                raise InputError(f"{flag}: the list {value!r} is empty; give at least one value or leave {flag} out")
-            value = items
-        if name == "filter_indices":
-            try:
-                value = tuple(int(v) for v in value)
-            except ValueError:
-                raise InputError(f"--filter-indices: expected integers such as 0,3,7, got {value!r}") from None
-        elif name == "image_size":
-            value = parse_image_size(str(value))
-        elif name == "class_names":
-            value = Path(value)
-        kwargs[name] = value
-    return ReportOptions(**kwargs), force, quiet
+    return options_from(values), force, quiet
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -11,20 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reportgen import registry
 from reportgen.errors import InputError
+from reportgen.registry import names
 
-ENGINES = ("local", "ray")
-PREPROCESS_MODES = ("auto", "scale", "none", "caffe", "tf", "torch")
+ENGINES = names(registry.ENGINES)
+PREPROCESS_MODES = names(registry.PREPROCESS_MODES)
 DIRECTIONS = ("ascent", "descent")
-PATTERN_METHODS = ("projected", "logit", "fourier", "pixel", "maco")
+PATTERN_METHODS = names(registry.PATTERN_METHODS)
 DEFAULT_STEPS = 16  # the projected search passes the tutorials' 40-step loop in 16 (README: which search)
 MAX_PATTERN_DIVERSITY = 16
 # Each step is a forward and backward pass over every chosen filter's pattern: 1,000 steps are already 60 times the
 # default search (which passes the tutorials' 40-step loop), and more only sharpens the texture while the run grows
 # from seconds to hours.
 MAX_STEPS = 1000
-CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients")
-DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
+CAM_METHODS = names(registry.CAM_METHODS)
+DEFAULT_CAM_METHODS = registry.DEFAULT_CAM_METHODS
 # Decoding or resizing to width x height allocates that many pixels at once: a 20000x20000 image takes 1.2 GB per
 # copy. Image files declaring more are skipped before decoding, and --image-size may not ask for more.
 MAX_PIXELS = 80_000_000
@@ -34,46 +36,79 @@ MAX_PATTERN_SIZE = 512
 MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
 
 
+# What a field's value is, on the command line and in a TOML config: one kind per field decides the flag's type, the
+# config key's check and the parsing of both.
+VALUE_KINDS = ("flag", "int", "str", "path", "choice", "list", "int_list", "size")
+
+
+def option(default: Any, kind: str, help: str, *, choices: tuple[str, ...] = (), metavar: str | None = None) -> Any:
+    """A `ReportOptions` field that is also a command-line flag and a config key: `kind` (one of `VALUE_KINDS`)
+    says how its value is written and parsed, `help` is the flag's help text."""
+    assert kind in VALUE_KINDS, kind
+    return dataclasses.field(default=default, metadata={"kind": kind, "help": help, "choices": choices,
+                                                        "metavar": metavar})
+
+
+def option_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of `ReportOptions`, each a flag and a config key (see `option`)."""
+    return dataclasses.fields(ReportOptions)
+
+
 @dataclass(frozen=True)
 class ReportOptions:
     """Everything that changes what a report contains. Defaults are the CLI's defaults."""
 
-    sections: tuple[str, ...] | None = None  # None: every section reportgen knows
-    preprocess: str = "auto"
-    image_size: tuple[int, int] | None = None  # (width, height) for models without a fixed input size
-    seed: int = 0
-    title: str | None = None
-    model_version: str | None = None
-    save_arrays: bool = False
-    class_names: Path | None = None
-    weights: str | None = None  # keras.applications names only: "imagenet", "none" or a weights file
-    output: str | None = None  # output layer to explain when a model has several
-    unsafe: bool = False  # allow Lambda layers (Keras safe mode off): only for trusted files
-    follow_links: bool = True  # False (--no-follow-links): symbolic links inside IMAGES are skipped, not followed
+    sections: tuple[str, ...] | None = option(
+        None, "list", f"Comma-separated sections (default all): {', '.join(registry.section_names())}.")
+    preprocess: str = option("auto", "choice", "; ".join(f"{c.name}: {c.summary}" for c in registry.PREPROCESS_MODES)
+                             + ".", choices=PREPROCESS_MODES)
+    image_size: tuple[int, int] | None = option(  # (width, height) for models without a fixed input size
+        None, "size", "Input size for models without a fixed one.", metavar="WxH")
+    seed: int = option(0, "int", "Seed for everything random.")
+    title: str | None = option(None, "str", "Report title.")
+    model_version: str | None = option(None, "str", "Model version shown in the report and report.json.")
+    save_arrays: bool = option(False, "flag", "Also write arrays.npz with the raw arrays.")
+    class_names: Path | None = option(  # noqa: RUF009 - `option` makes a dataclass field, as `field` does
+        None, "path", "Text file with one class name per line, in output order.")
+    weights: str | None = option(  # keras.applications names only: "imagenet", "none" or a weights file
+        None, "str", "keras.applications names only: imagenet (cached file), none, or FILE.")
+    output: str | None = option(None, "str", "Output layer to explain when the model has several.")
+    unsafe: bool = option(  # allow Lambda layers (Keras safe mode off): only for trusted files
+        False, "flag", "Allow Lambda layers (runs code stored in the file).")
+    follow_links: bool = option(  # False (--no-follow-links): symbolic links inside IMAGES are skipped
+        True, "flag", "Follow symbolic links inside IMAGES to image files (a link leaving IMAGES is named in a "
+        "warning), or skip every link.")
     # feature maps
-    layers: tuple[str, ...] = ()
-    batch_size: int | None = None
+    layers: tuple[str, ...] = option((), "list", "Feature-map and filter-pattern layers: names, nested paths or "
+                                     "globs.")
+    batch_size: int | None = option(None, "int", "Images per forward pass (default: fit ~1 GiB).")
     # filter patterns
-    filters: int = 16
-    filter_indices: tuple[int, ...] | None = None
-    directions: tuple[str, ...] = DIRECTIONS
-    steps: int = DEFAULT_STEPS
-    pattern_size: int | None = None
-    pattern_method: str = "projected"
-    pattern_diversity: int = 1
+    filters: int = option(16, "int", "Filters per layer to visualise.")
+    filter_indices: tuple[int, ...] | None = option(None, "int_list", "Exact filter indices, e.g. 0,3,7.")
+    directions: tuple[str, ...] = option(DIRECTIONS, "list", f"Pattern directions: {', '.join(DIRECTIONS)}.")
+    steps: int = option(DEFAULT_STEPS, "int", "Optimisation steps per pattern.")
+    pattern_size: int | None = option(None, "int", "Pattern size in px for every layer (default: twice each "
+                                      "layer's receptive field, at most the model's input and 128).")
+    pattern_method: str = option(registry.DEFAULT_PATTERN_METHOD, "choice", "Filter-pattern parameterisation.",
+                                 choices=PATTERN_METHODS)
+    pattern_diversity: int = option(1, "int", "Different patterns per filter and direction (a diversity penalty "
+                                    "keeps them apart).", metavar="K")
     # predictions and class activation maps
-    top_k: int = 3
-    cam_methods: tuple[str, ...] = DEFAULT_CAM_METHODS
-    cam_layer: str | None = None
-    classes: tuple[str, ...] = ()
+    top_k: int = option(3, "int", "Predictions shown per image.")
+    cam_methods: tuple[str, ...] = option(DEFAULT_CAM_METHODS, "list",
+                                          f"Class activation methods: {', '.join(CAM_METHODS)}.")
+    cam_layer: str | None = option(None, "str", "Layer for class activation maps (default: the last conv layer).")
+    classes: tuple[str, ...] = option((), "list", "Extra classes (names or indices) to explain per image.")
     # validation-set scale: every image feeds the dataset sections, a sample gets per-image figures
-    detail: int = 12
-    detail_images: tuple[str, ...] = ()
-    examples: int = 6
+    detail: int = option(12, "int", "Images that get per-image figures (all images feed the dataset sections).")
+    detail_images: tuple[str, ...] = option((), "list", "Pick the detail images by name or glob instead.")
+    examples: int = option(6, "int", "Dataset examples per filter: the images that drive it most (and least).")
     # where the dataset pass runs: "local", or "ray" (Ray Data; a local Ray, or the cluster at ray_address)
-    engine: str = "local"
-    ray_address: str | None = None
-    workers: int | None = None
+    engine: str = option("local", "choice", "Where the dataset pass runs: this process, or Ray Data (pip install "
+                         "'reportgen[ray]').", choices=ENGINES)
+    ray_address: str | None = option(None, "str", "With --engine ray: join this cluster (default: start a local "
+                                     "Ray).")
+    workers: int | None = option(None, "int", "With --engine ray: workers, one model each (default: the CPUs).")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -164,13 +199,17 @@ def split_list(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-# What each config key takes, as its flag does: a TOML string is never a boolean, a boolean never a number.
-_BOOL_KEYS = {"save_arrays", "unsafe", "follow_links", "force", "quiet"}
-_INT_KEYS = {"seed", "batch_size", "filters", "steps", "pattern_size", "top_k", "pattern_diversity", "detail",
-             "examples", "workers"}
-_STR_KEYS = {"preprocess", "title", "model_version", "weights", "output", "cam_layer", "pattern_method",
-             "class_names", "engine", "ray_address"}
-_LIST_KEYS = {"sections", "layers", "directions", "cam_methods", "classes", "detail_images"}  # "a,b" or ["a", "b"]
+# The run flags a config file may also set (not report options: they change how a run behaves, not its report).
+_RUN_FLAGS = ("force", "quiet")
+
+
+def _kind(name: str) -> str | None:
+    """The value kind of the option or run flag `name` (see `option`), None when there is no such key."""
+    if name in _RUN_FLAGS:
+        return "flag"
+    return next((f.metadata["kind"] for f in option_fields() if f.name == name), None)
+
+
 _NOT_CONFIG = {"output_dir": "give the output folder with -o/--output-dir", "debug": "pass --debug on the command "
                "line (reportgen --debug generate ...)", "config": "a config file cannot name another"}
 
@@ -186,37 +225,36 @@ def _is_int(value: Any) -> bool:
 
 def _check_config_value(path: Path, key: str, name: str, value: Any) -> Any:
     """`value` when it has the type of its flag, else InputError naming the key, the value and the type."""
-    if name in _BOOL_KEYS:
+    kind = _kind(name)
+    if kind == "flag":
         ok, expected = isinstance(value, bool), "true or false (a TOML boolean, not a string)"
-    elif name in _INT_KEYS:
+    elif kind == "int":
         ok, expected = _is_int(value), "an integer"
-    elif name in _STR_KEYS:
+    elif kind in ("str", "path", "choice"):
         ok, expected = isinstance(value, str), "a string"
-    elif name in _LIST_KEYS:
+    elif kind == "list":  # "a,b" or ["a", "b"]
         ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         expected = 'a string such as "a,b" or an array of strings'
-    elif name == "filter_indices":
+    elif kind == "int_list":
         ok = isinstance(value, str) or (isinstance(value, list) and all(_is_int(v) for v in value))
         expected = 'an array of integers such as [0, 3, 7] or a string "0,3,7"'
-    elif name == "image_size":
+    else:  # "size"
         ok = isinstance(value, str) or _is_int(value) or (
             isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value))
         expected = 'a string "WIDTHxHEIGHT", one integer, or [width, height]'
-    else:  # pragma: no cover - every known key is listed above
-        ok, expected = True, ""
     if not ok:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise InputError(f"--config: {path}: key {key!r} must be {expected}, got {shown} ({_type_name(value)})")
-    if name == "image_size" and isinstance(value, list):
+    if kind == "size" and isinstance(value, list):
         return f"{value[0]}x{value[1]}"
-    if name == "filter_indices" and isinstance(value, list):
+    if kind == "int_list" and isinstance(value, list):
         return ",".join(str(v) for v in value)
     return value
 
 
 def config_keys() -> frozenset[str]:
     """The keys a config file may set (field names: `class_names` for `class-names`), besides its [check] table."""
-    return frozenset(f.name for f in dataclasses.fields(ReportOptions)) | {"force", "quiet"}
+    return frozenset(f.name for f in option_fields()) | set(_RUN_FLAGS)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -237,3 +275,30 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise InputError(f"--config: {path} has an unknown key {key!r}; keys are the flags' names, e.g. 'seed'")
         values[name] = _check_config_value(path, key, name, value)
     return values
+
+
+def options_from(values: dict[str, Any]) -> ReportOptions:
+    """`ReportOptions` from field-named values as a flag or a config key gives them (lists as "a,b" or sequences,
+    sizes as "WxH", paths as strings); None and unknown names are left out."""
+    kwargs: dict[str, Any] = {}
+    for field in option_fields():
+        value = values.get(field.name)
+        if value is None:
+            continue
+        kind, flag = field.metadata["kind"], "--" + flag_name(field.name)
+        if kind in ("list", "int_list"):
+            items = split_list(value)
+            if not items:  # `--sections ",,,"` is a mistake, not "every section"
+                raise InputError(f"{flag}: the list {value!r} is empty; give at least one value or leave {flag} out")
+            value = items
+            if kind == "int_list":
+                try:
+                    value = tuple(int(v) for v in value)
+                except ValueError:
+                    raise InputError(f"{flag}: expected integers such as 0,3,7, got {value!r}") from None
+        elif kind == "size":
+            value = parse_image_size(str(value))
+        elif kind == "path":
+            value = Path(value)
+        kwargs[field.name] = value
+    return ReportOptions(**kwargs)

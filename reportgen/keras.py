@@ -9,13 +9,11 @@ at the end of that epoch (version `epoch-0010`), ready for `reportgen diff` or `
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras  # the top-level Keras package: imports are absolute, this module is reportgen.keras
-import numpy as np
 
 from reportgen.config import ReportOptions
 from reportgen.errors import InputError
@@ -31,9 +29,10 @@ class ReportCallback(keras.callbacks.Callback):
     """Write a report of the in-training model every `every_n_epochs` epochs (and after the last one when
     `at_train_end`) to `out_dir/epoch-NNNN/`.
 
-    The report is computed in inference mode and leaves the model's weights and optimizer untouched. The report's
-    own seeding (ReportOptions.seed) reseeds TensorFlow's global generator; Python's and NumPy's random states are
-    restored afterwards so a data pipeline using them continues as it would have.
+    The report is computed in inference mode and leaves the model's weights and optimizer untouched. It draws its
+    random numbers from streams of its own seed (`seeds`) and leaves every process-wide random state as it found it
+    (the freshly initialised copy is seeded inside `seeds.keras_weights`, which restores them), so a data pipeline
+    using Python's or NumPy's random state continues as it would have.
     """
 
     def __init__(
@@ -83,13 +82,7 @@ class ReportCallback(keras.callbacks.Callback):
             version = f"{self.options.model_version}-{version}"
         options = dataclasses.replace(self.options, model_version=version)
         out = self.out_dir / epoch_folder(epoch)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            generate_report(self.model, self.images, out, options, class_names=self.class_names,
-                            progress=self.progress)
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+        generate_report(self.model, self.images, out, options, class_names=self.class_names, progress=self.progress)
         self._last_written = epoch
         self.written.append(out)
         return out

@@ -28,9 +28,6 @@ import numpy as np
 from reportgen.errors import InputError
 
 INSTALL_HINT = 'pip install "reportgen[ray]"'
-# A test hook: a file path; the first batch a worker sees while the file does not exist creates it and fails, so
-# a test can check that Ray's retry re-runs the batch and nothing is counted twice.
-FAIL_ONCE_VARIABLE = "REPORTGEN_RAY_FAIL_ONCE"
 
 
 def require_ray() -> None:
@@ -161,7 +158,6 @@ class WorkerSpec:
     input_shape: tuple[int | None, int | None, int]
     image_size: tuple[int, int] | None
     name_rank: np.ndarray
-    fail_once: str | None
 
 
 class PassWorker:
@@ -191,9 +187,6 @@ class PassWorker:
         from reportgen.loading.stream import ImageReader
 
         spec = self.spec
-        if spec.fail_once and not Path(spec.fail_once).exists():
-            Path(spec.fail_once).write_text("failed once\n", encoding="utf-8")
-            raise RuntimeError("reportgen test hook: this batch fails once")
         indices = np.asarray(rows["index"], np.int64)
         sources = [ImageSource(Path(str(p)), str(n), None) for p, n in zip(rows["path"], rows["name"], strict=True)]
         labels = np.asarray(rows["label"], np.int64)
@@ -271,8 +264,7 @@ def run_on_ray(analysis: Any, dataset_pass: Any, reader: Any, labels: np.ndarray
             channels=analysis.preprocessor.channels, classes=dataset_pass.classes,
             plan=replace(plan, stat_layers=()), stat_layers=tuple(n.path for n in plan.stat_layers),
             shapes=dict(analysis.layer_shapes), activation=dataset_pass.activation, method=method or "softmax applied",
-            input_shape=analysis.loaded.input_shape, image_size=options.image_size, name_rank=name_ranks(names),
-            fail_once=os.environ.get(FAIL_ONCE_VARIABLE))
+            input_shape=analysis.loaded.input_shape, image_size=options.image_size, name_rank=name_ranks(names))
         rows = [{"index": i, "path": str(s.path), "name": s.name, "label": int(labels[i])}
                 for i, s in enumerate(reader.sources)]
         dataset = ray.data.from_items(rows).map_batches(

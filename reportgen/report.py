@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-SECTION_KINDS = ("summary", "weights", "feature_maps", "filter_patterns", "dataset_examples", "predictions",
-                 "evaluation", "cam", "class")
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ Block = Figure | FigureRow | Table | Text | Facts
 @dataclass(frozen=True)
 class Section:
     id: str  # page anchor, unique
-    kind: str  # one of SECTION_KINDS
+    kind: str  # one of `registry.section_names()`
     title: str
     blocks: tuple[Block, ...]
     layer: str | None = None
@@ -110,6 +108,18 @@ class Section:
             elif isinstance(block, FigureRow):
                 out.extend(block.figures)
         return out
+
+
+@dataclass(frozen=True)
+class SectionResult:
+    """What one section kind's builder returns: its sections, the warnings it raises, the top-level report.json
+    entries it contributes (`manifest`) and what later kinds may use (`shared`, read by the kinds that name it in
+    `registry.SectionKind.after`)."""
+
+    sections: tuple[Section, ...]
+    warnings: tuple[str, ...] = ()
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    shared: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from reportgen.techniques.cam_trust import (
 )
 from reportgen.techniques.cams import (
     CURVE_BATCH_LIMIT,
+    CamInputs,
     CamSettings,
     MethodBatch,
     ModelFunctions,
@@ -220,8 +221,8 @@ def test_gradcam_deletion_beats_a_random_map(example):
     layer = choose_target_layer(walk_layers(model), layer_output_shapes(model, (64, 64, 3)))
     raw = predict_raw(model, x[:24])
     method, _ = probability_method(raw, final_layer(model).activation)
-    results = explain(model, x[:24], targets_for([[int(c)] for c in data.labels[:24]]), ["gradcam"], layer,
-                      lambda values: convert(values, method), CamSettings(), np.zeros(3, np.float32), 1.0)
+    inputs = CamInputs(x[:24], targets_for([[int(c)] for c in data.labels[:24]]), np.zeros(3, np.float32), 1.0)
+    results = explain(model, inputs, ["gradcam"], layer, lambda values: convert(values, method), CamSettings())
     deletion = np.mean([h.deletion_auc for h in results.heatmaps])
     random_deletion = np.mean([h.random_deletion_auc for h in results.heatmaps])
     insertion = np.mean([h.insertion_auc for h in results.heatmaps])
@@ -231,9 +232,8 @@ def test_gradcam_deletion_beats_a_random_map(example):
     np.testing.assert_allclose([h.probability for h in results.heatmaps],
                                convert(raw, method)[np.arange(24), data.labels[:24]], rtol=1e-5)
     # The curves' forward passes in batches of 7 rather than the default 64: the same areas.
-    rebatched = explain(model, x[:24], targets_for([[int(c)] for c in data.labels[:24]]), ["gradcam"], layer,
-                        lambda values: convert(values, method), CamSettings(curve_batch_size=7),
-                        np.zeros(3, np.float32), 1.0)
+    rebatched = explain(model, inputs, ["gradcam"], layer, lambda values: convert(values, method),
+                        CamSettings(curve_batch_size=7))
     for key in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc"):
         np.testing.assert_allclose([getattr(h, key) for h in rebatched.heatmaps],
                                    [getattr(h, key) for h in results.heatmaps], rtol=1e-5, atol=1e-6)

@@ -238,11 +238,19 @@ def test_class_names_file_is_read_bounded(cli, saved_models, image_folder, tmp_p
                                        (["--filter-indices", "0,99"], "--filter-indices")])
 def test_every_option_is_checked_before_the_first_section(cli, saved_models, image_folder, tmp_path, monkeypatch,
                                                           args, flag):
-    import reportgen.api
+    import dataclasses
+
+    from reportgen import registry, report
 
     ran = []
-    monkeypatch.setattr(reportgen.api, "BUILDERS", {k: (lambda a, k=k: ran.append(k) or [])
-                                                    for k in reportgen.api.BUILDERS})
+
+    def recording(kind: registry.SectionKind) -> registry.SectionKind:
+        kind = dataclasses.replace(kind)
+        object.__setattr__(kind, "build", lambda: lambda analysis, earlier: ran.append(kind.name)
+                           or report.SectionResult(()))
+        return kind
+
+    monkeypatch.setattr(registry, "SECTIONS", tuple(recording(kind) for kind in registry.SECTIONS))
     result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", *args)
     assert result.exit_code == 2, result.output
     assert flag in result.output and "Traceback" not in result.output

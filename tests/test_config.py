@@ -106,12 +106,18 @@ def test_option_bounds_in_the_api():
     ReportOptions(seed=2**32 - 1, image_size=(8000, 10000), pattern_size=MAX_PATTERN_SIZE)
 
 
-def test_every_option_has_a_config_type():
-    """A new option that no key type names would be accepted from TOML as anything: each has one."""
-    import dataclasses
+def test_every_option_is_one_flag_and_one_config_key_declared_by_its_field():
+    """Each ReportOptions field declares its value kind and help once (`config.option`): the generate command has
+    its flag with the field's default, and the flag's default text parses back to that default."""
+    from reportgen import cli, config
 
-    from reportgen import config
-
-    typed = (config._BOOL_KEYS | config._INT_KEYS | config._STR_KEYS | config._LIST_KEYS
-             | {"filter_indices", "image_size"})
-    assert {f.name for f in dataclasses.fields(config.ReportOptions)} <= typed
+    params = {p.name: p for p in cli.generate.params}
+    for field in config.option_fields():
+        assert field.metadata["kind"] in config.VALUE_KINDS and field.metadata["help"], field.name
+        param = params[field.name]  # one flag per field, named after it
+        assert param.opts[0] == "--" + config.flag_name(field.name)
+        text = param.default if isinstance(param.default, str | int | bool) else None  # click's "no default"
+        parsed = config.options_from({field.name: text})
+        assert getattr(parsed, field.name) == field.default, field.name
+        assert config._kind(field.name) is not None  # and a config key with its type
+    assert config.options_from({}) == config.ReportOptions()

@@ -4,6 +4,7 @@ grey input), a keras.applications model with random weights, a BGR (caffe) model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -17,7 +18,15 @@ from reportgen.config import ReportOptions
 from reportgen.example.shapes import CLASS_NAMES
 from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
 from reportgen.techniques import cams
-from reportgen.techniques.cams import CamSettings, choose_target_layer, compute_maps, explain, faithfulness
+from reportgen.techniques.cams import (
+    CamInputs,
+    CamSettings,
+    choose_target_layer,
+    compute_maps,
+    explain,
+    faithfulness,
+)
+from reportgen.techniques.cams import methods as cam_methods
 from reportgen.techniques.predictions import convert, final_layer, predict_raw, probability_method
 
 SIZE = 48
@@ -47,8 +56,8 @@ def default_target(model):
 def explain_labels(model, layer, x, labels, methods=("gradcam", "gradcam++", "layercam")):
     raw = predict_raw(model, x)
     method, _ = probability_method(raw, final_layer(model).activation)
-    return explain(model, x, targets_for([[int(c)] for c in labels]), list(methods), layer,
-                   lambda values: convert(values, method), CamSettings(), np.zeros(1, np.float32), 1.0)
+    return explain(model, CamInputs(x, targets_for([[int(c)] for c in labels]), np.zeros(1, np.float32), 1.0),
+                   list(methods), layer, lambda values: convert(values, method), CamSettings())
 
 
 def test_default_cam_layer_skips_the_class_score_conv_and_beats_random(mini_xception, grey_shapes):
@@ -99,8 +108,8 @@ def test_a_method_worse_than_random_is_flagged_in_page_warnings_and_summary(mini
         maps = original(batch)
         return maps.max(axis=(2, 3), keepdims=True) - maps
 
-    monkeypatch.setitem(cams.METHODS, "gradcam", cams.METHODS["gradcam"].__class__(
-        **{**cams.METHODS["gradcam"].__dict__, "function": inverted}))
+    registry = cam_methods.METHODS  # the registry itself, in the module that declares it
+    monkeypatch.setitem(registry, "gradcam", dataclasses.replace(registry["gradcam"], function=inverted))
     model_path = tmp_path / "mini.keras"
     mini_xception.save(model_path)
     result = generate_report(model_path, [folder], tmp_path / "out",

@@ -9,6 +9,7 @@ import json
 import pytest
 from test_dataset import tiny_model, write_pngs
 
+from reportgen import ray_engine
 from reportgen.config import ReportOptions
 
 SECTIONS = ("feature_maps", "dataset_examples", "predictions", "evaluation", "class")
@@ -81,9 +82,18 @@ def test_the_ray_engine_gives_the_local_report(local_ray, three_hundred, tmp_pat
     assert any("broken.png" in w for w in ray_result.warnings)
     assert [w for w in ray_result.warnings if "broken" in w] == [w for w in local_result.warnings if "broken" in w]
 
-    # A batch that fails once is re-run by Ray: the same numbers, nothing counted twice.
+    # A batch that fails once is re-run by Ray: the same numbers, nothing counted twice. The failing worker is a
+    # subclass defined here (a local class, so Ray ships it by value to its workers).
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv("REPORTGEN_RAY_FAIL_ONCE", str(marker))
+
+    class FailsOnce(ray_engine.PassWorker):
+        def __call__(self, rows):
+            if not marker.exists():
+                marker.write_text("failed once\n", encoding="utf-8")
+                raise RuntimeError("this batch fails once")
+            return super().__call__(rows)
+
+    monkeypatch.setattr(ray_engine, "PassWorker", FailsOnce)
     retried, _ = _report(folder, images, "retried", engine="ray", workers=2)
     assert marker.exists()
     assert sum(map(sum, retried["evaluation"]["confusion"])) == 300

@@ -1,40 +1,15 @@
 """Section builders: turn technique results into report sections. One module per section kind.
 
-Each builder takes the shared `Analysis` and returns sections; the order here is the order in the report.
+Each kind's builder (named in `registry.SECTIONS`, which also gives the report order) takes the shared `Analysis`
+and the results of the kinds it names in `after`, and returns a `report.SectionResult`: its sections, warnings and
+report.json entries. A builder computes nothing itself and changes nothing it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from reportgen.analysis import Analysis
-from reportgen.report import Section
-from reportgen.sections import (
-    cams,
-    classes,
-    dataset_examples,
-    evaluation,
-    feature_maps,
-    filter_patterns,
-    predictions,
-    summary,
-    weights,
-)
-
-SectionBuilder = Callable[[Analysis], list[Section]]
-
-BUILDERS: dict[str, SectionBuilder] = {
-    "summary": summary.build,
-    "weights": weights.build,
-    "feature_maps": feature_maps.build,
-    "filter_patterns": filter_patterns.build,
-    "dataset_examples": dataset_examples.build,
-    "predictions": predictions.build,
-    "evaluation": evaluation.build,
-    "cam": cams.build,
-    "class": classes.build,
-}
+from reportgen.registry import section_names
 
 
 def available_sections() -> tuple[str, ...]:
-    return tuple(BUILDERS)
+    """Every section kind, in report order."""
+    return section_names()

@@ -4,6 +4,7 @@ map, and the model-randomisation check."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +13,13 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.precision import ranking_dtype
-from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text
+from reportgen.report import Facts, Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import cam_section_id
 from reportgen.sections.predictions import PredictionPlan, prediction_plan, shared
 from reportgen.techniques.cam_trust import SANITY_THRESHOLD
 from reportgen.techniques.cams import (
     METHODS,
+    CamInputs,
     CamResults,
     CamSettings,
     Heatmap,
@@ -47,6 +49,7 @@ class CamBundle:
     layer: TargetLayer | None
     results: CamResults | None
     skipped: tuple[str, ...]  # layer methods left out because the model has no spatial layer
+    warnings: tuple[str, ...] = ()  # what the maps' checks found, reported by whichever section shows them
 
 
 def cam_bundle(analysis: Analysis) -> CamBundle:
@@ -59,56 +62,58 @@ def _compute(analysis: Analysis) -> CamBundle:
     layer = analysis.cam_target
     methods = list(dict.fromkeys(options.cam_methods))
     skipped: tuple[str, ...] = ()
+    warnings: list[str] = []
     if layer is None:
         skipped = tuple(m for m in methods if METHODS[m].resolution == "layer")
         methods = [m for m in methods if m not in skipped]
         if skipped:
-            analysis.warnings.append(
+            warnings.append(
                 f"cam: the model has no convolutional layer with a spatial output, so "
                 f"{', '.join(METHODS[m].label for m in skipped)} cannot run; choose a layer with --cam-layer or use "
                 "saliency, smoothgrad or integrated_gradients")
     if not methods:
-        return CamBundle(plan, layer, None, skipped)
+        return CamBundle(plan, layer, None, skipped, tuple(warnings))
     channels = analysis.loaded.input_shape[2]
     baseline = analysis.preprocessor.apply(np.zeros((1, 1, channels), np.float32))[0, 0]
     low, high = analysis.preprocessor.valid_range()
     try:
         fresh = analysis.fresh_model
     except Exception as exc:  # a custom layer that cannot be cloned: the maps still come, without the check
-        analysis.warnings.append(f"cam: no sanity check, the model could not be re-initialised ({exc})")
+        warnings.append(f"cam: no sanity check, the model could not be re-initialised ({exc})")
         fresh = None
     batch_size = options.batch_size or 16
     results = explain(
-        analysis.model, analysis.inputs, plan.targets, methods, layer, plan.to_probabilities,
+        analysis.model,
+        CamInputs(analysis.inputs, plan.targets, baseline, float(np.max(high - low)),
+                  probabilities=plan.predictions.probabilities.values),
+        methods, layer, plan.to_probabilities,
         CamSettings(batch_size=batch_size, seed=options.seed,
                     curves_dtype=ranking_dtype(analysis.model, analysis.layer_shapes),
                     # --batch-size bounds every pass's memory; else the curves take what their activations allow
                     curve_batch_size=None if options.batch_size else curve_batch_size(analysis.layer_shapes,
                                                                                        batch_size)),
-        baseline, float(np.max(high - low)),
         fresh_model=fresh, sanity_images=SANITY_IMAGES, progress=lambda message: analysis.progress("cam", message),
-        probabilities=plan.predictions.probabilities.values,
     )
     for method, check in results.sanity.items():
         if check.status == "flagged":
-            analysis.warnings.append(
+            warnings.append(
                 f"cam: {METHODS[method].label} maps barely change when the model's weights are re-initialised "
                 f"(rank correlation {check.correlation:.2f}); they show the image more than what the model learned")
         elif check.flagged:
-            analysis.warnings.append(f"cam: {METHODS[method].label} sanity check {check.describe()}")
+            warnings.append(f"cam: {METHODS[method].label} sanity check {check.describe()}")
     where = f" at {layer.path}" if layer else ""
     for method, scores in faithfulness(results).items():
         if not scores.beats_random:
-            analysis.warnings.append(
+            warnings.append(
                 f"cam: {METHODS[method].label}{where if METHODS[method].resolution == 'layer' else ''} does no better "
                 f"than a random map (deletion AUC {scores.deletion_auc:.3f} vs {scores.random_deletion_auc:.3f} "
                 f"random, insertion {scores.insertion_auc:.3f} vs {scores.random_insertion_auc:.3f}): its maps do "
                 "not show what the model uses; try another --cam-layer")
     for group, difference in same_maps(results):
-        analysis.warnings.append(
+        warnings.append(
             f"cam: {', '.join(METHODS[m].label for m in group)} give the same maps (largest difference "
             f"{difference:.1g} of a map's maximum){where}: they add no independent evidence")
-    return CamBundle(plan, layer, results, skipped)
+    return CamBundle(plan, layer, results, skipped, tuple(warnings))
 
 
 # ------------------------------------------------------------------------------------------- shared drawing
@@ -168,19 +173,19 @@ def array_key(section: str, image_id: str, class_index: int) -> str:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     bundle = cam_bundle(analysis)
     results = bundle.results
     if results is None:
         text = ("No class activation map was computed: "
                 + ("the model has no spatial layer for the chosen methods." if bundle.skipped else "no method chosen."))
-        return [Section(id="cam", kind="cam", title="Class activation maps", blocks=(Text(text),))]
+        return SectionResult((Section(id="cam", kind="cam", title="Class activation maps", blocks=(Text(text),)),),
+                             bundle.warnings)
     sections = [_overview(analysis, bundle, results)]
     manifest: list[dict[str, Any]] = []
     for method in results.methods:
         sections.append(_method_section(analysis, bundle, results, method, manifest))
-    analysis.manifest_lists["heatmaps"] = manifest
-    return sections
+    return SectionResult(tuple(sections), bundle.warnings, manifest={"heatmaps": manifest})
 
 
 def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Section:

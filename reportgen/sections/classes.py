@@ -3,13 +3,14 @@ its images and their maps, the average map per method, and accuracy when the ima
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, Section, Table, Text
+from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.cams import (
     COLORMAP,
     CamBundle,
@@ -30,14 +31,14 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}% ({part} of {whole})" if whole else "n/a"
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     bundle = cam_bundle(analysis)
     plan = bundle.plan
     sections = [_overview(analysis, bundle)]
     for n, index in enumerate(plan.occurring, start=1):
         analysis.progress("class", f"{analysis.class_names.names[index]} ({n}/{len(plan.occurring)})")
         sections.append(_class_section(analysis, bundle, index, plan.class_ids[index]))
-    return sections
+    return SectionResult(tuple(sections), bundle.warnings)  # the maps' warnings: once, with the cam section's
 
 
 def _overview(analysis: Analysis, bundle: CamBundle) -> Section:

@@ -5,6 +5,7 @@ synthetic answer to "what does this filter respond to" next to the natural one."
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -12,7 +13,7 @@ import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Figure, Section, Text
+from reportgen.report import Figure, Section, SectionResult, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField
 
@@ -30,18 +31,22 @@ def _patch(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
                                       else cv2.INTER_NEAREST), PATCH)
 
 
-def _pattern_tile(analysis: Analysis, layer: str, direction: str, filter_index: int) -> np.ndarray | None:
-    shown = analysis.shared_results.get("pattern_tiles", {}).get((layer, direction))
+def _pattern_tile(tiles: Mapping[tuple[str, str], Any], layer: str, direction: str,
+                  filter_index: int) -> np.ndarray | None:
+    """The filter's pattern tile from the filter_patterns section (`tiles`), None when it did not draw one."""
+    shown = tiles.get((layer, direction))
     if shown is None or filter_index not in shown[0]:
         return None
     tile = shown[1][list(shown[0]).index(filter_index)]
     return cv2.resize(tile, (PATCH, PATCH), interpolation=cv2.INTER_AREA)
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     dataset = analysis.dataset
     if dataset is None or not dataset.examples:
-        return []
+        return SectionResult(())
+    searched = earlier.get("filter_patterns")
+    patterns = searched.shared.get("pattern_tiles", {}) if searched is not None else {}
     by_layer: dict[str, list[FilterExamples]] = defaultdict(list)
     for examples in dataset.examples:
         by_layer[examples.layer].append(examples)
@@ -59,18 +64,18 @@ def build(analysis: Analysis) -> list[Section]:
     outputs = {path: rows[0].output or path for path, rows in by_layer.items()}
     fields = analysis.receptive_fields(list(outputs.values()))
     for path, rows in by_layer.items():
-        sections.append(_layer_section(analysis, path, rows, fields[outputs[path]], images, manifest))
-    analysis.manifest_lists["dataset_examples"] = manifest
-    return sections
+        sections.append(_layer_section(analysis, path, rows, fields[outputs[path]], images, manifest, patterns))
+    return SectionResult(tuple(sections), manifest={"dataset_examples": manifest})
 
 
 def _layer_section(analysis: Analysis, path: str, rows: list[FilterExamples], field: ReceptiveField,
-                   images: dict[int, np.ndarray], manifest: list[dict[str, Any]]) -> Section:
+                   images: dict[int, np.ndarray], manifest: list[dict[str, Any]],
+                   patterns: Mapping[tuple[str, str], Any]) -> Section:
     k = analysis.options.examples
     tiles, labels = [], []
     for examples in rows:
         for direction in ("ascent", "descent"):
-            tile = _pattern_tile(analysis, path, direction, examples.filter)
+            tile = _pattern_tile(patterns, path, direction, examples.filter)
             tiles.append(np.full((PATCH, PATCH, 3), BLANK, np.uint8) if tile is None else tile)
             labels.append(f"{examples.filter} {'up' if direction == 'ascent' else 'down'}")
         for kind, ranked in (("top", examples.top), ("bottom", examples.bottom)):

@@ -4,13 +4,14 @@ calibration error, and thumbnails of the most confident mistakes and least confi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, FigureRow, Section, Table, Text
+from reportgen.report import Facts, Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.predictions import prediction_plan
 from reportgen.techniques.evaluation import Calibration
 from reportgen.techniques.streaming import Ranked
@@ -40,10 +41,10 @@ def thumbnails(analysis: Analysis, ranked: tuple[Ranked, ...]) -> np.ndarray:
     return figures.fit_width(figures.tile_grid(tiles, columns=min(8, len(tiles)), labels=labels))
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     dataset = analysis.dataset
     if dataset is None:
-        return []
+        return SectionResult(())
     evaluation = dataset.evaluation
     names = analysis.class_names.names
     facts = [
@@ -60,8 +61,8 @@ def build(analysis: Analysis) -> list[Section]:
     if not evaluation.labelled:
         blocks = [Facts(tuple(facts)), Text("No image has a label that is one of the model's classes, so there is "
                                             "nothing to evaluate (put images in folders named after their class).")]
-        analysis.manifest_lists["evaluation"] = data  # type: ignore[assignment]
-        return [Section(id=KIND, kind=KIND, title="Evaluation", blocks=tuple(blocks), data=data)]
+        return SectionResult((Section(id=KIND, kind=KIND, title="Evaluation", blocks=tuple(blocks), data=data),),
+                             manifest={"evaluation": data})
     calibration = evaluation.calibration
     facts += [("Accuracy", f"{evaluation.accuracy:.1%} ({int(np.trace(evaluation.confusion))} of "
                            f"{evaluation.labelled})"),
@@ -126,9 +127,9 @@ def build(analysis: Analysis) -> list[Section]:
         "confident_mistakes": [_entry(analysis, r) for r in evaluation.confident_mistakes],
         "unsure_correct": [_entry(analysis, r) for r in evaluation.unsure_correct],
     })
-    analysis.manifest_lists["evaluation"] = data  # type: ignore[assignment]
     summary = {"accuracy": evaluation.accuracy, "ece": calibration.ece, "labelled": evaluation.labelled}
-    return [Section(id=KIND, kind=KIND, title="Evaluation", blocks=tuple(blocks), data=summary)]
+    return SectionResult((Section(id=KIND, kind=KIND, title="Evaluation", blocks=tuple(blocks), data=summary),),
+                         manifest={"evaluation": data})
 
 
 def _reliability_figure(analysis: Analysis, calibration: Calibration) -> Figure:

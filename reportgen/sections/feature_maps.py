@@ -8,6 +8,7 @@ figure pixels and statistics right away, so only the figures (and, with --save-a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -15,7 +16,7 @@ import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, Section, SlugRegistry, Table, Text
+from reportgen.report import Facts, Figure, Section, SectionResult, SlugRegistry, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.feature_maps import (
     VANISHING,
@@ -191,15 +192,16 @@ def _layer_data(stats: LayerMapStats, layout: GridLayout, array_key: str | None,
     }
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     options = analysis.options
     nodes = select_layers(analysis.layers, analysis.layer_shapes, options.layers)
     if not nodes:
-        analysis.warnings.append("feature maps: the model has no conv or pooling layer with a 4-D output; choose "
-                                 "layers with --layers")
-        return [Section(id=OVERVIEW_ID, kind=KIND, title="Feature maps",
-                        blocks=(Text("This model has no convolutional or pooling layer with a 4-D output; "
-                                     "--layers can choose others (activations, normalisation, merges)."),))]
+        return SectionResult((Section(id=OVERVIEW_ID, kind=KIND, title="Feature maps",
+                                      blocks=(Text("This model has no convolutional or pooling layer with a 4-D "
+                                                   "output; --layers can choose others (activations, "
+                                                   "normalisation, merges)."),)),),
+                             ("feature maps: the model has no conv or pooling layer with a 4-D output; choose layers "
+                              "with --layers",))
     paths = [node.path for node in nodes]
     shapes = {path: map_shape(analysis.layer_shapes, path) for path in paths}
     images = len(analysis.inputs)
@@ -246,6 +248,7 @@ def build(analysis: Analysis) -> list[Section]:
                       for path in strongest if strongest[path]}
     sections: list[Section] = []
     manifest: list[dict] = []
+    warnings: list[str] = []
     for path in paths:
         s, layout = stats[path], layouts[path]
         sid = section_id(KIND, analysis, path)
@@ -269,20 +272,20 @@ def build(analysis: Analysis) -> list[Section]:
         if s.vanishing:
             continue  # one warning for all of them, below
         if s.dead_channels and s.dead_share >= DEAD_WARNING_SHARE:
-            analysis.warnings.append(f"feature maps: {path} has {len(s.dead_channels)} of {s.channels} channels "
-                                     f"that are {'zero' if s.rectified else 'constant'} on every image (dead units?)")
+            warnings.append(f"feature maps: {path} has {len(s.dead_channels)} of {s.channels} channels that are "
+                            f"{'zero' if s.rectified else 'constant'} on every image (dead units?)")
         if s.non_finite:
-            analysis.warnings.append(f"feature maps: {path} has {s.non_finite} NaN or Inf values")
+            warnings.append(f"feature maps: {path} has {s.non_finite} NaN or Inf values")
     vanishing = [path for path in paths if stats[path].vanishing]
     if vanishing:
         largest = max(max(abs(stats[p].min), abs(stats[p].max)) for p in vanishing)
         shown = ", ".join(vanishing[:4]) + (f" and {len(vanishing) - 4} more" if len(vanishing) > 4 else "")
-        analysis.warnings.append(
+        warnings.append(
             f"feature maps: the activations of {len(vanishing)} layers vanish ({shown}: every value within "
             f"{VANISHING:g} of 0, the largest |value| {largest:.1e}); their maps are drawn blank, not stretched to "
             "full contrast: the model computes nothing there (untrained or broken weights?)")
-    analysis.manifest_lists[KIND] = manifest
-    return [_overview(analysis, paths, stats, per_image, keys, batch_size), *sections]
+    return SectionResult((_overview(analysis, paths, stats, per_image, keys, batch_size), *sections),
+                         tuple(warnings), manifest={KIND: manifest})
 
 
 def _layer_section(analysis: Analysis, path: str, sid: str, stats: LayerMapStats, layout: GridLayout,

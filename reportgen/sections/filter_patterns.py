@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, Section, Table, Text
+from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.filter_patterns import (
     FLAG_ROBUST,
@@ -80,12 +81,14 @@ def pattern_tiles(analysis: Analysis, inputs: np.ndarray, dead: np.ndarray) -> n
     return pixels
 
 
-def _grid(analysis: Analysis, result: LayerPatterns, direction: str) -> np.ndarray:
+def _grid(analysis: Analysis, result: LayerPatterns, direction: str,
+          shown: dict[tuple[str, str], tuple[tuple[int, ...], np.ndarray]]) -> np.ndarray:
+    """The grid of one direction's patterns; each filter's (first) tile also goes into `shown`, for the dataset
+    examples, which show it beside the natural images that drive the filter."""
     k = result.diversity
     dead = np.repeat(result.dead, k)
     tiles = pattern_tiles(analysis, result.direction(direction).inputs, dead)
-    # The dataset examples show each filter's (first) pattern beside the natural images that drive it.
-    analysis.shared_results.setdefault("pattern_tiles", {})[(result.layer, direction)] = (result.filters, tiles[::k])
+    shown[(result.layer, direction)] = (result.filters, tiles[::k])
     zoom = max(1, round(128 / max(tiles.shape[1:3])))  # small patterns are enlarged to ~128 px, pixels kept crisp
     tiles = np.stack([figures.upscale(tile, zoom) for tile in tiles])
     names = [str(f) if k == 1 else f"{f}.{v + 1}" for f in result.filters for v in range(k)]
@@ -117,14 +120,14 @@ def _score_text(value: float, share: bool = True) -> str:
 
 
 def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternSettings,
-                   scores: dict[str, Scorecard]) -> Section:
+                   scores: dict[str, Scorecard], entries: list[dict], shown: dict) -> Section:
+    """One layer's section; its report.json entries are added to `entries`, its tiles to `shown` (`_grid`)."""
     path = result.layer
     sid = section_id("filter_patterns", analysis, path)
     slug = analysis.layer_slugs[path]
     target = result.target or PatternTarget(path, path)
     blocks: list = [Text(f"These patterns drive {target_text(target)}.")]
     arrays: dict[str, np.ndarray] = {}
-    entries = []
     k = result.diversity
     for patterns in result.patterns:
         verb = "raises" if patterns.direction == "ascent" else "lowers"
@@ -135,7 +138,7 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                      f"{verb} the mean of its channel of {target.output} most after {settings.steps} steps"
                      + (f"; {k} patterns per filter (filter.pattern), kept apart by a diversity penalty" if k > 1
                         else "") + ". Grey tiles marked dead are filters the search could not switch on."),
-            pixels=analysis.encode(_grid(analysis, result, patterns.direction)),
+            pixels=analysis.encode(_grid(analysis, result, patterns.direction, shown)),
         ))
         key = f"filter_patterns.{slug}.{patterns.direction}"
         if analysis.options.save_arrays:
@@ -184,7 +187,6 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                  f"{FLAG_SATURATION:.0%}; not on the first conv layer, which is linear in the pixels up to its "
                  "activation, so its best image is two-level and saturated by nature)."),
     ))
-    analysis.manifest_lists.setdefault("filter_patterns", []).extend(entries)
     node = next(n for n in analysis.layers if n.path == path)
     return Section(
         id=sid, kind="filter_patterns", title=f"Filter patterns: {path}", blocks=tuple(blocks), layer=path,
@@ -201,15 +203,16 @@ def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
     return choose_targets(analysis.model, analysis.layers, analysis.layer_shapes, analysis.options.layers)
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     options = analysis.options
     targets = pattern_layers(analysis)
     nodes = [next(n for n in analysis.layers if n.path == t.layer) for t in targets]
     by_layer = {t.layer: t for t in targets}
     if not nodes:
-        analysis.warnings.append("filter_patterns: the model has no Conv2D, SeparableConv2D or DepthwiseConv2D layer")
-        return [Section(id="filter-patterns", kind="filter_patterns", title="Filter patterns",
-                        blocks=(Text("This model has no convolutional layer whose filters can be visualised."),))]
+        return SectionResult((Section(id="filter-patterns", kind="filter_patterns", title="Filter patterns",
+                                      blocks=(Text("This model has no convolutional layer whose filters can be "
+                                                   "visualised."),)),),
+                             ("filter_patterns: the model has no Conv2D, SeparableConv2D or DepthwiseConv2D layer",))
     # Check every layer's filter choice before minutes of work.
     chosen = {t.layer: choose_filters(int(analysis.layer_shapes[t.output][-1]), options.filters,
                                       options.filter_indices, t.layer) for t in targets}
@@ -256,11 +259,11 @@ def build(analysis: Analysis) -> list[Section]:
         correction = spent / expected
     results = [found[node.path] for node in nodes]
 
+    warnings: list[str] = []
     dead = [(r.layer, int(r.dead.sum()), len(r.filters)) for r in results if r.dead.any()]
     if dead:
         counts = ", ".join(f"{layer} {count}/{total}" for layer, count, total in dead)
-        analysis.warnings.append(f"filter_patterns: dead filters (the search found no input that switches them on): "
-                                 f"{counts}")
+        warnings.append(f"filter_patterns: dead filters (the search found no input that switches them on): {counts}")
 
     flagged = []
     for r in results:
@@ -270,12 +273,12 @@ def build(analysis: Analysis) -> list[Section]:
         if bad:
             flagged.append(f"{r.layer} {bad}/{len(card.activation)}")
     if flagged:
-        analysis.warnings.append("filter_patterns: patterns that score badly (fragile, unspecific or saturated; see "
-                                 f"each layer's scorecard): {', '.join(flagged)}")
+        warnings.append("filter_patterns: patterns that score badly (fragile, unspecific or saturated; see each "
+                        f"layer's scorecard): {', '.join(flagged)}")
     linear = [t.layer for t in targets if t.linear]
     if linear:
-        analysis.warnings.append("filter_patterns: no non-linearity follows " + ", ".join(linear) + "; their "
-                                 "patterns maximise a mean that is linear in the input (flat fields are its optimum)")
+        warnings.append("filter_patterns: no non-linearity follows " + ", ".join(linear) + "; their patterns "
+                        "maximise a mean that is linear in the input (flat fields are its optimum)")
 
     total_seconds = sum(r.seconds for r in results)
     overview = Table(
@@ -314,6 +317,9 @@ def build(analysis: Analysis) -> list[Section]:
                               "directions": list(settings.directions), "compute_dtype": settings.compute_dtype,
                               "diversity": settings.diversity,
                               "seconds": round(total_seconds, 3)})]
-    sections.extend(_layer_section(analysis, result, layer_settings[result.layer], scores[result.layer])
-                    for result in results)
-    return sections
+    entries: list[dict] = []
+    shown: dict[tuple[str, str], tuple[tuple[int, ...], np.ndarray]] = {}
+    sections.extend(_layer_section(analysis, result, layer_settings[result.layer], scores[result.layer], entries,
+                                   shown) for result in results)
+    return SectionResult(tuple(sections), tuple(warnings), manifest={"filter_patterns": entries},
+                         shared={"pattern_tiles": shown})

@@ -6,7 +6,7 @@ the anchor of every class section. `shared` computes each once per report, which
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Figure, Section, SlugRegistry, Table, Text
+from reportgen.report import Facts, Figure, Section, SectionResult, SlugRegistry, Table, Text
 from reportgen.techniques.predictions import (
     UNIFORM_SPREAD,
     Predictions,
@@ -90,16 +90,17 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     plan = prediction_plan(analysis)
+    warnings: list[str] = []
     predictions = plan.predictions
     names = analysis.class_names.names
     n = len(predictions.labels)
     k = predictions.top_indices.shape[1]
     if plan.unmatched_labels:
         shown = ", ".join(plan.unmatched_labels[:5]) + (", ..." if len(plan.unmatched_labels) > 5 else "")
-        analysis.warnings.append(f"predictions: image labels {shown} are not class names of the model; those images "
-                                 "count as unlabelled (give --class-names to match them)")
+        warnings.append(f"predictions: image labels {shown} are not class names of the model; those images count "
+                        "as unlabelled (give --class-names to match them)")
 
     facts = [
         ("Probabilities", predictions.probabilities.description),
@@ -117,7 +118,7 @@ def build(analysis: Analysis) -> list[Section]:
 
     uniform = predictions.uniform
     if uniform.any():
-        analysis.warnings.append(
+        warnings.append(
             f"predictions: {int(uniform.sum())} of {n} images get a uniform output (every class within "
             f"{UNIFORM_SPREAD:.0%} of the same probability): the model tells no class apart on them, so their "
             "'top' class and its maps mean nothing")
@@ -143,7 +144,6 @@ def build(analysis: Analysis) -> list[Section]:
             "top_k": [{"class_index": c, "class_name": names[c], "probability": p} for c, p in tops],
             "correct": correct, "uniform": bool(uniform[i]),
         })
-    analysis.manifest_lists["predictions"] = manifest
     blocks: list = [Facts(tuple(facts)), Table(
         columns=("Image", "Label", *[f"Top {j + 1}" for j in range(k)], "Correct"),
         rows=tuple(rows),
@@ -165,7 +165,8 @@ def build(analysis: Analysis) -> list[Section]:
     else:
         blocks.append(Text("No image has a label that is one of the model's classes, so there is no accuracy or "
                            "confusion matrix (put images in folders named after their class)."))
-    return [Section(id="predictions", kind="predictions", title="Predictions", blocks=tuple(blocks), data=data)]
+    return SectionResult((Section(id="predictions", kind="predictions", title="Predictions", blocks=tuple(blocks),
+                                  data=data),), tuple(warnings), manifest={"predictions": manifest})
 
 
 def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: dict[str, Any],

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from reportgen.analysis import Analysis
-from reportgen.report import Facts, Section, Table
+from reportgen.registry import SECTIONS
+from reportgen.report import Facts, Section, SectionResult, Table
 from reportgen.sections.anchors import cam_section_id, section_id
 from reportgen.techniques.cams import METHODS
 from reportgen.techniques.summary import summarize_model
-
-SECTION_LINK_LABELS = {"weights": "weights", "feature_maps": "feature maps", "filter_patterns": "patterns",
-                       "dataset_examples": "examples"}
 
 
 def format_shape(shape: object) -> str:
@@ -25,7 +24,7 @@ def format_shape(shape: object) -> str:
 def _layer_links(analysis: Analysis, path: str) -> tuple[tuple[str, str], ...]:
     """A link to every section that could show the layer; the renderer keeps those that exist, so a layer chosen
     with --layers, or the CAM methods' target layer, links to its sections too."""
-    links = [(label, "#" + section_id(kind, analysis, path)) for kind, label in SECTION_LINK_LABELS.items()]
+    links = [(kind.link, "#" + section_id(kind.name, analysis, path)) for kind in SECTIONS if kind.link]
     links += [(METHODS[method].label, "#" + cam_section_id(analysis, path, method))
               for method in analysis.options.cam_methods if METHODS[method].resolution == "layer"]
     return tuple(links)
@@ -50,7 +49,7 @@ def image_handling(analysis: Analysis, shown: int = 4) -> str:
     return "; ".join(parts)
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     loaded = analysis.loaded
     options = analysis.options
     explained = options.sections is None or "cam" in options.sections
@@ -97,5 +96,5 @@ def build(analysis: Analysis) -> list[Section]:
             for r in summary.layers
         ],
     }
-    return [Section(id="summary", kind="summary", title="Model summary", blocks=(Facts(tuple(facts)), table),
-                    data=data)]
+    return SectionResult((Section(id="summary", kind="summary", title="Model summary",
+                                  blocks=(Facts(tuple(facts)), table), data=data),))

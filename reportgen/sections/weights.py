@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict
 
 from reportgen import figures
 from reportgen.analysis import Analysis
-from reportgen.report import Figure, FigureRow, Section, Table, Text
+from reportgen.report import Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.weights import NEAR_ZERO_SHARE, KernelComparison, WeightStats, compare_weights
 
@@ -64,12 +65,12 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
     return blocks
 
 
-def build(analysis: Analysis) -> list[Section]:
+def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
     comparisons = compare_weights(analysis.layers, analysis.fresh_layers)
     if not comparisons:
-        analysis.warnings.append("weights: the model has no conv or dense layer; the weights section is empty")
-        return [Section(id="weights", kind="weights", title="Weights",
-                        blocks=(Text("This model has no convolutional or dense layer with weights."),))]
+        return SectionResult((Section(id="weights", kind="weights", title="Weights",
+                                      blocks=(Text("This model has no convolutional or dense layer with weights."),)),),
+                             ("weights: the model has no conv or dense layer; the weights section is empty",))
     by_layer: dict[str, list[KernelComparison]] = defaultdict(list)
     for comparison in comparisons:
         by_layer[comparison.layer].append(comparison)
@@ -89,8 +90,7 @@ def build(analysis: Analysis) -> list[Section]:
     sections = [Section(id="weights", kind="weights", title="Weights: trained against freshly initialised",
                         blocks=(overview,))]
     non_finite = [c.layer for c in comparisons if c.trained.stats.non_finite]
-    if non_finite:
-        analysis.warnings.append(f"weights: NaN or Inf values in {', '.join(sorted(set(non_finite)))}")
+    warnings = [f"weights: NaN or Inf values in {', '.join(sorted(set(non_finite)))}"] if non_finite else []
 
     # The first conv reads the image itself, in the model's colour order (BGR for caffe preprocessing).
     first_conv = next((c.layer for c in comparisons if c.trained.values.ndim == 4), None)
@@ -122,4 +122,4 @@ def build(analysis: Analysis) -> list[Section]:
             id=sid, kind="weights", title=f"Weights: {path}", blocks=tuple(blocks), layer=path,
             data={"type": layer_comparisons[0].layer_type, "tensors": tensors}, arrays=arrays,
         ))
-    return sections
+    return SectionResult(tuple(sections), tuple(warnings))

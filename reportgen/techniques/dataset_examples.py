@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen import seeds
 from reportgen.graph import input_tape, run_layers
 from reportgen.techniques.streaming import Ranked
 
@@ -155,7 +156,7 @@ def receptive_fields(model: Any, layers: Sequence[str], input_shape: tuple[int, 
     from reportgen.techniques.predictions import compiled
 
     height, width, channels = input_shape
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, seeds.RECEPTIVE_FIELD_PROBE)
     x = tf.constant(rng.normal(size=(2, height, width, channels)).astype(np.float32))
     layers = list(dict.fromkeys(layers))
     map_sizes: dict[str, tuple[int, int]] = {}

@@ -7,21 +7,17 @@ from the seed. `--detail-images` picks them by hand instead.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 import numpy as np
 
+from reportgen import seeds
 from reportgen.errors import InputError
 
 DETAIL_IMAGES_FLAG = "--detail-images"
 # Up to this share of the sample goes to the most confident mistakes: the images a reviewer most needs to see.
 MISTAKE_SHARE = 0.25
-
-
-def _draw(seed: int, name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest(), "little")
 
 
 def unmatched_patterns(names: Sequence[str], requested: Sequence[str]) -> list[str]:
@@ -56,8 +52,8 @@ def choose_detail(names: Sequence[str], labels: np.ndarray, predicted: np.ndarra
         if i not in taken:
             owner = int(labels[i]) if labels[i] >= 0 else int(predicted[i])
             by_class.setdefault(owner, []).append(i)
-    queues = [sorted(members, key=lambda i: (_draw(seed, names[i]), names[i])) for _, members in
-              sorted(by_class.items())]
+    queues = [sorted(members, key=lambda i: (seeds.derive(seed, seeds.DETAIL_ORDER, names[i]), names[i]))
+              for _, members in sorted(by_class.items())]
     while len(chosen) < count and any(queues):
         for queue in queues:
             if queue and len(chosen) < count:

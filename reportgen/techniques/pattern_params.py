@@ -20,7 +20,8 @@ them into the model's input, so a pattern is always a real image whatever the pr
   and every ascent step sees the image through a small random jitter, scale and rotation (seeded, stateless), so
   the pattern cannot rely on pixel-exact noise.
 - `MacoAscent` ("maco"): the phase of the spectrum only, at a fixed natural 1/f magnitude (Fel et al., 2023).
-- `TutorialAscent` ("tutorial"): the yardstick of the benchmark and the tests, not a report method.
+
+The benchmarks' yardstick, the tutorials' loop itself (`TutorialAscent`), lives in `benchmarks/tutorial.py`.
 """
 
 from __future__ import annotations
@@ -218,29 +219,6 @@ def natural_magnitude(height: int, width: int, decay_power: float = 1.0) -> np.n
 
 
 @dataclass(frozen=True)
-class TutorialAscent(PixelParameters):
-    """The tutorials' loop as the issue states it: from grey plus 20% noise (0.5 + U(-0.1, 0.1)), each step adds
-    0.05 of the range times the gradient divided by its RMS, unclipped; the pattern is clipped to the valid range
-    at the end. A yardstick for the benchmark and the tests, not a report method."""
-
-    learning_rate: float = 0.05
-    name: str = "tutorial"
-    jitter: Jitter | None = None
-
-    def finish(self, params: Any) -> Any:
-        import tensorflow as tf
-
-        return tf.clip_by_value(params, 0.0, 1.0)
-
-    def update(self, params: Any, grad: Any, state: tuple[Any, Any], step: Any, total: Any,
-               signs: Any) -> tuple[Any, tuple[Any, Any]]:
-        import tensorflow as tf
-
-        rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=[1, 2, 3], keepdims=True))
-        return params + self.learning_rate * grad / (rms + 1e-5), state
-
-
-@dataclass(frozen=True)
 class MacoAscent:
     """MACO (Fel et al., "Unlocking Feature Visualization for Deeper Networks with MAgnitude Constrained
     Optimization", NeurIPS 2023): only the phase of the image's spectrum is optimised; its magnitude stays fixed
@@ -392,13 +370,13 @@ class ProjectedAscent(PixelParameters):
         return self.project(params), state
 
 
-Method = ProjectedAscent | PixelAscent | FourierAscent | TutorialAscent | MacoAscent | LogitAscent
+Method = ProjectedAscent | PixelAscent | FourierAscent | MacoAscent | LogitAscent
 
 
 def method_named(name: str) -> Method:
     """The parameterisation behind `--pattern-method`."""
     methods: dict[str, Method] = {"projected": ProjectedAscent(), "pixel": PixelAscent(), "fourier": FourierAscent(),
-                                  "maco": MacoAscent(), "logit": LogitAscent(), "tutorial": TutorialAscent()}
+                                  "maco": MacoAscent(), "logit": LogitAscent()}
     if name not in methods:
         raise ValueError(f"unknown pattern method {name!r}")
     return methods[name]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen import seeds
 from reportgen.graph import LayerNode
 from reportgen.layer_kinds import has_kernel
 
@@ -163,19 +164,10 @@ def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]
     return comparisons
 
 
-# The fresh copy draws from its own stream of the report's seed: a model whose random weights were drawn from the
-# seed itself (`--weights none`) must not be compared with an identical copy of itself.
-FRESH_STREAM = 0x46524553  # "FRES"
-
-
-def fresh_seed(seed: int) -> int:
-    """The seed of the fresh copy: reproducible from `seed`, independent of draws made from `seed` itself."""
-    return int(np.random.SeedSequence([seed, FRESH_STREAM]).generate_state(1)[0])
-
-
 def fresh_copy(model: Any, seed: int) -> Any:
-    """The same architecture with newly initialised weights, reproducible from `seed`."""
+    """The same architecture with newly initialised weights, reproducible from `seed` (its own stream,
+    `seeds.FRESH_WEIGHTS`: a model drawn from the seed itself, `--weights none`, is not compared with itself)."""
     import keras
 
-    keras.utils.set_random_seed(fresh_seed(seed))
-    return keras.models.clone_model(model)
+    with seeds.keras_weights(seed, seeds.FRESH_WEIGHTS):
+        return keras.models.clone_model(model)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from reportgen import seeds
 from reportgen.config import DEFAULT_STEPS, DIRECTIONS
 from reportgen.graph import LayerNode, input_tape, pick_channel, run_layers, traceable, walk_layers
 from reportgen.precision import layers_computing_in
@@ -305,8 +305,7 @@ def search_patterns(
     method: Method | None = None,
 ) -> LayerPatterns:
     """Optimise the patterns of `filters` of the layer at `layer_path` in every direction of `settings`, driving
-    `target`'s output (default: `pattern_target`, the conv's block output); see `search_layers`. `method`
-    replaces `settings.method`'s (for benchmarks)."""
+    `target`'s output (default: `pattern_target`, the conv's block output); see `search_layers`."""
     job = PatternJob(layer_path, tuple(int(f) for f in filters), target, flops_per_step)
     return search_layers(model, [job], settings, pixel_map, method)[0]
 
@@ -319,8 +318,13 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
     With `settings.diversity` K > 1 each filter gets K patterns per direction, optimised together with a penalty
     on their similarity; `DirectionPatterns.inputs` then holds them filter by filter (K rows per filter).
     Deterministic for a given `settings.seed` and jobs: each filter's starting image is drawn from (seed, layer,
-    filter), and the random transforms of each step from (seed, the jobs' layers, step). A job's `seconds` are
-    its share (by FLOPs, else by patterns) of the search's time.
+    filter), and the random transforms of each step from (seed, the jobs' layers, step) (`seeds.PATTERN_START`,
+    `seeds.PATTERN_STEP`). A job's `seconds` are its share (by FLOPs, else by patterns) of the search's time.
+
+    `method`, when given, replaces the parameterisation `settings.method` names: an object with the methods of
+    `pattern_params` (`param_shape`, `init`, `finish`, `update`, `jitter`...). The report always names one;
+    `benchmarks/pattern_methods.py` and `pattern_bound.py` pass variants no option names (the tutorials' loop,
+    tuned learning rates) to compare them on the same compiled search.
     """
     import tensorflow as tf
 
@@ -341,15 +345,14 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
     compiled = _compile(model, targets, methods, pixel_map, (height, width, channels), settings.compute_dtype,
                         diversity > 1, rows.pop() if len(rows) == 1 else None)
 
-    def start(salt: int, f: int, k: int) -> np.ndarray:
-        rng = np.random.default_rng([settings.seed, salt, f] if k == 0 else [settings.seed, salt, f, k])
-        return method.init(rng, height, width, channels)
+    def start(layer: str, f: int, k: int) -> np.ndarray:
+        return method.init(seeds.rng(settings.seed, seeds.PATTERN_START, layer, f, k), height, width, channels)
 
     # Rows job by job; within a job one row per (direction, filter, k), both directions of a filter starting from
     # the same images.
     counts = [len(job.filters) * diversity for job in jobs]  # patterns per direction of each job
     firsts = np.cumsum([0, *(count * len(directions) for count in counts)])
-    starts = [np.stack([start(zlib.crc32(job.layer.encode("utf-8")), f, k) for f in job.filters
+    starts = [np.stack([start(job.layer, f, k) for f in job.filters
                         for k in range(diversity)]) for job in jobs]
     params = np.concatenate([np.concatenate([first] * len(directions)) for first in starts])
     job_filters = np.concatenate([np.tile(np.repeat(np.asarray(job.filters, np.int32), diversity), len(directions))
@@ -358,8 +361,6 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
     groups = np.repeat(np.arange(len(params) // diversity, dtype=np.int32), diversity)
     signs = np.concatenate([np.repeat([1.0 if d == "ascent" else -1.0 for d in directions], count)
                             for count in counts]).astype(np.float32)
-    # One layer keeps the salt it always had: its patterns do not change with this function.
-    salt = zlib.crc32("\n".join(paths).encode("utf-8"))
 
     final = np.empty_like(params)
     for b, batch in enumerate(batches):
@@ -369,7 +370,7 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
         m = tf.constant(members[batch])
         total = tf.constant(float(settings.steps))
         for t in range(1, settings.steps + 1):
-            seed = tf.constant([(settings.seed * 1_000_003 + salt) % 2**63, b * 1_000_003 + t], tf.int64)
+            seed = tf.constant(seeds.stateless(settings.seed, seeds.PATTERN_STEP, tuple(paths), b, t), tf.int64)
             p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), total, f, s, g, m)
         final[batch] = p.numpy()
 
