@@ -54,9 +54,9 @@ class ReportResult:
     @cached_property
     def manifest_data(self) -> dict[str, Any]:
         """report.json, parsed: every number behind the page."""
-        from reportgen.diff.manifest import read_report
+        from reportgen.report_folder.read import read_report
 
-        return read_report(self.out_dir).manifest
+        return dict(read_report(self.out_dir).report.raw)
 
     def _repr_html_(self) -> str:
         """The whole report inline in Jupyter: an iframe whose srcdoc is the page (so its CSP holds)."""

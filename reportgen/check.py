@@ -1,6 +1,6 @@
 """`reportgen check`: rules a report must meet, evaluated on its report.json (and arrays.npz where a rule needs it).
 
-Pure evaluation: report folders in (read with `reportgen.diff.manifest`, the one reader of report.json), frozen
+Pure evaluation: report folders in (read with `reportgen.report_folder.read`, the one reader of report.json), frozen
 results out. Printing them as a table, Markdown or JSON is `reportgen.check_render`'s job.
 
 A rule's number the report does not hold (no labels, no cam section, no baseline, no arrays) makes the rule
@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.diff import manifest as read
 from reportgen.errors import InputError
+from reportgen.report_folder import read
+from reportgen.report_folder.schema import Heatmap, Report
 
 EXIT_PASSED = 0
 EXIT_FAILED = 3  # a rule failed; 1 is an internal error and 2 bad input, as everywhere in reportgen
@@ -266,16 +267,16 @@ def _not_evaluated(rule: Rule, why: str, source: str | None = None) -> RuleResul
     return RuleResult(rule.name, rule.scope, NOT_EVALUATED, None, rule.threshold, comparison, why, (), source)
 
 
-def _no_predictions(manifest: Mapping[str, Any]) -> str:
-    if not read.predictions(manifest):
+def _no_predictions(report: Report) -> str:
+    if not read.predictions(report):
         return "the report has no predictions section"
     return "no image has a label that is one of the model's classes"
 
 
 def _min_accuracy(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    accuracy = read.accuracy(new.manifest)
+    accuracy = read.accuracy(new.report)
     if accuracy is None:
-        return [_not_evaluated(rule, _no_predictions(new.manifest))]
+        return [_not_evaluated(rule, _no_predictions(new.report))]
     return [_result(rule, accuracy.value, _within(rule, accuracy.value), accuracy.text())]
 
 
@@ -283,11 +284,11 @@ def _prediction_changes(new: read.ReportFolder, old: read.ReportFolder) -> list[
     """The images in both reports, with both top predictions; or why there are none."""
     from reportgen.diff.compare import compare_predictions
 
-    old_p, new_p = read.predictions(old.manifest), read.predictions(new.manifest)
+    old_p, new_p = read.predictions(old.report), read.predictions(new.report)
     if not old_p or not new_p:
         which = " and ".join(role for role, p in (("the baseline", old_p), ("the report", new_p)) if not p)
         return f"{which} {'have' if ' and ' in which else 'has'} no predictions section"
-    changes = compare_predictions(old_p, new_p, read.image_names(old.manifest), read.image_names(new.manifest))
+    changes = compare_predictions(old_p, new_p, old.report.image_names, new.report.image_names)
     return changes or "no image is in both reports (images are matched by name)"
 
 
@@ -319,10 +320,10 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    labelled = [p for p in read.predictions(new.manifest).values()
+    labelled = [p for p in read.predictions(new.report).values()
                 if p.correct is not None and p.probability is not None]
     if not labelled:
-        return [_not_evaluated(rule, _no_predictions(new.manifest))]
+        return [_not_evaluated(rule, _no_predictions(new.report))]
     confidence = np.array([p.probability for p in labelled])
     ece = expected_calibration_error(confidence, np.array([p.correct for p in labelled]))
     return [_result(rule, ece, _within(rule, ece),
@@ -331,8 +332,8 @@ def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) 
 
 
 def _max_dead_filters(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    sources = (("filter patterns", read.dead_filters(new.manifest), "filters"),
-               ("feature maps", read.dead_channels(new.manifest), "channels"))
+    sources = (("filter patterns", read.dead_filters(new.report), "filters"),
+               ("feature maps", read.dead_channels(new.report), "channels"))
     results = []
     for source, counts, unit in sources:
         counts = [c for c in counts if c.total]
@@ -354,7 +355,7 @@ def _max_dead_filters(rule: Rule, new: read.ReportFolder, old: read.ReportFolder
 
 
 def _cam_sanity(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    checks = read.cam_sanity(new.manifest)
+    checks = read.cam_sanity(new.report)
     if not checks:
         return [_not_evaluated(rule, "the report has no cam section with the model-randomisation check")]
     # Not passed: flagged (the maps survive re-initialisation), empty maps, or undetermined (nothing to compare).
@@ -368,10 +369,10 @@ def _cam_sanity(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | Non
     return [_result(rule, len(failed), not failed, detail, failed)]
 
 
-def _map_entries(report: read.ReportFolder) -> dict[tuple[str, str, str], dict[str, Any]]:
+def _map_entries(report: read.ReportFolder) -> dict[tuple[str, str, str], Heatmap]:
     from reportgen.diff.compare import keyed_maps
 
-    return keyed_maps(read.image_names(report.manifest), read.entries(report.manifest, "heatmaps"))
+    return keyed_maps(report.report.image_names, report.report.heatmaps)
 
 
 def _matched_maps(new: read.ReportFolder, old: read.ReportFolder) -> tuple[list, dict, dict] | str:
@@ -394,9 +395,9 @@ def _max_deletion_auc_increase(rule: Rule, new: read.ReportFolder, old: read.Rep
     both, old_e, new_e = matched
     by_method: dict[str, list[tuple[float, float]]] = {}
     for key in both:
-        before, after = old_e[key].get("deletion_auc"), new_e[key].get("deletion_auc")
-        if _number(before) and _number(after):
-            by_method.setdefault(key[2], []).append((float(before), float(after)))
+        before, after = old_e[key].deletion_auc, new_e[key].deletion_auc
+        if before is not None and after is not None:
+            by_method.setdefault(key[2], []).append((before, after))
     if not by_method:
         return [_not_evaluated(rule, "no map in both reports has a deletion AUC")]
     increases = {m: float(np.mean([a for _, a in pairs]) - np.mean([b for b, _ in pairs]))
@@ -440,8 +441,8 @@ def _min_cam_correlation(rule: Rule, new: read.ReportFolder, old: read.ReportFol
     both, old_e, new_e = matched
     values: list[tuple[float, tuple[str, str, str]]] = []
     for key in both:
-        before = as_map(read.entry_array(old, old_e[key], "heatmaps"))
-        after = as_map(read.entry_array(new, new_e[key], "heatmaps"))
+        before = as_map(read.heatmap_array(old, old_e[key]))
+        after = as_map(read.heatmap_array(new, new_e[key]))
         if before is not None and after is not None:
             values.append((correlation(*common_size(before, after)), key))
     finite = [(v, k) for v, k in values if math.isfinite(v)]
@@ -450,11 +451,11 @@ def _min_cam_correlation(rule: Rule, new: read.ReportFolder, old: read.ReportFol
     mean = float(np.mean([v for v, _ in finite]))
     lowest, key = min(finite, key=lambda vk: vk[0])
     constant = len(values) - len(finite)
-    class_name = new_e[key].get("class_name") or key[1]
+    class_name = new_e[key].class_name or key[1]
     detail = (f"mean over {len(finite)} maps in both reports; lowest {lowest:.3f} for {key[0]}, class {class_name} "
               f"({key[2]})" + (f"; {constant} constant in one version, not counted" if constant else ""))
     low = sorted(finite, key=lambda vk: vk[0])
-    items = [f"{k[0]} / {new_e[k].get('class_name') or k[1]} / {k[2]}: {v:.3f}" for v, k in low
+    items = [f"{k[0]} / {new_e[k].class_name or k[1]} / {k[2]}: {v:.3f}" for v, k in low
              if not _within(rule, v)]
     return [_result(rule, mean, _within(rule, mean), detail, items)]
 
@@ -474,11 +475,11 @@ EVALUATORS: dict[str, Callable[[Rule, read.ReportFolder, read.ReportFolder | Non
 def warnings_of(report: read.ReportFolder, baseline: read.ReportFolder | None) -> tuple[str, ...]:
     """What a reader of the rules' results must know: a baseline of an unrelated model (as `diff` says it), image
     names that do not identify images."""
-    found = [read.ambiguity_warning(report.manifest, "the report")]
+    found = [read.ambiguity_warning(report.report, "the report")]
     if baseline is not None:
-        found.insert(0, read.unrelated_models(baseline.manifest, report.manifest, ("the baseline", "the report"),
+        found.insert(0, read.unrelated_models(baseline.report, report.report, ("the baseline", "the report"),
                                               "the rules that compare them"))
-        found.append(read.ambiguity_warning(baseline.manifest, "the baseline"))
+        found.append(read.ambiguity_warning(baseline.report, "the baseline"))
     return tuple(w for w in found if w)
 
 

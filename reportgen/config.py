@@ -18,14 +18,12 @@ from reportgen.registry import names
 ENGINES = names(registry.ENGINES)
 PREPROCESS_MODES = names(registry.PREPROCESS_MODES)
 DIRECTIONS = ("ascent", "descent")
-PATTERN_METHODS = names(registry.PATTERN_METHODS)
 DEFAULT_STEPS = 16  # the projected search passes the tutorials' 40-step loop in 16 (README: which search)
 MAX_PATTERN_DIVERSITY = 16
 # Each step is a forward and backward pass over every chosen filter's pattern: 1,000 steps are already 60 times the
 # default search (which passes the tutorials' 40-step loop), and more only sharpens the texture while the run grows
 # from seconds to hours.
 MAX_STEPS = 1000
-CAM_METHODS = names(registry.CAM_METHODS)
 DEFAULT_CAM_METHODS = registry.DEFAULT_CAM_METHODS
 # Decoding or resizing to width x height allocates that many pixels at once: a 20000x20000 image takes 1.2 GB per
 # copy. Image files declaring more are skipped before decoding, and --image-size may not ask for more.
@@ -90,13 +88,13 @@ class ReportOptions:
     pattern_size: int | None = option(None, "int", "Pattern size in px for every layer (default: twice each "
                                       "layer's receptive field, at most the model's input and 128).")
     pattern_method: str = option(registry.DEFAULT_PATTERN_METHOD, "choice", "Filter-pattern parameterisation.",
-                                 choices=PATTERN_METHODS)
+                                 choices=names(registry.PATTERN_METHODS))
     pattern_diversity: int = option(1, "int", "Different patterns per filter and direction (a diversity penalty "
                                     "keeps them apart).", metavar="K")
     # predictions and class activation maps
     top_k: int = option(3, "int", "Predictions shown per image.")
-    cam_methods: tuple[str, ...] = option(DEFAULT_CAM_METHODS, "list",
-                                          f"Class activation methods: {', '.join(CAM_METHODS)}.")
+    cam_methods: tuple[str, ...] = option(DEFAULT_CAM_METHODS, "list", "Class activation methods: "
+                                          f"{', '.join(names(registry.CAM_METHODS))}.")
     cam_layer: str | None = option(None, "str", "Layer for class activation maps (default: the last conv layer).")
     classes: tuple[str, ...] = option((), "list", "Extra classes (names or indices) to explain per image.")
     # validation-set scale: every image feeds the dataset sections, a sample gets per-image figures
@@ -121,12 +119,12 @@ class ReportOptions:
         for direction in self.directions:
             if direction not in DIRECTIONS:
                 raise InputError(f"--directions: {direction!r} is not one of {', '.join(DIRECTIONS)}")
-        if self.pattern_method not in PATTERN_METHODS:
-            choices = ", ".join(PATTERN_METHODS)
+        if self.pattern_method not in names(registry.PATTERN_METHODS):
+            choices = ", ".join(names(registry.PATTERN_METHODS))
             raise InputError(f"--pattern-method: {self.pattern_method!r} is not one of {choices}")
         for method in self.cam_methods:
-            if method not in CAM_METHODS:
-                raise InputError(f"--cam-methods: {method!r} is not one of {', '.join(CAM_METHODS)}")
+            if method not in names(registry.CAM_METHODS):
+                raise InputError(f"--cam-methods: {method!r} is not one of {', '.join(names(registry.CAM_METHODS))}")
         minimums = (("--top-k", self.top_k, 1), ("--filters", self.filters, 1), ("--steps", self.steps, 0),
                     ("--detail", self.detail, 1), ("--examples", self.examples, 1))
         for name, value, low in minimums:

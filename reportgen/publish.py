@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from reportgen.diff import manifest as read
 from reportgen.errors import InputError
 from reportgen.outlock import output_lock
 from reportgen.render import (
@@ -28,6 +27,8 @@ from reportgen.render import (
     write_site,
 )
 from reportgen.report import slugify
+from reportgen.report_folder import read
+from reportgen.report_folder.schema import MANIFEST, Report
 
 SITE_TITLE = "Model reports"
 
@@ -57,12 +58,10 @@ def version_slug(text: str, fallback: str = "version") -> str:
     return slug or fallback
 
 
-def _default_version(manifest: dict[str, Any]) -> str:
-    model = manifest.get("model") or {}
-    if model.get("version"):
-        return str(model["version"])
-    created = str(manifest.get("created") or "")
-    return created[:10] or "unversioned"
+def _default_version(report: Report) -> str:
+    if report.model.version:
+        return report.model.version
+    return (report.created or "")[:10] or "unversioned"
 
 
 def _files(folder: Path) -> list[str]:
@@ -95,22 +94,21 @@ def report_files(folder: read.ReportFolder) -> list[str]:
     manifest, summary.md, arrays.npz and every figure. Publishing copies a report only when it holds these and
     nothing else (InputError otherwise), and only when its page carries the report's strict CSP."""
     where = f"REPORT: {folder.path}"
-    expected = {_PAGE, read.MANIFEST}
+    expected = {_PAGE, MANIFEST}
     if (folder.path / SUMMARY_MD).exists():
         expected.add(SUMMARY_MD)
-    arrays = folder.manifest.get("arrays")
+    arrays = folder.report.arrays
     if arrays is not None:
-        if not (isinstance(arrays, str) and re.fullmatch(r"[\w.-]+\.npz", arrays)):
-            raise InputError(f"{where}: report.json names the arrays file {str(arrays)[:80]!r}, not a file "
+        if not re.fullmatch(r"[\w.-]+\.npz", arrays):
+            raise InputError(f"{where}: report.json names the arrays file {arrays[:80]!r}, not a file "
                              "generate writes; regenerate the report")
         expected.add(arrays)
-    for section in folder.manifest.get("sections") or []:
-        for figure in (section.get("figures") if isinstance(section, dict) else None) or []:
-            file = figure.get("file") if isinstance(figure, dict) else None
-            if not (isinstance(file, str) and _FIGURE_FILE.fullmatch(file) and ".." not in file):
-                raise InputError(f"{where}: report.json names the figure file {str(file)[:80]!r}, not a file "
+    for section in folder.report.sections:
+        for figure in section.figures:
+            if not (_FIGURE_FILE.fullmatch(figure.file) and ".." not in figure.file):
+                raise InputError(f"{where}: report.json names the figure file {figure.file[:80]!r}, not a file "
                                  "generate writes (figures/NAME.png); regenerate the report")
-            expected.add(file)
+            expected.add(figure.file)
     present = {p.relative_to(folder.path).as_posix() for p in folder.path.rglob("*") if not p.is_dir()}
     missing, extra = sorted(expected - present), sorted(present - expected)
     for label, names, advice in (("lacks", missing, "regenerate the report"),
@@ -176,20 +174,20 @@ def _check_page(page: Path, where: str) -> None:
                          "policy runs only its own script); regenerate the report")
 
 
-def _entry(model_slug: str, version: str, manifest: dict[str, Any], has_summary: bool) -> dict[str, Any]:
-    model = manifest.get("model") or {}
-    accuracy = read.accuracy(manifest)
-    params = model.get("params")
+def _entry(model_slug: str, version: str, report: Report, has_summary: bool) -> dict[str, Any]:
+    model = report.model
+    accuracy = read.accuracy(report)
+    params = model.params
     # Only the folder names go into the link, each percent-encoded (`javascript:x` -> `javascript%3Ax`),
     # so a link is always a relative path inside the site (no scheme, no host), whatever a folder is called.
     href = f"{quote(model_slug, safe='')}/{quote(version, safe='')}/"
     return {
-        "model": model_slug, "name": str(model.get("name") or ""), "label": version,
+        "model": model_slug, "name": model.name or "", "label": version,
         "href": href + "index.html", "summary": href + SUMMARY_MD if has_summary else None,
-        "title": str(manifest.get("title") or ""), "created": str(manifest.get("created") or ""),
-        "date": str(manifest.get("created") or "")[:10] or "n/a", "images": len(read.images(manifest)),
+        "title": report.title or "", "created": report.created or "",
+        "date": (report.created or "")[:10] or "n/a", "images": len(report.images),
         "accuracy": accuracy.text() if accuracy else "n/a",
-        "params": f"{params:,}" if isinstance(params, int) else "n/a",
+        "params": f"{params:,}" if params is not None else "n/a",
     }
 
 
@@ -211,10 +209,9 @@ def site_entries(site: Path, warnings: list[str] | None = None) -> list[dict[str
                 continue
             where = f"{model_dir.name}/{version_dir.name}"
             try:
-                read.validate_manifest(manifest, where)
-                found.append(_entry(model_dir.name, version_dir.name, manifest,
+                found.append(_entry(model_dir.name, version_dir.name, Report.from_dict(manifest, where),
                                     (version_dir / SUMMARY_MD).is_file()))
-            except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            except InputError as exc:
                 if warnings is not None:
                     warnings.append(f"skipped {where} in the site index: its report.json is malformed ({exc})")
     return found
@@ -242,11 +239,6 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     A different report already published under the same model and version is replaced only with `force`.
     """
     folder = read.read_report(report, "REPORT")
-    try:
-        _entry("model", "version", folder.manifest, False)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"REPORT: {folder.path}: its report.json has an unexpected layout ({exc}); regenerate "
-                         "the report") from None
     report_files(folder)
     site = Path(site)
     if site.exists() and not site.is_dir():
@@ -257,9 +249,8 @@ def publish_report(report: str | Path, site: str | Path, *, name: str | None = N
     if index.exists() and not is_site_index(index) and not force:
         raise InputError(f"SITE: {index} exists and was not written by reportgen publish; choose another folder or "
                          "pass --force to replace that index.html")
-    model = folder.manifest.get("model") or {}
-    model_slug = slugify(name or str(model.get("name") or ""), "model")
-    version_text = version or _default_version(folder.manifest)
+    model_slug = slugify(name or folder.report.model.name or "", "model")
+    version_text = version or _default_version(folder.report)
     version_dir = version_slug(version_text)
     target = site / model_slug / version_dir
     resolved = check_writable_target(target, "SITE")
@@ -279,7 +270,7 @@ def _publish(folder: read.ReportFolder, site: Path, target: Path, model_slug: st
                          "--force to replace it, or publish under another --version")
     warnings: list[str] = []
     entries = [e for e in site_entries(site, warnings) if (e["model"], e["label"]) != (model_slug, version_dir)]
-    entries.append(_entry(model_slug, version_dir, folder.manifest, (folder.path / SUMMARY_MD).is_file()))
+    entries.append(_entry(model_slug, version_dir, folder.report, (folder.path / SUMMARY_MD).is_file()))
     html = render_site_index(SITE_TITLE, group_models(entries))
     write_site(site, html, None if already_there else folder.path, target)
     return PublishResult(site, target, changed=not already_there, warnings=tuple(warnings))

@@ -65,29 +65,72 @@ def section_kind(name: str) -> SectionKind:
 
 @dataclass(frozen=True)
 class Choice:
-    """One name a user may choose (a method, a mode), with what it is."""
+    """One name a user may choose (a mode, an engine), with what it is."""
 
     name: str
     summary: str
 
 
-CAM_METHODS: tuple[Choice, ...] = (
-    Choice("gradcam", "Grad-CAM: activations weighted by their spatially averaged gradients"),
-    Choice("gradcam++", "Grad-CAM++: positive gradients weighted per location"),
-    Choice("layercam", "LayerCAM: activations weighted by their positive gradients, location by location"),
-    Choice("scorecam", "Score-CAM: each channel weighted by the class probability of the image it masks"),
-    Choice("saliency", "the absolute input gradient"),
-    Choice("smoothgrad", "the input gradient averaged over noisy copies"),
-    Choice("integrated_gradients", "input gradients integrated from a black image"),
+@dataclass(frozen=True)
+class CamMethodInfo:
+    """A --cam-methods value: `function` names its function in `techniques/cams/methods.py`
+    (MethodBatch -> maps)."""
+
+    name: str
+    label: str
+    function: str
+    resolution: str  # "layer": maps at the target layer's size; "input": at the image's size
+    reference: str
+    cost: str  # passes per batch of images, for the report
+
+
+CAM_METHODS: tuple[CamMethodInfo, ...] = (
+    CamMethodInfo("gradcam", "Grad-CAM", "gradcam", "layer", "Selvaraju et al., ICCV 2017",
+                  "shares one forward and one vectorised backward pass with Grad-CAM++ and LayerCAM"),
+    CamMethodInfo("gradcam++", "Grad-CAM++", "gradcam_plus_plus", "layer", "Chattopadhay et al., WACV 2018",
+                  "shares one forward and one vectorised backward pass with Grad-CAM and LayerCAM"),
+    CamMethodInfo("layercam", "LayerCAM", "layercam", "layer", "Jiang et al., IEEE TIP 2021",
+                  "shares one forward and one vectorised backward pass with Grad-CAM and Grad-CAM++"),
+    CamMethodInfo("scorecam", "Score-CAM", "scorecam", "layer",
+                  "Wang et al., CVPR-W 2020 (Faster Score-CAM channel cap)",
+                  "one forward pass per kept channel per image"),
+    CamMethodInfo("saliency", "Gradient saliency", "saliency", "input", "Simonyan et al., ICLR-W 2014",
+                  "one full forward and backward pass"),
+    CamMethodInfo("smoothgrad", "SmoothGrad", "smoothgrad", "input", "Smilkov et al., 2017",
+                  "one full forward and backward pass per noise sample"),
+    CamMethodInfo("integrated_gradients", "Integrated Gradients", "integrated_gradients", "input",
+                  "Sundararajan et al., ICML 2017", "one full forward and backward pass per step"),
 )
 DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
 
-PATTERN_METHODS: tuple[Choice, ...] = (
-    Choice("projected", "Adam on the pixels, each step projected onto the valid images (the default)"),
-    Choice("logit", "pixels through a sigmoid, Adam on their logits"),
-    Choice("fourier", "a Fourier-space image with decorrelated colour, jittered (Lucid)"),
-    Choice("pixel", "gradient steps on the pixels, normalised by their RMS (the tutorials')"),
-    Choice("maco", "the phase of a Fourier-space image with a natural 1/f magnitude (MACO)"),
+
+@dataclass(frozen=True)
+class PatternMethodInfo:
+    """A --pattern-method value: `parameters` names its class in `techniques/pattern_params.py`."""
+
+    name: str
+    parameters: str
+    summary: str  # what the report's filter-pattern overview says of it
+
+
+PATTERN_METHODS: tuple[PatternMethodInfo, ...] = (
+    PatternMethodInfo("projected", "ProjectedAscent",
+                      "Adam on the pixels, each step projected onto the valid images with at most 10% of their values "
+                      "within 1% of the range's ends (the first conv layer, whose best image is two-level, only "
+                      "onto the valid range), so nothing is clipped afterwards"),
+    PatternMethodInfo("logit", "LogitAscent",
+                      "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a "
+                      "penalty that keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is "
+                      "clipped"),
+    PatternMethodInfo("fourier", "FourierAscent",
+                      "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam "
+                      "while each ascent step sees it slightly jittered, scaled and rotated"),
+    PatternMethodInfo("pixel", "PixelAscent", "gradient steps on the pixels, each normalised by its RMS (the "
+                      "tutorials' method)"),
+    PatternMethodInfo("maco", "MacoAscent",
+                      "only the phase of a Fourier-space image is optimised, its magnitude fixed at natural images' "
+                      "1/f (MACO, Fel et al. 2023), with decorrelated colour, updated with Adam while each ascent "
+                      "step sees it slightly jittered, scaled and rotated"),
 )
 DEFAULT_PATTERN_METHOD = "projected"
 
@@ -107,5 +150,14 @@ ENGINES: tuple[Choice, ...] = (
 )
 
 
-def names(choices: tuple[Choice, ...]) -> tuple[str, ...]:
+def names(choices: tuple[Any, ...]) -> tuple[str, ...]:
+    """The names of a table's entries (`CAM_METHODS`, `PREPROCESS_MODES`...), in order."""
     return tuple(choice.name for choice in choices)
+
+
+def cam_method(name: str) -> CamMethodInfo:
+    return next(info for info in CAM_METHODS if info.name == name)
+
+
+def pattern_method(name: str) -> PatternMethodInfo:
+    return next(info for info in PATTERN_METHODS if info.name == name)

@@ -14,8 +14,6 @@ import dataclasses
 import errno
 import hashlib
 import io
-import json
-import math
 import os
 import shutil
 import signal
@@ -33,11 +31,13 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from reportgen import watchdog
-from reportgen.diff.manifest import GENERATOR, MANIFEST, SCHEMA_VERSION, read_manifest
+from reportgen import registry, watchdog
 from reportgen.errors import OutputError
 from reportgen.plot_worker import BACKGROUND_NICENESS, PlotWorker, plot_function
 from reportgen.report import EncodedImage, Figure, PendingImage, Report, Section, SlugRegistry
+from reportgen.report_folder import write
+from reportgen.report_folder.read import read_manifest
+from reportgen.report_folder.schema import Report as ReportJson
 from reportgen.summary_md import summary_markdown
 
 SUMMARY_MD = "summary.md"
@@ -175,24 +175,6 @@ def sweep_leftovers(out: Path) -> list[Path]:
     return leftovers
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and Inf become null (JSON has neither); numpy scalars and tuples become plain JSON."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 # The page embeds a lossy WebP of a figure when it is at most this share of the PNG. Measured on the example
 # report: heat-map overlays and feature-map grids are 3-4x smaller as WebP at quality 90 with no visible change,
 # while plots, kernel grids and tables of flat colour are smaller as PNG (and stay exact). Lossless WebP was
@@ -207,10 +189,6 @@ WEBP_METHOD = 2
 # report says which. GitHub refuses files over 100 MB and browsers struggle with pages of 80 MB; with the tables
 # and text this keeps index.html under 10 MB.
 PAGE_BUDGET = int(7.5 * 1024 * 1024)
-# Which figures the budget serves first: what the model does on the data before how its insides look. Within a
-# kind, report order.
-EMBED_PRIORITY = ("summary", "evaluation", "predictions", "cam", "class", "dataset_examples", "filter_patterns",
-                  "feature_maps", "weights")
 
 
 def encode_webp(pixels: np.ndarray, quality: int = WEBP_QUALITY) -> bytes | None:
@@ -398,11 +376,12 @@ def _encode_figures(report: Report, encoder: FigureEncoder | None = None) -> dic
 
 def _within_budget(encoded: dict[str, EncodedFigure], kinds: dict[str, str] | None = None,
                    budget: int | None = None) -> dict[str, EncodedFigure]:
-    """Embed figures by section priority (EMBED_PRIORITY, then report order) until the page budget is spent;
-    the rest are linked, not embedded."""
+    """Embed figures by section priority (`registry.SectionKind.embed_rank`: what the model does on the data
+    before how its insides look; within a kind, report order) until the page budget is spent; the rest are
+    linked, not embedded."""
     budget = PAGE_BUDGET if budget is None else budget
     kinds = kinds or {}
-    rank = {kind: i for i, kind in enumerate(EMBED_PRIORITY)}
+    rank = {kind.name: kind.embed_rank for kind in registry.SECTIONS}
     keys = list(encoded)
     order = sorted(range(len(keys)), key=lambda i: (rank.get(kinds.get(keys[i], ""), len(rank)), i))
     spent = 0
@@ -447,47 +426,24 @@ def _toc(report: Report) -> list[dict[str, Any]]:
     return groups
 
 
-def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: str | None) -> dict:
-    def section_entry(section: Section) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": section.id, "kind": section.kind, "title": section.title}
-        if section.layer is not None:
-            entry["layer"] = section.layer
-        if section.class_name is not None:
-            entry["class"] = section.class_name
-        entry["figures"] = [
-            {"key": f.key, "file": f"figures/{figures[f.key].file}", "title": f.title, "caption": f.caption,
-             "width": figures[f.key].width, "height": figures[f.key].height, "embedded": figures[f.key].embedded}
-            for f in section.figures()
-        ]
-        if section.data:
-            entry["data"] = section.data
-        if section.arrays and arrays_file:
-            entry["arrays"] = sorted(section.arrays)
-        return entry
+def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: str | None) -> dict[str, Any]:
+    """report.json of `report` (built by `report_folder.write`, its only writer)."""
+    def figure_entry(figure: Figure) -> dict[str, Any]:
+        encoded = figures[figure.key]
+        return write.figure_entry(figure.key, f"figures/{encoded.file}", figure.title, figure.caption, encoded.width,
+                                  encoded.height, encoded.embedded)
 
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "generator": GENERATOR,
-        "versions": report.versions,
-        "created": report.created,
-        "title": report.title,
-        "model": report.model,
-        "options": report.options,
-        "images": [
-            {"id": image.id, "name": image.name, "path": image.path, "label": image.label,
-             "original_size": list(image.original_size), "conversion": image.conversion,
-             "prediction": image.prediction, "detail": image.detail}
-            for image in report.images
-        ],
-        "class_names": list(report.class_names),
-        "sections": [section_entry(section) for section in report.sections],
-        "warnings": list(report.warnings),
-        "seconds": report.seconds,
-        "arrays": arrays_file,
-    }
-    for key, value in report.extra.items():
-        manifest.setdefault(key, value)
-    return _json_safe(manifest)
+    return write.report_dict(
+        versions=report.versions, created=report.created, title=report.title, model=report.model,
+        options=report.options,
+        images=[write.image_entry(image.id, image.name, image.path, image.label, image.original_size,
+                                  image.conversion, image.prediction, image.detail) for image in report.images],
+        class_names=report.class_names,
+        sections=[write.section_entry(section.id, section.kind, section.title, section.layer, section.class_name,
+                                      [figure_entry(f) for f in section.figures()], section.data,
+                                      section.arrays if arrays_file else None) for section in report.sections],
+        warnings=report.warnings, seconds=report.seconds, arrays=arrays_file, extra=report.extra,
+    )
 
 
 def _csp_hash(text: str) -> str:
@@ -556,7 +512,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
                 arrays[key] = np.asarray(value)
     arrays_file = "arrays.npz" if save_arrays else None
     manifest = _manifest(report, figures, arrays_file)
-    summary = summary_markdown(manifest)
+    summary = summary_markdown(ReportJson.from_dict(manifest, f"the report for {out}"))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -566,8 +522,7 @@ def write_report(report: Report, out: Path, force: bool = False, save_arrays: bo
         for encoded in figures.values():
             (staging / "figures" / encoded.file).write_bytes(encoded.png)
         render_html(report, figures, staging / "index.html")
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                                        encoding="utf-8")
+        write.write_manifest(staging, manifest)
         (staging / SUMMARY_MD).write_text(summary, encoding="utf-8")
         if arrays_file:
             np.savez_compressed(staging / arrays_file, **arrays)

@@ -1,7 +1,8 @@
 """summary.md: a short Markdown summary of a report for a pull-request comment or a model review.
 
-Built from the manifest (report.json as a dict), so it says exactly what the report holds: the model, accuracy on
-the images, dead filters, the CAM sanity check, for a diff the flipped predictions, and a link to the full report.
+Built from report.json (`report_folder.schema.Report`, checked), so it says exactly what the report holds: the
+model, accuracy on the images, dead filters, the CAM sanity check, for a diff the flipped predictions, and a link to
+the full report.
 Every name that came from a user (model, layer, class, image) is escaped, so it cannot turn into Markdown or HTML.
 """
 
@@ -12,7 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reportgen.diff import manifest as read
+from reportgen.report_folder import read
+from reportgen.report_folder.schema import Model, Report
 
 MAX_ITEMS = 10  # names listed per line; the report has the rest
 # Every ASCII punctuation character can be backslash-escaped in CommonMark (and GitHub's Markdown); escaping all
@@ -37,10 +39,10 @@ def _number(value: object, spec: str) -> str:
     return format(value, spec)
 
 
-def _model_line(model: Mapping[str, Any]) -> str:
-    name = escape(model.get("name") or "model")
-    version = f" version {escape(model['version'])}" if model.get("version") else ""
-    params = f" ({model['params']:,} parameters)" if isinstance(model.get("params"), int) else ""
+def _model_line(model: Model) -> str:
+    name = escape(model.name or "model")
+    version = f" version {escape(model.version)}" if model.version else ""
+    params = f" ({model.params:,} parameters)" if model.params is not None else ""
     return f"{name}{version}{params}"
 
 
@@ -48,9 +50,9 @@ def _table(rows: Sequence[tuple[str, str]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)]
 
 
-def _dead_filters(manifest: Mapping[str, Any]) -> str | None:
-    patterns = read.dead_filters(manifest)
-    channels = read.dead_channels(manifest)
+def _dead_filters(report: Report) -> str | None:
+    patterns = read.dead_filters(report)
+    channels = read.dead_channels(report)
     parts = []
     if patterns:
         dead = [c for c in patterns if c.count]
@@ -63,8 +65,8 @@ def _dead_filters(manifest: Mapping[str, Any]) -> str | None:
     return "; ".join(parts) if parts else None
 
 
-def _cam_sanity(manifest: Mapping[str, Any]) -> str | None:
-    results = read.cam_sanity(manifest)
+def _cam_sanity(report: Report) -> str | None:
+    results = read.cam_sanity(report)
     if not results:
         return None
     text = ", ".join(
@@ -79,36 +81,33 @@ def _cam_sanity(manifest: Mapping[str, Any]) -> str | None:
     return text
 
 
-def _cam_faithfulness(manifest: Mapping[str, Any]) -> str | None:
-    methods = read.cam_faithfulness(manifest)
+def _cam_faithfulness(report: Report) -> str | None:
+    methods = read.cam_faithfulness(report)
     if not methods:
         return None
     parts = []
     for m in methods:
-        verdict = "beats random" if m["beats_random"] else "**no better than a random map**"
-        same = f", same maps as {', '.join(escape(x) for x in m['same_maps_as'] if x != m['method'])}" \
-            if m["same_maps_as"] else ""
-        parts.append(f"{escape(m['method'])} {verdict} (margin {_number(m.get('margin_over_random'), '+.3f')}{same})")
+        verdict = "beats random" if m.beats_random else "**no better than a random map**"
+        same = f", same maps as {', '.join(escape(x) for x in m.same_maps_as if x != m.method)}" \
+            if m.same_maps_as else ""
+        parts.append(f"{escape(m.method)} {verdict} (margin {_number(m.margin_over_random, '+.3f')}{same})")
     return "; ".join(parts)
 
 
-def _report_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
-    model = manifest.get("model") or {}
-    images = read.images(manifest)
-    labelled = sum(1 for i in images if i.get("label"))
-    rows = [("Model", _model_line(model)), ("Images", f"{len(images)} ({labelled} labelled)")]
-    accuracy = read.accuracy(manifest)
+def _report_rows(report: Report) -> list[tuple[str, str]]:
+    labelled = sum(1 for i in report.images if i.label)
+    rows = [("Model", _model_line(report.model)), ("Images", f"{len(report.images)} ({labelled} labelled)")]
+    accuracy = read.accuracy(report)
     rows.append(("Accuracy on these images", accuracy.text() if accuracy else "n/a"))
-    evaluation = manifest.get("evaluation") or {}
-    if isinstance(evaluation.get("ece"), (int, float)):
-        rows.append(("Calibration (ECE, 15 bins)", f"{evaluation['ece']:.3f}"))
-    dead = _dead_filters(manifest)
+    if report.ece is not None:
+        rows.append(("Calibration (ECE, 15 bins)", f"{report.ece:.3f}"))
+    dead = _dead_filters(report)
     if dead:
         rows.append(("Dead filters", dead))
-    sanity = _cam_sanity(manifest)
+    sanity = _cam_sanity(report)
     if sanity:
         rows.append(("CAM sanity check", sanity))
-    faith = _cam_faithfulness(manifest)
+    faith = _cam_faithfulness(report)
     if faith:
         rows.append(("CAM deletion / insertion", faith))
     return rows
@@ -163,15 +162,14 @@ def _diff_rows(diff: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def summary_markdown(manifest: Mapping[str, Any], link: str = "index.html") -> str:
-    """The Markdown summary of a report's manifest; `link` is where the full report is, relative to summary.md."""
-    diff = manifest.get("diff")
-    rows = _diff_rows(diff) if isinstance(diff, Mapping) else _report_rows(manifest)
-    warnings = manifest.get("warnings") or []
-    if warnings:
-        rows.append(("Warnings", f"{len(warnings)}: " + _listed([escape(w) for w in warnings])))
-    lines = [f"### {escape(manifest.get('title') or 'reportgen report')}", "", *_table(rows), "",
+def summary_markdown(report: Report, link: str = "index.html") -> str:
+    """The Markdown summary of a report (its report.json); `link` is where the full report is, relative to
+    summary.md."""
+    rows = _diff_rows(report.diff) if report.diff is not None else _report_rows(report)
+    if report.warnings:
+        rows.append(("Warnings", f"{len(report.warnings)}: " + _listed([escape(w) for w in report.warnings])))
+    lines = [f"### {escape(report.title or 'reportgen report')}", "", *_table(rows), "",
              # The creation time and our version are ours (ISO 8601, digits and dots), not a user's names.
-             f"[Full report]({link}) · created {manifest.get('created') or 'n/a'} · "
-             f"reportgen {(manifest.get('versions') or {}).get('reportgen', '')}", ""]
+             f"[Full report]({link}) · created {report.created or 'n/a'} · "
+             f"reportgen {report.versions.get('reportgen', '')}", ""]
     return "\n".join(lines)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reportgen.config import CAM_METHODS, ReportOptions
+from reportgen.config import ReportOptions
 from reportgen.errors import InputError
 from reportgen.graph import layer_output_shapes, walk_layers
+from reportgen.registry import CAM_METHODS as CAM_METHOD_INFO
+from reportgen.registry import names
 from reportgen.techniques.cam_trust import (
     CURVE_CHUNK_VARIANTS,
     average_ranks,
@@ -35,6 +37,7 @@ from reportgen.techniques.cams import (
 )
 from reportgen.techniques.predictions import Target, convert, final_layer, predict_raw, probability_method
 
+CAM_METHODS = names(CAM_METHOD_INFO)
 RNG = np.random.default_rng(0)
 
 

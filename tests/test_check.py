@@ -92,6 +92,31 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
+def test_report_json_round_trips_through_the_reader(reports):
+    """What the writer wrote (every section kind check reads) parses into the schema and serialises back to the
+    same bytes; parsing the same dict again gives an equal typed report, whose fields are the dict's."""
+    from reportgen.report_folder import write
+    from reportgen.report_folder.read import read_report
+    from reportgen.report_folder.schema import Report
+
+    for name in ("candidate", "dead", "no_predictions"):
+        text = (reports[name] / "report.json").read_text(encoding="utf-8")
+        parsed = read_report(reports[name]).report
+        assert write.manifest_text(parsed.raw) == text
+        assert Report.from_dict(json.loads(text)) == parsed
+        raw = parsed.raw
+        assert [i.name for i in parsed.images] == [i["name"] for i in raw["images"]]
+        assert [s.id for s in parsed.sections] == [s["id"] for s in raw["sections"]]
+        assert parsed.model.name == raw["model"]["name"] and parsed.class_names == tuple(raw["class_names"])
+        assert parsed.ece == (raw.get("evaluation") or {}).get("ece")
+        for field in ("heatmaps", "filter_patterns", "feature_maps", "predictions"):
+            assert len(getattr(parsed, field)) == len(raw.get(field, [])), field
+    full = read_report(reports["candidate"]).report
+    assert full.heatmaps and full.filter_patterns and full.feature_maps and full.predictions
+    cams = [s.cam for s in full.sections if s.cam is not None]
+    assert any(c.sanity for c in cams) and any(c.faithfulness for c in cams)
+
+
 def _result(folder, rules, baseline=None, strict=False):
     return check_report(folder, parse_rules(rules), baseline, strict)
 

@@ -15,9 +15,10 @@ import pytest
 
 from reportgen.api import generate_report
 from reportgen.config import ReportOptions
-from reportgen.diff import manifest as read
 from reportgen.errors import InputError
 from reportgen.publish import publish_report, version_slug
+from reportgen.report_folder import read
+from reportgen.report_folder.schema import Report
 from reportgen.summary_md import escape, summary_markdown
 
 FAST = ReportOptions(sections=("summary", "predictions"))
@@ -88,7 +89,7 @@ def test_site_of_two_models_and_two_versions_links_resolve(reports, tmp_path):
     # The index lists each version with its accuracy from its own report.json, newest first.
     html = (site / "index.html").read_text()
     for report in reports.values():
-        accuracy = read.accuracy(json.loads((report / "report.json").read_text()))
+        accuracy = read.accuracy(read.read_report(report).report)
         assert accuracy is not None and accuracy.text() in html
         # Its row: version link, creation date, images, accuracy and parameters, from its own report.json.
         manifest = json.loads((report / "report.json").read_text())
@@ -161,10 +162,10 @@ def test_bad_sites_and_reports_are_refused(reports, tmp_path, cli):
 def test_summary_md_lists_model_accuracy_and_links_the_report(reports):
     text = (reports["plain-1"] / "summary.md").read_text()
     manifest = json.loads((reports["plain-1"] / "report.json").read_text())
-    accuracy = read.accuracy(manifest)
+    accuracy = read.accuracy(Report.from_dict(manifest))
     assert f"| Accuracy on these images | {accuracy.text() if accuracy else 'n/a'} |" in text
     assert "[Full report](index.html)" in text and "version 1\\.0" in text
-    assert text == summary_markdown(manifest)
+    assert text == summary_markdown(Report.from_dict(manifest))
 
 
 def test_summary_md_reports_the_cam_sanity_check_and_dead_filters(plain_model, shared_images, tmp_path):
@@ -191,8 +192,9 @@ def test_summary_md_escapes_names():
     assert re.fullmatch(r"(?:[A-Za-z0-9 ]|\\[!-/:-@\[-`{-~])*", escape(hostile))
     manifest = {"title": hostile, "model": {"name": hostile, "version": "1\n# heading"}, "images": [],
                 "created": "2023-11-14T22:13:20Z", "versions": {"reportgen": "0"},
-                "filter_patterns": [{"layer": hostile, "filter": 0, "direction": "ascent", "dead": True}]}
-    text = summary_markdown(manifest)
+                "filter_patterns": [{"layer": hostile, "filter": 0, "direction": "ascent", "dead": True,
+                                     "array_key": None}]}
+    text = summary_markdown(Report.from_dict(manifest))
     for raw in ("<script>", "*bold*", "[link]", "`code`", "|`", "\n# heading"):
         assert raw not in text
     assert text.count(escape(hostile)) == 3  # title, model name and layer name, each escaped whole

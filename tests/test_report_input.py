@@ -18,8 +18,8 @@ import pytest
 
 from reportgen.check import check_report, parse_rules, read_rules_file
 from reportgen.check_render import as_json, markdown, table_text
-from reportgen.diff import manifest as read
 from reportgen.errors import InputError
+from reportgen.report_folder import read
 
 CLASSES = ["cat", "dog"]
 ALL_RULES = ("min_accuracy = 0.0\nmax_ece = 1.0\nmax_dead_filters = 1.0\ncam_sanity = true\n"
@@ -243,6 +243,38 @@ def test_a_baseline_read_before_its_folder_is_replaced_keeps_its_own_maps(good, 
     assert maps.status == "fail" and maps.value == pytest.approx(-1.0)  # the old maps against their negatives
 
 
+def test_the_writer_builds_what_the_reader_reads(tmp_path):
+    """report.json built by `write` from plain values (as render hands them over) reads back into the schema, and
+    its dict is what was written; numpy scalars, tuples and NaN become plain JSON on the way."""
+    from reportgen.report_folder import write
+    from reportgen.report_folder.schema import TopClass
+
+    fixture = manifest_of(["cat/1.png", "dog/2.png"], [0, 1])
+    images = [write.image_entry(i["id"], i["name"], i["path"], i["label"], tuple(i["original_size"]), "",
+                                {**i["prediction"], "class_index": np.int64(i["prediction"]["class_index"])}, True)
+              for i in fixture["images"]]
+    sections = [write.section_entry(s["id"], s["kind"], s["id"].title(), s.get("layer"), None,
+                                    [write.figure_entry("f", "figures/f.png", "F", "", 4, 4, True)], s["data"],
+                                    {"x": 1}) for s in fixture["sections"]]
+    manifest = write.report_dict(
+        versions={"reportgen": "0"}, created=fixture["created"], title=fixture["title"], model=fixture["model"],
+        options=fixture["options"], images=images, class_names=CLASSES, sections=sections, warnings=["w"],
+        seconds={"cam": np.float32(0.5)}, arrays="arrays.npz",
+        extra={key: fixture[key] for key in ("predictions", "heatmaps", "filter_patterns", "feature_maps")}
+        | {"evaluation": {"ece": float("nan")}, "title": "not this one"})
+    assert list(manifest)[:2] == ["schema_version", "generator"] and manifest["title"] == "fixture"
+    folder = write_report(tmp_path / "written", fixture)
+    write.write_manifest(folder, manifest)
+    parsed = read.read_report(folder).report
+    assert parsed.raw == json.loads((folder / "report.json").read_text()) == manifest
+    assert write.manifest_text(parsed.raw) == (folder / "report.json").read_text()
+    assert parsed.images[0].prediction == TopClass(0, "cat", 0.9) and parsed.images[0].original_size == (8, 8)
+    assert parsed.ece is None and parsed.warnings == ("w",) and manifest["sections"][0]["arrays"] == ["x"]
+    assert [f.file for f in parsed.sections[0].figures] == ["figures/f.png"]
+    assert read.accuracy(parsed).text() == "100.0% (2 of 2)"
+    assert read.weight_tensors(parsed)[("conv", "kernel")].array_key == "weights.conv"
+
+
 def test_only_the_last_array_is_kept(good):
     folder = read.read_report(good)
     first = folder.array("cam.img-0")
@@ -368,7 +400,7 @@ def test_check_of_the_root_folder_refuses_without_walking(cli, tmp_path, monkeyp
 def test_a_baseline_of_an_unrelated_model_is_warned_about(cli, good, tmp_path):
     other = write_report(tmp_path / "other", manifest_of(["cat/1.png", "dog/2.png"], [0, 1], ["car", "bus"], "dense"))
     result = check_report(good, parse_rules({"max_flipped_predictions": 100}), other)
-    expected = read.unrelated_models(read.read_report(other).manifest, read.read_report(good).manifest,
+    expected = read.unrelated_models(read.read_report(other).report, read.read_report(good).report,
                                      ("the baseline", "the report"), "the rules that compare them")
     assert result.warnings == (expected,)
     assert "different classes" in expected and "no layer in common" in expected

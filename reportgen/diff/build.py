@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from reportgen import figures
-from reportgen.diff import manifest as read
 from reportgen.diff.compare import (
     MapChange,
     PredictionChange,
@@ -32,6 +31,8 @@ from reportgen.diff.compare import (
 from reportgen.errors import InputError
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.report import Facts, Figure, FigureRow, ImageEntry, Report, Section, SlugRegistry, Table, Text
+from reportgen.report_folder import read
+from reportgen.report_folder.schema import FilterPattern, Heatmap
 from reportgen.sections.weights import FRESH_COLOR, TRAINED_COLOR, _stats_rows
 
 OLD_COLOR, NEW_COLOR = FRESH_COLOR, TRAINED_COLOR  # blue and red, as trained vs fresh in the weights section
@@ -71,8 +72,8 @@ class DiffContext:
     summary: dict[str, Any] = field(default_factory=dict)  # report.json "diff" (what summary.md reads)
 
     def __post_init__(self) -> None:
-        self.old_names = read.image_names(self.old.manifest)
-        self.new_names = read.image_names(self.new.manifest)
+        self.old_names = self.old.report.image_names
+        self.new_names = self.new.report.image_names
         self._slugs = SlugRegistry()
 
     def layer_slug(self, path: str) -> str:
@@ -102,7 +103,7 @@ def _tensor_label(key: tuple[str, str]) -> str:
 
 
 def _weights(ctx: DiffContext) -> list[Section]:
-    old_t, new_t = read.weight_tensors(ctx.old.manifest), read.weight_tensors(ctx.new.manifest)
+    old_t, new_t = read.weight_tensors(ctx.old.report), read.weight_tensors(ctx.new.report)
     matching = match_keys(old_t, new_t)
     ctx.record_unmatched("weight tensors", [_tensor_label(k) for k in matching.only_old],
                          [_tensor_label(k) for k in matching.only_new])
@@ -202,7 +203,7 @@ def _accuracy_on(changes: Sequence[PredictionChange], which: str) -> dict[str, A
 
 
 def _predictions(ctx: DiffContext) -> list[Section]:
-    old_p, new_p = read.predictions(ctx.old.manifest), read.predictions(ctx.new.manifest)
+    old_p, new_p = read.predictions(ctx.old.report), read.predictions(ctx.new.report)
     if not old_p or not new_p:
         return [_absent("predictions-diff", "Prediction changes", bool(old_p), bool(new_p), "predictions",
                         "the predictions section")]
@@ -263,8 +264,8 @@ def _probability_delta(change: PredictionChange) -> str:
 
 
 def _cams(ctx: DiffContext) -> list[Section]:
-    old_e = keyed_maps(ctx.old_names, read.entries(ctx.old.manifest, "heatmaps"))
-    new_e = keyed_maps(ctx.new_names, read.entries(ctx.new.manifest, "heatmaps"))
+    old_e = keyed_maps(ctx.old_names, ctx.old.report.heatmaps)
+    new_e = keyed_maps(ctx.new_names, ctx.new.report.heatmaps)
     title = "Class activation map changes"
     if not old_e or not new_e:
         return [_absent("cam-diff", title, bool(old_e), bool(new_e), "class activation maps",
@@ -275,17 +276,15 @@ def _cams(ctx: DiffContext) -> list[Section]:
     changes: list[MapChange] = []
     for key in matching.both:
         old_entry, new_entry = old_e[key], new_e[key]
-        old = as_map(read.entry_array(ctx.old, old_entry, "heatmaps"))
-        new = as_map(read.entry_array(ctx.new, new_entry, "heatmaps"))
+        old = as_map(read.heatmap_array(ctx.old, old_entry))
+        new = as_map(read.heatmap_array(ctx.new, new_entry))
         if old is None or new is None:
             ctx.warnings.append(f"cam: no stored map for {_map_label(key, new_entry)} in "
                                 f"{'OLD' if old is None else 'NEW'} (was it generated with --save-arrays?)")
             continue
         old, new = common_size(old, new)
-        class_index = new_entry.get("class_index")
-        changes.append(MapChange(key[0], str(new_entry["image"]), class_index if isinstance(class_index, int) else None,
-                                 str(new_entry.get("class_name") or key[1]), key[2], old_entry.get("layer"),
-                                 new_entry.get("layer"), old, new))
+        changes.append(MapChange(key[0], new_entry.image, new_entry.class_index, new_entry.class_name or key[1],
+                                 key[2], old_entry.layer, new_entry.layer, old, new))
     if not changes:
         return [Section(id="cam-diff", kind="cam_diff", title=title,
                         blocks=(Text("No class activation map is in both reports with its array."),))]
@@ -327,8 +326,8 @@ def _cams(ctx: DiffContext) -> list[Section]:
     return sections
 
 
-def _map_label(key: tuple[str, str, str], entry: dict[str, Any]) -> str:
-    return f"{key[0]} / {entry.get('class_name') or key[1]} / {key[2]}"
+def _map_label(key: tuple[str, str, str], entry: Heatmap) -> str:
+    return f"{key[0]} / {entry.class_name or key[1]} / {key[2]}"
 
 
 def _layers(change: MapChange) -> str:
@@ -393,11 +392,8 @@ def _map_figure(change: MapChange, key: str, image_path: Path | None) -> Figure:
 # ------------------------------------------------------------------------------------------- filter patterns
 
 
-def _pattern_key(entry: dict[str, Any]) -> tuple[str, int, str] | None:
-    layer, number, direction = entry.get("layer"), entry.get("filter"), entry.get("direction")
-    if isinstance(layer, str) and isinstance(number, int) and isinstance(direction, str):
-        return layer, number, direction
-    return None
+def _pattern_key(entry: FilterPattern) -> tuple[str, int, str]:
+    return entry.layer, entry.filter, entry.direction
 
 
 def _pattern_pixels(inputs: np.ndarray, mode: str | None) -> np.ndarray:
@@ -414,8 +410,8 @@ def _pattern_pixels(inputs: np.ndarray, mode: str | None) -> np.ndarray:
 
 
 def _filter_patterns(ctx: DiffContext) -> list[Section]:
-    old_e = {k: e for e in read.entries(ctx.old.manifest, "filter_patterns") if (k := _pattern_key(e))}
-    new_e = {k: e for e in read.entries(ctx.new.manifest, "filter_patterns") if (k := _pattern_key(e))}
+    old_e = {_pattern_key(e): e for e in ctx.old.report.filter_patterns}
+    new_e = {_pattern_key(e): e for e in ctx.new.report.filter_patterns}
     title = "Filter patterns: old against new"
     if not old_e or not new_e:
         return [_absent("filter-patterns-diff", title, bool(old_e), bool(new_e), "filter patterns",
@@ -426,8 +422,7 @@ def _filter_patterns(ctx: DiffContext) -> list[Section]:
     groups: dict[tuple[str, str], list[tuple[str, int, str]]] = defaultdict(list)
     for key in matching.both:
         groups[(key[0], key[2])].append(key)
-    modes = ((ctx.old.manifest.get("model") or {}).get("preprocess"),
-             (ctx.new.manifest.get("model") or {}).get("preprocess"))
+    modes = (ctx.old.report.model.preprocess, ctx.new.report.model.preprocess)
     by_layer: dict[str, list] = defaultdict(list)
     rows_by_layer: dict[str, list] = defaultdict(list)
     overview_rows = []
@@ -436,20 +431,19 @@ def _filter_patterns(ctx: DiffContext) -> list[Section]:
         tiles: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         labels = []
         for key in keys:
-            pair = [read.entry_array(ctx.old, old_e[key], "filter_patterns"),
-                    read.entry_array(ctx.new, new_e[key], "filter_patterns")]
+            pair = [read.pattern_array(ctx.old, old_e[key]), read.pattern_array(ctx.new, new_e[key])]
             if pair[0] is None or pair[1] is None:
                 continue
             shown = [_pattern_pixels(a, mode) for a, mode in zip(pair, modes, strict=True)]
             size = max(max(s.shape[:2]) for s in shown)
             zoom = max(1, round(128 / size))  # small patterns enlarged to ~128 px, pixels kept crisp
-            dead = ["dead" if e.get("dead") else "" for e in (old_e[key], new_e[key])]
+            dead = ["dead" if e.dead else "" for e in (old_e[key], new_e[key])]
             for target, image, is_dead in zip(tiles, shown, dead, strict=True):
                 tile = figures.upscale(_square(image, size), zoom)
                 target.append(np.full_like(tile, DEAD_GREY) if is_dead else tile)  # as the patterns section does
             labels.append(str(key[1]))
-            rows_by_layer[layer].append((str(key[1]), direction, _fmt(old_e[key].get("activation")),
-                                         _fmt(new_e[key].get("activation")), dead[0], dead[1]))
+            rows_by_layer[layer].append((str(key[1]), direction, _fmt(old_e[key].activation),
+                                         _fmt(new_e[key].activation), dead[0], dead[1]))
         if not labels:
             continue
         compared += len(labels)
@@ -495,18 +489,18 @@ def _model_row(label: str, old: Any, new: Any) -> tuple[str, str, str]:
 
 
 def _overview(ctx: DiffContext, sections: list[Section]) -> Section:
-    old_m, new_m = ctx.old.manifest, ctx.new.manifest
-    om, nm = old_m.get("model") or {}, new_m.get("model") or {}
+    old_m, new_m = ctx.old.report, ctx.new.report
+    om, nm = old_m.model, new_m.model
     old_acc, new_acc = read.accuracy(old_m), read.accuracy(new_m)
     models = Table(
         columns=("", "OLD", "NEW"),
         rows=(
             _model_row("Report", ctx.old.path, ctx.new.path),
-            _model_row("Model", om.get("name"), nm.get("name")),
-            _model_row("Version", om.get("version"), nm.get("version")),
-            _model_row("Created", old_m.get("created"), new_m.get("created")),
-            _model_row("SHA-256", om.get("sha256"), nm.get("sha256")),
-            _model_row("Parameters", _count(om.get("params")), _count(nm.get("params"))),
+            _model_row("Model", om.name, nm.name),
+            _model_row("Version", om.version, nm.version),
+            _model_row("Created", old_m.created, new_m.created),
+            _model_row("SHA-256", om.sha256, nm.sha256),
+            _model_row("Parameters", _count(om.params), _count(nm.params)),
             _model_row("Images", len(ctx.old_names), len(ctx.new_names)),
             _model_row("Accuracy on its images", old_acc.text() if old_acc else "n/a",
                        new_acc.text() if new_acc else "n/a"),
@@ -562,11 +556,11 @@ def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None
     from reportgen.api import creation_time, versions
 
     ctx = DiffContext(old, new, progress or (lambda stage, message: None), images_dir)
-    unrelated = read.unrelated_models(old.manifest, new.manifest)
+    unrelated = read.unrelated_models(old.report, new.report)
     if unrelated:
         ctx.warnings.append(unrelated)  # the first warning: shown at the top of the diff
     for role, folder in (("OLD", old), ("NEW", new)):
-        if (ambiguous := read.ambiguity_warning(folder.manifest, role)) is not None:
+        if (ambiguous := read.ambiguity_warning(folder.report, role)) is not None:
             ctx.warnings.append(ambiguous)
     images = match_keys(ctx.old_names.values(), ctx.new_names.values())
     ctx.record_unmatched("images", list(images.only_old), list(images.only_new))
@@ -576,30 +570,29 @@ def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None
         ctx.progress("diff", kind)
         body.extend(builder(ctx))
     overview = _overview(ctx, body)
-    new_model = dict(new.manifest.get("model") or {})
-    old_model = old.manifest.get("model") or {}
+    new_model, old_model = new.report.model, old.report.model
     ctx.summary.update({
-        "old": {"name": old_model.get("name"), "version": old_model.get("version"),
-                "created": old.manifest.get("created"), "report": str(old.path)},
-        "new": {"name": new_model.get("name"), "version": new_model.get("version"),
-                "created": new.manifest.get("created"), "report": str(new.path)},
+        "old": {"name": old_model.name, "version": old_model.version, "created": old.report.created,
+                "report": str(old.path)},
+        "new": {"name": new_model.name, "version": new_model.version, "created": new.report.created,
+                "report": str(new.path)},
         "images_compared": len(images.both),
         "not_compared": {what: {"only_old": len(a), "only_new": len(b)} for what, (a, b) in ctx.unmatched.items()},
     })
-    by_name = {i.get("name"): i for i in read.images(new.manifest)}
+    by_name = {i.name: i for i in new.report.images}
     image_entries = tuple(
-        ImageEntry(id=str(i["id"]), name=str(i.get("name")), path=str(i.get("path") or ""), label=i.get("label"),
-                   original_size=tuple(i.get("original_size") or (0, 0)))  # type: ignore[arg-type]
+        ImageEntry(id=i.id, name=i.name, path=i.path or "", label=i.label,
+                   original_size=i.original_size or (0, 0))  # type: ignore[arg-type]
         for name in images.both if (i := by_name.get(name)) is not None
     )
-    options = new.manifest.get("options") or {}
+    options = new.report.options
     return Report(
         title=title or f"{old.label} → {new.label}: what changed",
         created=creation_time(),
-        model={**new_model, "compared_with": old_model},
+        model={**new_model.raw, "compared_with": old_model.raw},
         options={"seed": options.get("seed", 0), "old": str(old.path), "new": str(new.path)},
         images=image_entries,
-        class_names=tuple(read.class_names(new.manifest)),
+        class_names=new.report.class_names,
         sections=(overview, *body, *_unmatched(ctx)),
         warnings=tuple(dict.fromkeys(ctx.warnings)),
         seconds={},
@@ -626,7 +619,7 @@ def diff_reports(old: str | Path, new: str | Path, out: str | Path, *, title: st
     sweep_leftovers(check_output_dir(out, force))
     try:
         report = build_diff(old_folder, new_folder, title, progress, Path(images) if images is not None else None)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a field validate_manifest does not cover
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a field the schema does not check
         raise InputError(f"OLD {old_folder.path} or NEW {new_folder.path}: a report.json field has an unexpected "
                          f"layout ({type(exc).__name__}: {exc}); regenerate the reports") from None
     write_report(report, out, force=force)

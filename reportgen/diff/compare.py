@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
-from reportgen.diff.manifest import ImagePrediction
+from reportgen.report_folder.read import ImagePrediction
+from reportgen.report_folder.schema import Heatmap
 
 if TYPE_CHECKING:  # the weights' statistics import Keras; `check` pairs predictions and maps without it
     from reportgen.techniques.weights import WeightStats
@@ -118,7 +119,7 @@ class PredictionChange:
 def compare_predictions(old: Mapping[str, ImagePrediction], new: Mapping[str, ImagePrediction],
                         old_names: Mapping[str, str], new_names: Mapping[str, str]) -> list[PredictionChange]:
     """Pair the predictions of images present in both reports (by image name), in the new report's order. A name
-    that more than one image of either report has pairs nothing (`manifest.ambiguous_names`)."""
+    that more than one image of either report has pairs nothing (`report_folder.read.ambiguous_names`)."""
     unclear = _repeated(old_names.values()) | _repeated(new_names.values())
     old_by_name = {name: p for image, p in old.items() if (name := old_names.get(image, image)) not in unclear}
     changes = []
@@ -138,21 +139,20 @@ def _repeated(names: Iterable[str]) -> set[str]:
     return {name for name in names if name in seen or seen.add(name)}  # type: ignore[func-returns-value]
 
 
-def keyed_maps(names: Mapping[str, str], entries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], Any]:
+def keyed_maps(names: Mapping[str, str], entries: Iterable[Heatmap]) -> dict[tuple[str, str, str], Heatmap]:
     """The "heatmaps" entries of a report by match key; entries without a key, or of an image whose name another
     image of the report has too, are left out (they cannot be paired)."""
     unclear = _repeated(names.values())
     return {k: e for e in entries if (k := map_key(names, e)) is not None and k[0] not in unclear}
 
 
-def map_key(names: Mapping[str, str], entry: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """A "heatmaps" entry's match key: (image name, class index or name, method); None when the entry lacks one.
-    `names` maps the report's image ids to their names."""
-    image, method = entry.get("image"), entry.get("method")
-    klass = entry.get("class_index", entry.get("class_name"))
-    if not isinstance(image, str) or not isinstance(method, str) or klass is None:
+def map_key(names: Mapping[str, str], entry: Heatmap) -> tuple[str, str, str] | None:
+    """A "heatmaps" entry's match key: (image name, class index or else name, method); None when the entry has
+    neither class. `names` maps the report's image ids to their names."""
+    klass = entry.class_index if entry.class_index is not None else entry.class_name
+    if klass is None:
         return None
-    return names.get(image, image), str(klass), method
+    return names.get(entry.image, entry.image), str(klass), entry.method
 
 
 def as_map(array: np.ndarray | None) -> np.ndarray | None:

@@ -60,7 +60,7 @@ def _has_surrogates(text: str) -> bool:
 def _is_report_folder(path: Path) -> bool:
     """A folder reportgen wrote (the start of its report.json says so: never parsed, whatever its size), or a
     leftover of a run (`.OUT.building-*`)."""
-    from reportgen.diff.manifest import looks_like_report
+    from reportgen.report_folder.read import looks_like_report
 
     return path.name.startswith(".") or looks_like_report(path)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from reportgen import figures
+from reportgen import figures, registry
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
@@ -38,19 +38,6 @@ from reportgen.techniques.pattern_params import PixelMap
 
 COLUMNS = 8
 DEAD_GREY = 128
-METHOD_TEXT = {
-    "projected": "Adam on the pixels, each step projected onto the valid images with at most 10% of their values "
-                 "within 1% of the range's ends (the first conv layer, whose best image is two-level, only onto "
-                 "the valid range), so nothing is clipped afterwards",
-    "logit": "pixels through a sigmoid, Adam on their logits with a cosine learning-rate decay, and a penalty that "
-             "keeps pixels off the ends of the range (between 4.7% and 95.3%), so nothing is clipped",
-    "fourier": "a Fourier-space image with decorrelated colour (Lucid's parameterisation), updated with Adam while "
-               "each ascent step sees it slightly jittered, scaled and rotated",
-    "pixel": "gradient steps on the pixels, each normalised by its RMS (the tutorials' method)",
-    "maco": "only the phase of a Fourier-space image is optimised, its magnitude fixed at natural images' 1/f "
-            "(MACO, Fel et al. 2023), with decorrelated colour, updated with Adam while each ascent step sees it "
-            "slightly jittered, scaled and rotated",
-}
 
 
 def _finite(value: float) -> float | None:
@@ -296,7 +283,7 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
         row_links=tuple((("patterns", "#" + section_id("filter_patterns", analysis, r.layer)),) for r in results),
     )
     facts = Facts((
-        ("Method", f"{settings.method}: {METHOD_TEXT[settings.method]}"),
+        ("Method", f"{settings.method}: {registry.pattern_method(settings.method).summary}"),
         ("Steps", str(settings.steps)),
         ("Patterns per filter", str(settings.diversity)),
         ("Pattern size", f"{width}x{height} px" if options.pattern_size is not None else

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from reportgen import registry
+
 # Square root of the ImageNet RGB colour-correlation matrix, from Lucid (lucid/optvis/param/color.py).
 COLOR_CORRELATION_SVD_SQRT = np.array(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
@@ -374,9 +376,7 @@ Method = ProjectedAscent | PixelAscent | FourierAscent | MacoAscent | LogitAscen
 
 
 def method_named(name: str) -> Method:
-    """The parameterisation behind `--pattern-method`."""
-    methods: dict[str, Method] = {"projected": ProjectedAscent(), "pixel": PixelAscent(), "fourier": FourierAscent(),
-                                  "maco": MacoAscent(), "logit": LogitAscent()}
-    if name not in methods:
+    """The parameterisation behind `--pattern-method` (`registry.PATTERN_METHODS` names its class here)."""
+    if name not in registry.names(registry.PATTERN_METHODS):
         raise ValueError(f"unknown pattern method {name!r}")
-    return methods[name]
+    return globals()[registry.pattern_method(name).parameters]()

@@ -1,14 +1,14 @@
-"""The CAM methods: each a function of the same `MethodBatch` returning maps (B, T, h, w), and their registry
-`METHODS` (the one list of --cam-methods values)."""
+"""The CAM methods: each a function of the same `MethodBatch` returning maps (B, T, h, w). `registry.CAM_METHODS`
+names them (with their labels, references and costs); `METHODS` pairs each entry with its function here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen import seeds
+from reportgen import registry, seeds
 from reportgen.techniques.cams.model_functions import ModelFunctions
 
 
@@ -142,19 +142,25 @@ class CamMethod:
     cost: str  # passes per batch of images, for the report
 
 
-METHODS: dict[str, CamMethod] = {
-    "gradcam": CamMethod("gradcam", "Grad-CAM", gradcam, "layer", "Selvaraju et al., ICCV 2017",
-                         "shares one forward and one vectorised backward pass with Grad-CAM++ and LayerCAM"),
-    "gradcam++": CamMethod("gradcam++", "Grad-CAM++", gradcam_plus_plus, "layer", "Chattopadhay et al., WACV 2018",
-                           "shares one forward and one vectorised backward pass with Grad-CAM and LayerCAM"),
-    "layercam": CamMethod("layercam", "LayerCAM", layercam, "layer", "Jiang et al., IEEE TIP 2021",
-                          "shares one forward and one vectorised backward pass with Grad-CAM and Grad-CAM++"),
-    "scorecam": CamMethod("scorecam", "Score-CAM", scorecam, "layer", "Wang et al., CVPR-W 2020 (Faster Score-CAM "
-                          "channel cap)", "one forward pass per kept channel per image"),
-    "saliency": CamMethod("saliency", "Gradient saliency", saliency, "input", "Simonyan et al., ICLR-W 2014",
-                          "one full forward and backward pass"),
-    "smoothgrad": CamMethod("smoothgrad", "SmoothGrad", smoothgrad, "input", "Smilkov et al., 2017",
-                            "one full forward and backward pass per noise sample"),
-    "integrated_gradients": CamMethod("integrated_gradients", "Integrated Gradients", integrated_gradients, "input",
-                                      "Sundararajan et al., ICML 2017", "one full forward and backward pass per step"),
-}
+def method(name: str) -> CamMethod:
+    """The --cam-methods value `name`, as `registry.CAM_METHODS` declares it, with its function from this module."""
+    info = registry.cam_method(name)
+    return CamMethod(info.name, info.label, globals()[info.function], info.resolution, info.reference, info.cost)
+
+
+class _Methods(Mapping[str, CamMethod]):
+    """`METHODS[name]`: every method of `registry.CAM_METHODS`, read from it when asked (not copied at import)."""
+
+    def __getitem__(self, name: str) -> CamMethod:
+        if name not in registry.names(registry.CAM_METHODS):
+            raise KeyError(name)
+        return method(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.names(registry.CAM_METHODS))
+
+    def __len__(self) -> int:
+        return len(registry.CAM_METHODS)
+
+
+METHODS: Mapping[str, CamMethod] = _Methods()

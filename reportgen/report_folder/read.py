@@ -1,10 +1,8 @@
-"""Read finished report folders: report.json and arrays.npz.
+"""The only reader of report folders: report.json (bounded, then parsed into `schema.Report`) and arrays.npz
+(each array's npy header checked before its data is read), and what commands read from a report.
 
-There is one report.json layout, schema_version 1, written by `reportgen.render` from the section builders, and
-the readers here read exactly its fields. The top-level lists "predictions" (sections/predictions.py), "heatmaps"
-(cams.py), "filter_patterns" and "feature_maps" are there only when their section ran, as are the cam sections'
-`data["sanity"]` and the weights sections' `data["tensors"]`; a reader of an absent one returns an empty result or
-None, so a summary, a site index or a diff shows what is there and says what is not.
+A report.json that is a link, a special file, too large, too deep, not ours or newer than this code, or whose
+fields break `schema`'s rules, is bad input (InputError) here, before any command looks at it.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import stat
 import weakref
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,15 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-
-MANIFEST = "report.json"
-GENERATOR = "reportgen"
-SCHEMA_VERSION = 1  # the report.json layout render writes, and the newest this code reads
-
+from reportgen.report_folder.schema import (
+    GENERATOR,
+    MANIFEST,
+    SCHEMA_VERSION,
+    Faithfulness,
+    FilterPattern,
+    Heatmap,
+    Report,
+)
 
 # Bounds on what reading a report may cost, whatever its files hold (README: bad input).
 MAX_MANIFEST_BYTES = 128 << 20  # report.json on disk: about 350,000 images (a 20,000-image report is ~8 MB)
@@ -44,15 +46,16 @@ _CHUNK = 16 << 20
 
 
 class ReportFolder:
-    """A report folder on disk: its manifest, and its arrays read one key at a time when asked for.
+    """A report folder on disk: its report.json (as `schema.Report`), and its arrays read one key at a time when
+    asked for.
 
     arrays.npz is opened when the folder is (its zip directory only): the folder keeps reading the file it was
     opened with even when the path is replaced meanwhile (`generate -o OUT --check --baseline OUT`). Each array's
     npy header (dtype and shape) is checked before its data is read, and only the last array read is kept."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], role: str = "REPORT") -> None:
+    def __init__(self, path: Path, report: Report, role: str = "REPORT") -> None:
         self.path = path
-        self.manifest = manifest
+        self.report = report
         self.role = role
         self._last: tuple[str, np.ndarray] | None = None
         self._zip: zipfile.ZipFile | None = None
@@ -79,8 +82,8 @@ class ReportFolder:
     @property
     def arrays_file(self) -> Path | None:
         """arrays.npz of the report, or None when it was made without --save-arrays."""
-        name = self.manifest.get("arrays")
-        return self.path / name if isinstance(name, str) and "/" not in name and name not in ("", ".", "..") else None
+        name = self.report.arrays
+        return self.path / name if name is not None and "/" not in name and name not in ("", ".", "..") else None
 
     @property
     def has_arrays(self) -> bool:
@@ -164,9 +167,8 @@ class ReportFolder:
     @property
     def label(self) -> str:
         """How the report is named to a reader: model name and version."""
-        model = self.manifest.get("model") or {}
-        version = model.get("version")
-        return f"{model.get('name') or self.path.name}" + (f" {version}" if version else "")
+        model = self.report.model
+        return f"{model.name or self.path.name}" + (f" {model.version}" if model.version else "")
 
 
 def _open_manifest(path: Path) -> tuple[int, Any] | str:
@@ -248,8 +250,6 @@ def check_plain_tree(path: Path, role: str) -> None:
     """Refuse a report folder holding symbolic links or anything but folders and regular files (FIFOs, devices):
     a report is data from elsewhere, and a link to /etc/passwd or to a folder outside it must never be copied or
     read as part of it. InputError names them."""
-    import stat
-
     odd: list[str] = []
     for root, dirs, files in os.walk(path, followlinks=False):
         here = Path(root)
@@ -267,127 +267,6 @@ def check_plain_tree(path: Path, role: str) -> None:
                          "so nothing outside it is read. Remove them or regenerate the report")
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-MAX_COUNT = 2**53  # counts and indices in report.json: an integer JSON readers agree on (10**400 is no count)
-_MISSING = object()
-
-# What each field the readers below use must be: "text", "count" (an integer from 0 to MAX_COUNT), "number"
-# (finite), "flag" (true/false), "list", "object", "shape" (an array of counts); "?" allows null; "!" the key
-# must be there (the readers index it). Fields not listed are not read by any command.
-_ITEM_FIELDS: dict[str, dict[str, str]] = {
-    "images": {"id": "text!", "name": "text!", "path": "text?", "label": "text?", "original_size": "shape?",
-               "prediction": "object?"},
-    "predictions": {"image": "text!", "label": "text?!", "correct": "flag?!", "top_k": "list!"},
-    "heatmaps": {"method": "text!", "image": "text!", "class_index": "count?", "class_name": "text?",
-                 "layer": "text?", "array_key": "text?!", "array_index": "count?", "deletion_auc": "number?",
-                 "shape": "shape?"},
-    "filter_patterns": {"layer": "text!", "filter": "count!", "direction": "text!", "dead": "flag!",
-                        "activation": "number?", "array_key": "text?!", "array_index": "count?"},
-    "feature_maps": {"layer": "text!", "channels": "count!", "dead_channels": "count!"},
-    "sections": {"id": "text!", "kind": "text!", "layer": "text?", "data": "object", "figures": "list"},
-}
-_PREDICTION_FIELDS = {"class_index": "count!", "class_name": "text?", "probability": "number?"}
-_SANITY_FIELDS = {"flagged": "flag!", "correlation": "number?", "status": "text?"}
-_TENSOR_FIELDS = {"tensor": "text!", "shape": "shape!", "array_keys": "object?"}
-
-
-def _is(value: Any, kind: str) -> bool:
-    if value is None:
-        return kind.endswith("?")
-    base = kind.rstrip("?")
-    if base == "text":
-        return isinstance(value, str)
-    if base == "count":
-        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
-    if base == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if base == "flag":
-        return isinstance(value, bool)
-    if base == "list":
-        return isinstance(value, list)
-    if base == "object":
-        return isinstance(value, dict)
-    if base == "shape":
-        return isinstance(value, list) and len(value) <= 8 and all(_is(n, "count") for n in value)
-    raise AssertionError(kind)  # pragma: no cover - every kind is listed above
-
-
-_EXPECTED = {"text": "a string", "count": f"an integer from 0 to {MAX_COUNT}", "number": "a finite number",
-             "flag": "true or false", "list": "an array", "object": "an object",
-             "shape": "an array of at most 8 integers (a shape)"}
-
-
-def validate_manifest(manifest: dict[str, Any], where: str) -> None:
-    """Check every report.json field a command reads (check, diff, publish, summary) against what render writes,
-    and the bounds between them (a dead count at most its total): InputError naming the first that does not, so a
-    hand-edited or hostile report.json is a message, never a crash deep in a rule or a diff. The one place these
-    fields are validated; the readers below rely on it."""
-    def fail(field: str, expected: str, value: Any) -> None:
-        got = "no such key" if value is _MISSING else _kind(value)
-        raise InputError(f"{where}: report.json field {field} should be {expected}, got {got}; the file "
-                         "was not written by this reportgen or was edited; regenerate the report")
-
-    def fields(item: Mapping[str, Any], spec: Mapping[str, str], at: str) -> None:
-        for key, kind in spec.items():
-            value = item.get(key, _MISSING)
-            if value is _MISSING:
-                if kind.endswith("!"):
-                    fail(f"{at}.{key}", _EXPECTED[kind.strip("?!")], value)
-                continue
-            if not _is(value, kind.rstrip("!")):
-                fail(f"{at}.{key}", _EXPECTED[kind.strip("?!")] + (" or null" if "?" in kind else ""), value)
-
-    def need(value: Any, kind: str, field: str) -> None:
-        if not _is(value, kind):
-            fail(field, _EXPECTED[kind.rstrip("?")] + (" or null" if kind.endswith("?") else ""), value)
-
-    fields(manifest, {"title": "text?", "created": "text?", "model": "object?", "options": "object?",
-                      "arrays": "text?", "class_names": "list", "schema_version": "count?"}, "report")
-    for i, name in enumerate(manifest.get("class_names", [])):
-        need(name, "text", f"class_names[{i}]")
-    for field, spec in _ITEM_FIELDS.items():
-        items = manifest.get(field, [])
-        need(items, "list", field)
-        for i, item in enumerate(items):
-            at = f"{field}[{i}]"
-            need(item, "object", at)
-            fields(item, spec, at)
-    for i, entry in enumerate(manifest.get("images", [])):
-        if entry.get("prediction") is not None:
-            fields(entry["prediction"], _PREDICTION_FIELDS, f"images[{i}].prediction")
-    for i, entry in enumerate(manifest.get("predictions", [])):
-        if not entry["top_k"]:
-            fail(f"predictions[{i}].top_k", "a non-empty array", entry["top_k"])
-        for k, top in enumerate(entry["top_k"]):
-            need(top, "object", f"predictions[{i}].top_k[{k}]")
-            fields(top, _PREDICTION_FIELDS, f"predictions[{i}].top_k[{k}]")
-    for i, entry in enumerate(manifest.get("feature_maps", [])):
-        if entry["dead_channels"] > entry["channels"]:
-            fail(f"feature_maps[{i}].dead_channels", f"at most its channels ({entry['channels']})",
-                 entry["dead_channels"])
-    for i, section in enumerate(manifest.get("sections", [])):
-        data = section.get("data") or {}
-        at = f"sections[{i}].data"
-        if section["kind"] == "cam":
-            fields(data, {"methods": "list?", "sanity": "object?"}, at)
-            for k, row in enumerate(data.get("methods") or []):
-                need(row, "object", f"{at}.methods[{k}]")
-            if data.get("sanity") is not None:
-                fields(data, {"method": "text!"}, at)
-                fields(data["sanity"], _SANITY_FIELDS, f"{at}.sanity")
-        if section["kind"] == "weights" and section.get("layer") is not None:
-            fields(data, {"type": "text!", "tensors": "list!"}, at)
-            for k, tensor in enumerate(data["tensors"]):
-                need(tensor, "object", f"{at}.tensors[{k}]")
-                fields(tensor, _TENSOR_FIELDS, f"{at}.tensors[{k}]")
-                if tensor.get("array_keys") is not None:
-                    fields(tensor["array_keys"], {"trained": "text?"}, f"{at}.tensors[{k}].array_keys")
-
-
 def read_report(path: str | Path, role: str = "REPORT", need_arrays: bool = False) -> ReportFolder:
     """Open the report folder `path`; `role` names the argument in error messages (OLD, NEW, REPORT). Its
     report.json is read first (so a folder that is none, `/` included, is refused at once, before any walk), then
@@ -403,9 +282,9 @@ def read_report(path: str | Path, role: str = "REPORT", need_arrays: bool = Fals
     if isinstance(schema, int) and schema > SCHEMA_VERSION:
         raise InputError(f"{role}: {path} was written by a newer reportgen (report.json schema {schema}); "
                          "upgrade reportgen to read it")
-    validate_manifest(manifest, f"{role}: {path}")
+    report = Report.from_dict(manifest, f"{role}: {path}")
     check_plain_tree(path, role)
-    folder = ReportFolder(path, manifest, role)
+    folder = ReportFolder(path, report, role)
     if folder.arrays_error is not None:
         raise InputError(f"{role}: {path}: {folder.arrays_error}; regenerate the report with --save-arrays")
     if need_arrays and not folder.has_arrays:
@@ -414,53 +293,51 @@ def read_report(path: str | Path, role: str = "REPORT", need_arrays: bool = Fals
     return folder
 
 
-# ----------------------------------------------------------------------------------------- manifest readers
+def heatmap_array(folder: ReportFolder, entry: Heatmap) -> np.ndarray | None:
+    """The class activation map of `entry` from arrays.npz (None without one): at most MAX_MAP_BYTES, of the
+    entry's `shape` when it gives one (InputError otherwise, before any loading)."""
+    shape = entry.shape if entry.array_index is None else None
+    return folder.array(entry.array_key, shape, MAX_MAP_BYTES, "heatmaps[].shape")
 
 
-def sections_of(manifest: Mapping[str, Any], *kinds: str) -> list[dict[str, Any]]:
-    """The report's sections of the given kinds, in report order."""
-    return [s for s in manifest.get("sections", []) if s["kind"] in kinds]
+def pattern_array(folder: ReportFolder, entry: FilterPattern) -> np.ndarray | None:
+    """The filter pattern of `entry`: `array_key`, indexed by `array_index` when the key holds a stack. The index
+    must lie inside the stack the npy header declares (InputError otherwise, before any loading)."""
+    key, index = entry.array_key, entry.array_index
+    if index is not None:
+        header = folder.array_header(key)
+        if header is None:
+            return None
+        if not header[0] or index >= header[0][0]:
+            raise InputError(f"{folder.role}: {folder.path}: report.json field filter_patterns[].array_index is "
+                             f"{index}, outside the {header[0][0] if header[0] else 0} patterns arrays.npz {key!r} "
+                             "holds; the file was edited; regenerate the report")
+    array = folder.array(key)
+    return array[index] if array is not None and index is not None else array
 
 
-def entries(manifest: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-    """A top-level report.json list such as "heatmaps" or "filter_patterns"; [] when its section did not run."""
-    return list(manifest.get(name, []))
+# ------------------------------------------------------------------------------------ what commands read
 
 
-def images(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The report's image entries (id, name, path, label, original_size)."""
-    return list(manifest.get("images", []))
-
-
-def image_names(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """Image id -> its name (the path below the images folder), the key two reports are matched on."""
-    return {i["id"]: i["name"] for i in images(manifest)}
-
-
-def ambiguous_names(manifest: Mapping[str, Any]) -> list[str]:
+def ambiguous_names(report: Report) -> list[str]:
     """Image names that more than one image of the report has, so they cannot pair images between two reports
     (reports of an earlier reportgen given two IMAGES folders holding the same file names; generate now names
     such images after their folder). `compare` leaves them out."""
     seen: dict[str, int] = {}
-    for name in image_names(manifest).values():
-        seen[name] = seen.get(name, 0) + 1
+    for image in report.images:
+        seen[image.name] = seen.get(image.name, 0) + 1
     return [name for name, count in seen.items() if count > 1]
 
 
-def ambiguity_warning(manifest: Mapping[str, Any], role: str) -> str | None:
+def ambiguity_warning(report: Report, role: str) -> str | None:
     """The warning for a report whose image names do not identify its images, or None."""
-    names = ambiguous_names(manifest)
+    names = ambiguous_names(report)
     if not names:
         return None
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return (f"{role} names {len(names)} image name(s) for more than one image ({shown}): images are matched by "
             "name, so these are not compared; regenerate it with this reportgen, which names images after their "
             "folder when two IMAGES folders hold the same names")
-
-
-def class_names(manifest: Mapping[str, Any]) -> list[str]:
-    """The model's class names, by class index."""
-    return list(manifest.get("class_names", []))
 
 
 @dataclass(frozen=True)
@@ -475,25 +352,24 @@ class ImagePrediction:
     correct: bool | None  # None when the image has no label that is a class name
 
 
-def predictions(manifest: Mapping[str, Any]) -> dict[str, ImagePrediction]:
+def predictions(report: Report) -> dict[str, ImagePrediction]:
     """Image id -> top prediction of every image of the set (`images[].prediction`, from the dataset pass), else
     of the images in the "predictions" list; {} when the report has neither."""
     out: dict[str, ImagePrediction] = {}
-    names = [n for n in manifest.get("class_names", []) if isinstance(n, str)]
-    for entry in images(manifest):
-        top = entry.get("prediction")
-        if not isinstance(top, dict) or not isinstance(top.get("class_index"), int):
+    names = list(report.class_names)
+    for image in report.images:
+        top = image.prediction
+        if top is None:
             continue
-        label = entry.get("label")
-        correct = None if label not in names else names.index(label) == top["class_index"]
-        out[entry["id"]] = ImagePrediction(entry["id"], label, top.get("class_name"), top["class_index"],
-                                           top.get("probability"), correct)
+        correct = None if image.label not in names else names.index(image.label) == top.class_index
+        out[image.id] = ImagePrediction(image.id, image.label, top.class_name, top.class_index, top.probability,
+                                        correct)
     if out:
         return out
-    for entry in entries(manifest, "predictions"):
-        top = entry["top_k"][0]
-        out[entry["image"]] = ImagePrediction(entry["image"], entry["label"], top["class_name"], top["class_index"],
-                                              top["probability"], entry["correct"])
+    for entry in report.predictions:
+        top = entry.top_k[0]
+        out[entry.image] = ImagePrediction(entry.image, entry.label, top.class_name, top.class_index,
+                                           top.probability, entry.correct)
     return out
 
 
@@ -510,9 +386,9 @@ class Accuracy:
         return f"{self.value:.1%} ({self.correct} of {self.labelled})"
 
 
-def accuracy(manifest: Mapping[str, Any]) -> Accuracy | None:
+def accuracy(report: Report) -> Accuracy | None:
     """Top-1 accuracy on the report's labelled images, or None when the report holds no predictions or labels."""
-    verdicts = [p.correct for p in predictions(manifest).values() if p.correct is not None]
+    verdicts = [p.correct for p in predictions(report).values() if p.correct is not None]
     if not verdicts:
         return None
     correct = sum(verdicts)
@@ -528,20 +404,20 @@ class LayerCount:
     total: int
 
 
-def dead_filters(manifest: Mapping[str, Any]) -> list[LayerCount]:
+def dead_filters(report: Report) -> list[LayerCount]:
     """Per layer, filters no input switched on (filter-pattern search), in report order.
 
     There is one entry per (filter, direction); a filter counts as dead when an entry of it says so."""
     seen: dict[str, dict[int, bool]] = {}
-    for entry in entries(manifest, "filter_patterns"):
-        filters = seen.setdefault(entry["layer"], {})
-        filters[entry["filter"]] = filters.get(entry["filter"], False) or entry["dead"]
+    for entry in report.filter_patterns:
+        filters = seen.setdefault(entry.layer, {})
+        filters[entry.filter] = filters.get(entry.filter, False) or entry.dead
     return [LayerCount(layer, sum(f.values()), len(f)) for layer, f in seen.items()]
 
 
-def dead_channels(manifest: Mapping[str, Any]) -> list[LayerCount]:
+def dead_channels(report: Report) -> list[LayerCount]:
     """Per layer, feature-map channels that are zero on every image."""
-    return [LayerCount(e["layer"], e["dead_channels"], e["channels"]) for e in entries(manifest, "feature_maps")]
+    return [LayerCount(e.layer, e.dead_channels, e.channels) for e in report.feature_maps]
 
 
 @dataclass(frozen=True)
@@ -554,28 +430,28 @@ class SanityResult:
     status: str  # "passes", "flagged", "empty maps" or "undetermined"
 
 
-def cam_sanity(manifest: Mapping[str, Any]) -> list[SanityResult]:
+def cam_sanity(report: Report) -> list[SanityResult]:
     """Model-randomisation results of the CAM methods, from each method section's `data["sanity"]`.
 
     The cam overview section has no "sanity", and a method's is null when its check did not run."""
     results = []
-    for section in sections_of(manifest, "cam"):
-        data = section.get("data", {})
-        sanity = data.get("sanity")
+    for section in report.sections_of("cam"):
+        assert section.cam is not None
+        sanity = section.cam.sanity
         if sanity is not None:
-            status = sanity.get("status") or ("flagged" if sanity["flagged"] else "passes")
-            results.append(SanityResult(data["method"], not sanity["flagged"], sanity.get("correlation"), status))
+            assert section.cam.method is not None  # the schema requires it beside a sanity check
+            status = sanity.status or ("flagged" if sanity.flagged else "passes")
+            results.append(SanityResult(section.cam.method, not sanity.flagged, sanity.correlation, status))
     return results
 
 
-def cam_faithfulness(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def cam_faithfulness(report: Report) -> tuple[Faithfulness, ...]:
     """Per CAM method, deletion / insertion against random maps, from the cam overview's `data["methods"]` (rows
     with `margin_over_random`, `beats_random` and `same_maps_as`; reports older than those keys give none)."""
-    for section in sections_of(manifest, "cam"):
-        rows = section.get("data", {}).get("methods")
-        if rows is not None:
-            return [row for row in rows if "beats_random" in row]
-    return []
+    for section in report.sections_of("cam"):
+        if section.cam is not None and section.cam.methods is not None:
+            return section.cam.faithfulness
+    return ()
 
 
 @dataclass(frozen=True)
@@ -589,54 +465,32 @@ class TensorEntry:
     array_key: str | None
 
 
-def weight_tensors(manifest: Mapping[str, Any]) -> dict[tuple[str, str], TensorEntry]:
+def weight_tensors(report: Report) -> dict[tuple[str, str], TensorEntry]:
     """(layer, tensor) -> where the trained weights are in arrays.npz, from the per-layer weights sections."""
     out: dict[tuple[str, str], TensorEntry] = {}
-    for section in sections_of(manifest, "weights"):
-        if "layer" not in section:  # the overview
+    for section in report.sections_of("weights"):
+        if section.weights is None or section.layer is None:  # the overview
             continue
-        layer, data = section["layer"], section["data"]
-        for tensor in data["tensors"]:
-            keys = tensor.get("array_keys")
-            out[(layer, tensor["tensor"])] = TensorEntry(layer, tensor["tensor"], data["type"], tuple(tensor["shape"]),
-                                                         keys.get("trained") if keys else None)
+        for tensor in section.weights.tensors:
+            out[(section.layer, tensor.tensor)] = TensorEntry(section.layer, tensor.tensor, section.weights.type,
+                                                              tensor.shape, tensor.trained_key)
     return out
 
 
-def entry_array(report: ReportFolder, entry: Mapping[str, Any], field: str) -> np.ndarray | None:
-    """The array of one entry of the list `field` ("heatmaps" or "filter_patterns"): `array_key`, indexed by
-    `array_index` when the key holds a stack (patterns). A map is at most MAX_MAP_BYTES and has the entry's
-    `shape`; an index must lie inside the stack its header declares (InputError otherwise, before any loading)."""
-    key, index = entry.get("array_key"), entry.get("array_index")
-    if field == "heatmaps":
-        return report.array(key, entry.get("shape") if index is None else None, MAX_MAP_BYTES, f"{field}[].shape")
-    if index is not None:
-        header = report.array_header(key)
-        if header is None:
-            return None
-        if not header[0] or index >= header[0][0]:
-            raise InputError(f"{report.role}: {report.path}: report.json field {field}[].array_index is {index}, "
-                             f"outside the {header[0][0] if header[0] else 0} patterns arrays.npz {key!r} holds; the "
-                             "file was edited; regenerate the report")
-    array = report.array(key)
-    return array[index] if array is not None and index is not None else array
-
-
-def summary_layers(manifest: Mapping[str, Any]) -> list[str]:
+def summary_layers(report: Report) -> list[str]:
     """The layer paths of the report's summary section, in model order; [] without one."""
-    for section in sections_of(manifest, "summary"):
-        layers = (section.get("data") or {}).get("layers")
-        if isinstance(layers, list):
-            return [str(layer["path"]) for layer in layers if isinstance(layer, dict) and "path" in layer]
+    for section in report.sections_of("summary"):
+        if isinstance(section.data.get("layers"), list):
+            return section.layer_paths
     return []
 
 
-def unrelated_models(old: Mapping[str, Any], new: Mapping[str, Any], roles: tuple[str, str] = ("OLD", "NEW"),
+def unrelated_models(old: Report, new: Report, roles: tuple[str, str] = ("OLD", "NEW"),
                      compared: str = "the comparisons below") -> str | None:
     """The warning when two reports look like two different models rather than two versions of one (other
     classes, or no layer in common), as `diff` and `check --baseline` give it; None when they look related."""
     reasons = []
-    old_classes, new_classes = class_names(old), class_names(new)
+    old_classes, new_classes = list(old.class_names), list(new.class_names)
     if old_classes != new_classes:
         reasons.append(f"they predict different classes ({len(old_classes)} and {len(new_classes)}; "
                        f"{len(set(old_classes) & set(new_classes))} names in common)")
