@@ -129,6 +129,31 @@ def _starts_with_rescaling(model: Any) -> bool:
     return bool(nodes) and isinstance(nodes[0].layer, keras.layers.Rescaling)
 
 
+def summarize_layers(model: str, image_size: tuple[int, int] | None, weights: str | None, output: str | None,
+                     unsafe: bool) -> Any:
+    """`reportgen layers`: every layer of `model` with its output shape at `image_size` and the sections that
+    show it (`techniques.summary.ModelSummary`). A keras.applications name is built without weights unless
+    `weights` says otherwise: the architecture is the same whatever the weights, and nothing is fetched."""
+    from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
+    from reportgen.loading.applications import find_application
+    from reportgen.loading.images import target_size
+    from reportgen.techniques.cams import choose_target_layer
+    from reportgen.techniques.summary import summarize_model
+
+    if image_size is not None:
+        ReportOptions(image_size=image_size)  # the same bounds as generate
+    if weights is None and not Path(model).exists() and find_application(model) is not None:
+        weights = "none"
+    loaded = load_model(model, weights=weights, image_size=image_size, output=output, unsafe=unsafe)
+    (height, width), _ = target_size(loaded.input_shape, image_size)
+    shape = (height, width, loaded.input_shape[2])
+    nodes = walk_layers(loaded.model)
+    shapes = layer_output_shapes(loaded.model, shape)
+    target = choose_target_layer(nodes, shapes, blocks=block_outputs(loaded.model, shape),
+                                 classes=output_classes(loaded.model))
+    return summarize_model(loaded.model, nodes, shapes, target.path if target else None)
+
+
 def output_classes(model: Any) -> int:
     """Number of classes the model predicts; a single (sigmoid) unit means two classes."""
     units = int(model.outputs[0].shape[-1] or 1)

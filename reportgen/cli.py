@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,81 +28,7 @@ from reportgen.config import (
     read_config_file,
 )
 from reportgen.errors import InputError, ReportgenError
-
-# Modules Keras imports at its own import though a report never uses what they give it (see _import_tensorflow).
-KERAS_OPTIONAL_IMPORTS = ("pandas", "matplotlib")
-
-
-@contextlib.contextmanager
-def _without_optional_imports(names: tuple[str, ...]) -> Iterator[None]:
-    """Within the block, `import NAME` (and its submodules) raises ImportError for each of `names` not yet
-    imported, as if it were not installed, so an optional `try: import` skips it; afterwards it imports normally.
-    Modules already imported are left alone."""
-    blocked = [name for name in names if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # the import system's own "not importable" marker
-    try:
-        yield
-    finally:
-        for name in blocked:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-
-
-def _import_tensorflow(quiet: bool = True) -> None:
-    """Import TensorFlow, with its C++ start-up chatter (CUDA, oneDNN, absl) kept off the terminal when `quiet`.
-
-    Some of those lines are written before TF_CPP_MIN_LOG_LEVEL is read, so stderr's file descriptor is
-    pointed at /dev/null for the import; Python exceptions still surface normally afterwards.
-
-    The import creates about 400,000 long-lived objects, and the cyclic garbage collector's full passes over
-    them cost about 0.9 s of the import and 0.2-0.3 s each later (tracing a function allocates enough to start
-    one). So the collector is off for the import, and what the import created is then frozen out of its view
-    (`gc.freeze`): only objects of the report itself are ever scanned.
-
-    Keras imports pandas and matplotlib's pyplot at its own import only to recognise DataFrames and for its
-    plotting helpers, neither of which a report uses; they are half a second of the import. They are kept out of
-    it (see `_without_optional_imports`) and import normally afterwards: this process draws only if the plotting
-    worker fails, and the Ray engine's pandas is imported when it starts.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with _without_optional_imports(KERAS_OPTIONAL_IMPORTS):
-            if quiet:
-                sys.stderr.flush()
-                saved = os.dup(2)
-                try:
-                    with open(os.devnull, "w") as devnull:
-                        os.dup2(devnull.fileno(), 2)
-                        try:
-                            import tensorflow
-                        finally:
-                            os.dup2(saved, 2)
-                finally:
-                    os.close(saved)
-            else:
-                import tensorflow  # noqa: F401
-            import keras  # noqa: F401  (within the window: TensorFlow's import leaves Keras for later)
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (kill, a CI timeout) ends a run as Ctrl-C does: staging folders removed, OUT as it was."""
-    import signal
-    import threading
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+from reportgen.startup import import_tensorflow, sigterm_as_interrupt
 
 
 def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True, plots: bool = False) -> Any:
@@ -114,7 +39,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
     """
     debug = bool(ctx.find_root().params.get("debug"))
     try:
-        _sigterm_as_interrupt()
+        sigterm_as_interrupt()
         if plots:
             from reportgen.plot_worker import prestart
 
@@ -123,7 +48,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
             from reportgen import watchdog
 
             watchdog.beat("start", "importing TensorFlow")
-            _import_tensorflow(quiet=not debug)
+            import_tensorflow(quiet=not debug)
         return action()
     except ReportgenError as exc:
         if debug:
@@ -131,7 +56,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        # Raised after the final swap (render._replace holds signals during it), the report is complete.
+        # Raised after the final swap (render.folder.swap_into_place holds signals during it), the report is complete.
         click.echo(f"Interrupted {exc.args[0]}." if exc.args else "Interrupted; nothing was written.", err=True)
         ctx.exit(130)
     except Exception as exc:
@@ -295,28 +220,11 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def action() -> None:
-        from reportgen.api import output_classes
-        from reportgen.graph import block_outputs, layer_output_shapes, walk_layers
-        from reportgen.loading.applications import find_application
-        from reportgen.loading.images import target_size
-        from reportgen.loading.models import load_model
+        from reportgen.api import summarize_layers
         from reportgen.sections.summary import format_shape
-        from reportgen.techniques.cams import choose_target_layer
-        from reportgen.techniques.summary import summarize_model
 
         size = parse_image_size(image_size) if image_size else None
-        if size is not None:
-            ReportOptions(image_size=size)  # the same bounds as generate
-        chosen = weights
-        if chosen is None and not Path(model).exists() and find_application(model) is not None:
-            chosen = "none"  # the architecture is the same whatever the weights: nothing to fetch to list it
-        loaded = load_model(model, weights=chosen, image_size=size, output=output_name, unsafe=unsafe)
-        (height, width), _ = target_size(loaded.input_shape, size)
-        nodes = walk_layers(loaded.model)
-        shapes = layer_output_shapes(loaded.model, (height, width, loaded.input_shape[2]))
-        blocks = block_outputs(loaded.model, (height, width, loaded.input_shape[2]))
-        target = choose_target_layer(nodes, shapes, blocks=blocks, classes=output_classes(loaded.model))
-        summary = summarize_model(loaded.model, nodes, shapes, target.path if target else None)
+        summary = summarize_layers(model, size, weights, output_name, unsafe)
         rows = [("layer", "type", "output shape", "params", "sections")]
         rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")
                  for r in summary.layers]

@@ -17,8 +17,8 @@ LAYERS = {
     "compute": ("techniques", "dataset", "ray_engine"),
     "report model": ("report", "analysis", "sections", "figures"),
     "render": ("render", "plot_worker", "summary_md"),
-    "commands": ("api", "cli", "check", "check_render", "diff", "publish", "notebook", "keras", "side_files",
-                 "__main__"),
+    "commands": ("api", "cli", "startup", "check", "check_render", "diff", "publish", "notebook", "keras",
+                 "side_files", "__main__"),
 }
 ORDER = list(LAYERS)
 # The package's face hands on `generate_report` lazily (`reportgen/__init__.py`'s __getattr__): not an import of

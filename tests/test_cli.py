@@ -64,8 +64,8 @@ def test_tensorflow_import_leaves_its_objects_frozen_and_the_collector_on():
 
     code = "\n".join([
         "import gc, weakref",
-        "from reportgen.cli import _import_tensorflow",
-        "_import_tensorflow()",
+        "from reportgen.startup import import_tensorflow",
+        "import_tensorflow()",
         "frozen = gc.get_freeze_count()",
         "class Node: pass",
         "node = Node(); node.cycle = node; probe = weakref.ref(node); del node",
@@ -85,8 +85,8 @@ def test_tensorflow_import_leaves_keras_optional_imports_for_later():
     code = "\n".join([
         "import sys",
         "import pandas",
-        "from reportgen.cli import _import_tensorflow",
-        "_import_tensorflow()",
+        "from reportgen.startup import import_tensorflow",
+        "import_tensorflow()",
         "from keras.src.trainers.data_adapters import array_slicing",
         "print('keras' in sys.modules, 'matplotlib' in sys.modules, array_slicing.pandas is pandas)",
         "import matplotlib.pyplot",

@@ -173,9 +173,9 @@ def test_figures_past_the_page_budget_are_linked_not_embedded(monkeypatch):
              for i in range(6)]
     report = Report(title="t", created="", model={}, options={}, images=(), class_names=(), sections=(
         Section(id="s", kind="summary", title="s", blocks=tuple(noise)),), warnings=(), seconds={}, versions={})
-    size = render._encode_figures(report)["noise-0"].page_bytes
-    monkeypatch.setattr(render, "PAGE_BUDGET", int(3.5 * size))
-    encoded = render._encode_figures(report)
+    size = render.encode_figures(report)["noise-0"].page_bytes
+    monkeypatch.setattr(render.page, "PAGE_BUDGET", int(3.5 * size))
+    encoded = render.encode_figures(report)
     assert [f.embedded for f in encoded.values()] == [True, True, True, False, False, False]
     note = render.budget_note(encoded, report)
     assert note.startswith("page size: 3 figures") and "noise-3" in note and "10 MB" in note
@@ -206,8 +206,8 @@ def test_the_background_encoder_gives_the_same_bytes_and_bounds_its_backlog(monk
         release.wait(10)
         return encode(pixels, page)
 
-    monkeypatch.setattr(render, "encode_image", slow)
-    monkeypatch.setattr(render, "ENCODER_BACKLOG_BYTES", 5 * pictures[0].nbytes + 1)
+    monkeypatch.setattr(render.encode, "encode_image", slow)
+    monkeypatch.setattr(render.encode, "ENCODER_BACKLOG_BYTES", 5 * pictures[0].nbytes + 1)
     encoder = render.FigureEncoder(workers=1)
     handed = []
     feeder = threading.Thread(target=lambda: [handed.append(encoder(pictures[0])) for _ in range(40)])
@@ -305,12 +305,12 @@ def test_a_prefetched_section_is_written_from_its_early_encoding(monkeypatch):
         encoder.prefetch(section)
         expected = render.encode_image(first.pixels)
         calls = []
-        monkeypatch.setattr(render, "encode_image", lambda pixels, page=True: calls.append(1) or expected)
+        monkeypatch.setattr(render.page, "encode_image", lambda pixels, page=True: calls.append(1) or expected)
         report = Report(title="t", created="2026-01-01T00:00:00Z", model={}, options={}, images=(),
                         class_names=(), sections=(section, Section(id="t", kind="summary", title="T",
                                                                   blocks=(second,))),
                         warnings=(), seconds={}, versions={})
-        encoded = render._encode_figures(report, encoder)
+        encoded = render.encode_figures(report, encoder)
     assert encoded["plot-a"].png == expected.png
     assert len(calls) == 1  # only the figure that was never prefetched
 
@@ -338,7 +338,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_report(hostile_report, tm
     def failing_savez(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(render.np, "savez_compressed", failing_savez)
+    monkeypatch.setattr(render.write.np, "savez_compressed", failing_savez)
     report = _tiny_report()
     with pytest.raises(OSError, match="disk full"):
         write_report(report, old, save_arrays=True)
@@ -409,7 +409,7 @@ import reportgen.render as render
 from reportgen.report import Figure, Report, Section
 
 out, when, exchange = sys.argv[1], sys.argv[2], sys.argv[3]
-real_exchange, real_rename = render._exchange, render.Path.rename
+real_exchange, real_rename = render.folder._exchange, render.folder.Path.rename
 
 def exchanging(a, b):
     if exchange == "no":
@@ -425,14 +425,15 @@ def renaming(self, target):
         os.kill(os.getpid(), signal.SIGKILL)
     return result
 
-render._exchange = exchanging
-render.Path.rename = renaming
+render.folder._exchange = exchanging
+render.folder.Path.rename = renaming
 figure = Figure(key="f", title="t", caption="c", pixels=np.zeros((4, 4, 3), np.uint8))
 section = Section(id="summary", kind="summary", title="Summary", blocks=(figure,))
 report = Report(title="new", created="2026-01-01T00:00:00Z", model={"name": "m"}, options={"seed": 0}, images=(),
                 class_names=(), sections=(section,), warnings=(), seconds={},
                 versions={"reportgen": "0", "tensorflow": "0", "keras": "0"})
-render.write_report(report, render.Path(out))
+from pathlib import Path
+render.write_report(report, Path(out))
 """
 
 
@@ -464,13 +465,13 @@ def test_a_signal_during_the_swap_is_held_until_it_is_done(tmp_path, monkeypatch
 
     out = tmp_path / "report"
     write_report(_tiny_report(), out)
-    real_exchange = render._exchange
+    real_exchange = render.folder._exchange
 
     def interrupted(a, b):
         os.kill(os.getpid(), signal.SIGINT)  # arrives between the steps of the swap
         return real_exchange(a, b)
 
-    monkeypatch.setattr(render, "_exchange", interrupted)
+    monkeypatch.setattr(render.folder, "_exchange", interrupted)
     with pytest.raises(KeyboardInterrupt, match="written"):
         write_report(_tiny_report(), out)
     assert json.loads((out / "report.json").read_text())["title"] == "tiny"
@@ -543,7 +544,7 @@ def test_a_full_disk_is_exit_2_and_leaves_nothing(tmp_path, monkeypatch, cli, sa
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(render.np, "savez_compressed", full)
+    monkeypatch.setattr(render.write.np, "savez_compressed", full)
     result = cli("generate", saved_models["plain"], image_folder, "-o", tmp_path / "out", "--quiet",
                  "--sections", "summary", "--save-arrays")
     assert result.exit_code == 2, result.output
