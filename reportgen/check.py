@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import InputError
-from reportgen.report_folder import read
+from reportgen.report_folder import facts, read
 from reportgen.report_folder.schema import Heatmap, Report
 
 EXIT_PASSED = 0
@@ -268,13 +268,13 @@ def _not_evaluated(rule: Rule, why: str, source: str | None = None) -> RuleResul
 
 
 def _no_predictions(report: Report) -> str:
-    if not read.predictions(report):
+    if not facts.predictions(report):
         return "the report has no predictions section"
     return "no image has a label that is one of the model's classes"
 
 
 def _min_accuracy(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    accuracy = read.accuracy(new.report)
+    accuracy = facts.accuracy(new.report)
     if accuracy is None:
         return [_not_evaluated(rule, _no_predictions(new.report))]
     return [_result(rule, accuracy.value, _within(rule, accuracy.value), accuracy.text())]
@@ -284,7 +284,7 @@ def _prediction_changes(new: read.ReportFolder, old: read.ReportFolder) -> list[
     """The images in both reports, with both top predictions; or why there are none."""
     from reportgen.diff.compare import compare_predictions
 
-    old_p, new_p = read.predictions(old.report), read.predictions(new.report)
+    old_p, new_p = facts.predictions(old.report), facts.predictions(new.report)
     if not old_p or not new_p:
         which = " and ".join(role for role, p in (("the baseline", old_p), ("the report", new_p)) if not p)
         return f"{which} {'have' if ' and ' in which else 'has'} no predictions section"
@@ -320,7 +320,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    labelled = [p for p in read.predictions(new.report).values()
+    labelled = [p for p in facts.predictions(new.report).values()
                 if p.correct is not None and p.probability is not None]
     if not labelled:
         return [_not_evaluated(rule, _no_predictions(new.report))]
@@ -332,8 +332,8 @@ def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) 
 
 
 def _max_dead_filters(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    sources = (("filter patterns", read.dead_filters(new.report), "filters"),
-               ("feature maps", read.dead_channels(new.report), "channels"))
+    sources = (("filter patterns", facts.dead_filters(new.report), "filters"),
+               ("feature maps", facts.dead_channels(new.report), "channels"))
     results = []
     for source, counts, unit in sources:
         counts = [c for c in counts if c.total]
@@ -355,7 +355,7 @@ def _max_dead_filters(rule: Rule, new: read.ReportFolder, old: read.ReportFolder
 
 
 def _cam_sanity(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
-    checks = read.cam_sanity(new.report)
+    checks = facts.cam_sanity(new.report)
     if not checks:
         return [_not_evaluated(rule, "the report has no cam section with the model-randomisation check")]
     # Not passed: flagged (the maps survive re-initialisation), empty maps, or undetermined (nothing to compare).
@@ -475,11 +475,11 @@ EVALUATORS: dict[str, Callable[[Rule, read.ReportFolder, read.ReportFolder | Non
 def warnings_of(report: read.ReportFolder, baseline: read.ReportFolder | None) -> tuple[str, ...]:
     """What a reader of the rules' results must know: a baseline of an unrelated model (as `diff` says it), image
     names that do not identify images."""
-    found = [read.ambiguity_warning(report.report, "the report")]
+    found = [facts.ambiguity_warning(report.report, "the report")]
     if baseline is not None:
-        found.insert(0, read.unrelated_models(baseline.report, report.report, ("the baseline", "the report"),
+        found.insert(0, facts.unrelated_models(baseline.report, report.report, ("the baseline", "the report"),
                                               "the rules that compare them"))
-        found.append(read.ambiguity_warning(baseline.report, "the baseline"))
+        found.append(facts.ambiguity_warning(baseline.report, "the baseline"))
     return tuple(w for w in found if w)
 
 

@@ -27,7 +27,7 @@ from reportgen.render import (
     write_site,
 )
 from reportgen.report import slugify
-from reportgen.report_folder import read
+from reportgen.report_folder import facts, read
 from reportgen.report_folder.schema import MANIFEST, Report
 
 SITE_TITLE = "Model reports"
@@ -176,7 +176,7 @@ def _check_page(page: Path, where: str) -> None:
 
 def _entry(model_slug: str, version: str, report: Report, has_summary: bool) -> dict[str, Any]:
     model = report.model
-    accuracy = read.accuracy(report)
+    accuracy = facts.accuracy(report)
     params = model.params
     # Only the folder names go into the link, each percent-encoded (`javascript:x` -> `javascript%3Ax`),
     # so a link is always a relative path inside the site (no scheme, no host), whatever a folder is called.

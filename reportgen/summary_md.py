@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reportgen.report_folder import read
+from reportgen.report_folder import facts
 from reportgen.report_folder.schema import Model, Report
 
 MAX_ITEMS = 10  # names listed per line; the report has the rest
@@ -51,8 +51,8 @@ def _table(rows: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def _dead_filters(report: Report) -> str | None:
-    patterns = read.dead_filters(report)
-    channels = read.dead_channels(report)
+    patterns = facts.dead_filters(report)
+    channels = facts.dead_channels(report)
     parts = []
     if patterns:
         dead = [c for c in patterns if c.count]
@@ -66,7 +66,7 @@ def _dead_filters(report: Report) -> str | None:
 
 
 def _cam_sanity(report: Report) -> str | None:
-    results = read.cam_sanity(report)
+    results = facts.cam_sanity(report)
     if not results:
         return None
     text = ", ".join(
@@ -82,7 +82,7 @@ def _cam_sanity(report: Report) -> str | None:
 
 
 def _cam_faithfulness(report: Report) -> str | None:
-    methods = read.cam_faithfulness(report)
+    methods = facts.cam_faithfulness(report)
     if not methods:
         return None
     parts = []
@@ -97,7 +97,7 @@ def _cam_faithfulness(report: Report) -> str | None:
 def _report_rows(report: Report) -> list[tuple[str, str]]:
     labelled = sum(1 for i in report.images if i.label)
     rows = [("Model", _model_line(report.model)), ("Images", f"{len(report.images)} ({labelled} labelled)")]
-    accuracy = read.accuracy(report)
+    accuracy = facts.accuracy(report)
     rows.append(("Accuracy on these images", accuracy.text() if accuracy else "n/a"))
     if report.ece is not None:
         rows.append(("Calibration (ECE, 15 bins)", f"{report.ece:.3f}"))

@@ -17,7 +17,7 @@ from reportgen.api import generate_report
 from reportgen.config import ReportOptions
 from reportgen.errors import InputError
 from reportgen.publish import publish_report, version_slug
-from reportgen.report_folder import read
+from reportgen.report_folder import facts, read
 from reportgen.report_folder.schema import Report
 from reportgen.summary_md import escape, summary_markdown
 
@@ -89,7 +89,7 @@ def test_site_of_two_models_and_two_versions_links_resolve(reports, tmp_path):
     # The index lists each version with its accuracy from its own report.json, newest first.
     html = (site / "index.html").read_text()
     for report in reports.values():
-        accuracy = read.accuracy(read.read_report(report).report)
+        accuracy = facts.accuracy(read.read_report(report).report)
         assert accuracy is not None and accuracy.text() in html
         # Its row: version link, creation date, images, accuracy and parameters, from its own report.json.
         manifest = json.loads((report / "report.json").read_text())
@@ -162,7 +162,7 @@ def test_bad_sites_and_reports_are_refused(reports, tmp_path, cli):
 def test_summary_md_lists_model_accuracy_and_links_the_report(reports):
     text = (reports["plain-1"] / "summary.md").read_text()
     manifest = json.loads((reports["plain-1"] / "report.json").read_text())
-    accuracy = read.accuracy(Report.from_dict(manifest))
+    accuracy = facts.accuracy(Report.from_dict(manifest))
     assert f"| Accuracy on these images | {accuracy.text() if accuracy else 'n/a'} |" in text
     assert "[Full report](index.html)" in text and "version 1\\.0" in text
     assert text == summary_markdown(Report.from_dict(manifest))

@@ -19,7 +19,7 @@ import pytest
 from reportgen.check import check_report, parse_rules, read_rules_file
 from reportgen.check_render import as_json, markdown, table_text
 from reportgen.errors import InputError
-from reportgen.report_folder import read
+from reportgen.report_folder import facts, read
 
 CLASSES = ["cat", "dog"]
 ALL_RULES = ("min_accuracy = 0.0\nmax_ece = 1.0\nmax_dead_filters = 1.0\ncam_sanity = true\n"
@@ -271,8 +271,8 @@ def test_the_writer_builds_what_the_reader_reads(tmp_path):
     assert parsed.images[0].prediction == TopClass(0, "cat", 0.9) and parsed.images[0].original_size == (8, 8)
     assert parsed.ece is None and parsed.warnings == ("w",) and manifest["sections"][0]["arrays"] == ["x"]
     assert [f.file for f in parsed.sections[0].figures] == ["figures/f.png"]
-    assert read.accuracy(parsed).text() == "100.0% (2 of 2)"
-    assert read.weight_tensors(parsed)[("conv", "kernel")].array_key == "weights.conv"
+    assert facts.accuracy(parsed).text() == "100.0% (2 of 2)"
+    assert facts.weight_tensors(parsed)[("conv", "kernel")].array_key == "weights.conv"
 
 
 def test_only_the_last_array_is_kept(good):
@@ -400,7 +400,7 @@ def test_check_of_the_root_folder_refuses_without_walking(cli, tmp_path, monkeyp
 def test_a_baseline_of_an_unrelated_model_is_warned_about(cli, good, tmp_path):
     other = write_report(tmp_path / "other", manifest_of(["cat/1.png", "dog/2.png"], [0, 1], ["car", "bus"], "dense"))
     result = check_report(good, parse_rules({"max_flipped_predictions": 100}), other)
-    expected = read.unrelated_models(read.read_report(other).report, read.read_report(good).report,
+    expected = facts.unrelated_models(read.read_report(other).report, read.read_report(good).report,
                                      ("the baseline", "the report"), "the rules that compare them")
     assert result.warnings == (expected,)
     assert "different classes" in expected and "no layer in common" in expected

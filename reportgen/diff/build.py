@@ -31,7 +31,7 @@ from reportgen.diff.compare import (
 from reportgen.errors import InputError
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.report import Facts, Figure, FigureRow, ImageEntry, Report, Section, SlugRegistry, Table, Text
-from reportgen.report_folder import read
+from reportgen.report_folder import facts, read
 from reportgen.report_folder.schema import FilterPattern, Heatmap
 from reportgen.sections.weights import FRESH_COLOR, TRAINED_COLOR, _stats_rows
 
@@ -103,7 +103,7 @@ def _tensor_label(key: tuple[str, str]) -> str:
 
 
 def _weights(ctx: DiffContext) -> list[Section]:
-    old_t, new_t = read.weight_tensors(ctx.old.report), read.weight_tensors(ctx.new.report)
+    old_t, new_t = facts.weight_tensors(ctx.old.report), facts.weight_tensors(ctx.new.report)
     matching = match_keys(old_t, new_t)
     ctx.record_unmatched("weight tensors", [_tensor_label(k) for k in matching.only_old],
                          [_tensor_label(k) for k in matching.only_new])
@@ -188,7 +188,7 @@ def _tensor_blocks(change: TensorChange, key: str) -> list:
 # ------------------------------------------------------------------------------------------------ predictions
 
 
-def _prediction_text(p: read.ImagePrediction) -> str:
+def _prediction_text(p: facts.ImagePrediction) -> str:
     if p.predicted is None:
         return "n/a"
     return p.predicted + (f" ({p.probability:.1%})" if p.probability is not None else "")
@@ -203,7 +203,7 @@ def _accuracy_on(changes: Sequence[PredictionChange], which: str) -> dict[str, A
 
 
 def _predictions(ctx: DiffContext) -> list[Section]:
-    old_p, new_p = read.predictions(ctx.old.report), read.predictions(ctx.new.report)
+    old_p, new_p = facts.predictions(ctx.old.report), facts.predictions(ctx.new.report)
     if not old_p or not new_p:
         return [_absent("predictions-diff", "Prediction changes", bool(old_p), bool(new_p), "predictions",
                         "the predictions section")]
@@ -216,13 +216,13 @@ def _predictions(ctx: DiffContext) -> list[Section]:
                      "verdict": c.verdict} for c in flips],
     }
     counts = {v: sum(1 for c in flips if c.verdict == v) for v in ("fixed", "broken", "changed")}
-    facts = Facts((
+    known = Facts((
         ("Images compared", str(len(changes))),
         ("Flipped top prediction", f"{len(flips)} of {len(changes)} ({counts['fixed']} fixed, {counts['broken']} "
                                    f"broken, {counts['changed']} changed between wrong classes)"),
         ("Accuracy on these images", f"{_accuracy_text(old_acc)} → {_accuracy_text(new_acc)}"),
     ))
-    blocks: list = [facts]
+    blocks: list = [known]
     if flips:
         blocks.append(Table(
             columns=("Image", "Label", "Old prediction", "New prediction", "Verdict"),
@@ -491,7 +491,7 @@ def _model_row(label: str, old: Any, new: Any) -> tuple[str, str, str]:
 def _overview(ctx: DiffContext, sections: list[Section]) -> Section:
     old_m, new_m = ctx.old.report, ctx.new.report
     om, nm = old_m.model, new_m.model
-    old_acc, new_acc = read.accuracy(old_m), read.accuracy(new_m)
+    old_acc, new_acc = facts.accuracy(old_m), facts.accuracy(new_m)
     models = Table(
         columns=("", "OLD", "NEW"),
         rows=(
@@ -507,7 +507,7 @@ def _overview(ctx: DiffContext, sections: list[Section]) -> Section:
         ),
         caption="The two reports compared.",
     )
-    old_layers, new_layers = read.summary_layers(old_m), read.summary_layers(new_m)
+    old_layers, new_layers = facts.summary_layers(old_m), facts.summary_layers(new_m)
     layer_match = match_keys(old_layers, new_layers)
     ctx.record_unmatched("layers", list(layer_match.only_old), list(layer_match.only_new))
     links: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -524,11 +524,11 @@ def _overview(ctx: DiffContext, sections: list[Section]) -> Section:
         row_links=tuple(tuple(links.get(path, ())) for path in ordered),
     )
     matched_images = match_keys(ctx.old_names.values(), ctx.new_names.values())
-    facts = [("Images in both", f"{len(matched_images.both)} (matched by name)")]
+    listed = [("Images in both", f"{len(matched_images.both)} (matched by name)")]
     for what, (only_old, only_new) in ctx.unmatched.items():
-        facts.append((f"Not compared: {what}", f"{len(only_old)} only in OLD, {len(only_new)} only in NEW"))
+        listed.append((f"Not compared: {what}", f"{len(only_old)} only in OLD, {len(only_new)} only in NEW"))
     return Section(id="summary", kind="summary", title="Diff overview",
-                   blocks=(models, Facts(tuple(facts)), layers),
+                   blocks=(models, Facts(tuple(listed)), layers),
                    data={"layers": [{"path": p, "old": p in old_set, "new": p in new_set} for p in ordered]})
 
 
@@ -556,11 +556,11 @@ def build_diff(old: read.ReportFolder, new: read.ReportFolder, title: str | None
     from reportgen.api import creation_time, versions
 
     ctx = DiffContext(old, new, progress or (lambda stage, message: None), images_dir)
-    unrelated = read.unrelated_models(old.report, new.report)
+    unrelated = facts.unrelated_models(old.report, new.report)
     if unrelated:
         ctx.warnings.append(unrelated)  # the first warning: shown at the top of the diff
     for role, folder in (("OLD", old), ("NEW", new)):
-        if (ambiguous := read.ambiguity_warning(folder.report, role)) is not None:
+        if (ambiguous := facts.ambiguity_warning(folder.report, role)) is not None:
             ctx.warnings.append(ambiguous)
     images = match_keys(ctx.old_names.values(), ctx.new_names.values())
     ctx.record_unmatched("images", list(images.only_old), list(images.only_new))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
-from reportgen.report_folder.read import ImagePrediction
+from reportgen.report_folder.facts import ImagePrediction
 from reportgen.report_folder.schema import Heatmap
 
 if TYPE_CHECKING:  # the weights' statistics import Keras; `check` pairs predictions and maps without it
@@ -119,7 +119,7 @@ class PredictionChange:
 def compare_predictions(old: Mapping[str, ImagePrediction], new: Mapping[str, ImagePrediction],
                         old_names: Mapping[str, str], new_names: Mapping[str, str]) -> list[PredictionChange]:
     """Pair the predictions of images present in both reports (by image name), in the new report's order. A name
-    that more than one image of either report has pairs nothing (`report_folder.read.ambiguous_names`)."""
+    that more than one image of either report has pairs nothing (`report_folder.facts.ambiguous_names`)."""
     unclear = _repeated(old_names.values()) | _repeated(new_names.values())
     old_by_name = {name: p for image, p in old.items() if (name := old_names.get(image, image)) not in unclear}
     changes = []

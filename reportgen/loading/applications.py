@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reportgen import seeds
 from reportgen.errors import ModelLoadError
 
 # keras.applications family -> the preprocessing its preprocess_input applies.
@@ -54,15 +55,21 @@ def known_applications() -> dict[str, Application]:
     """Every model constructor keras.applications offers, by lower-case name."""
     import keras
 
+    # The constructors live at the top of keras.applications; a family's submodule may export only its
+    # preprocess_input and decode_predictions (keras.applications.mobilenet_v3 does), so it cannot be the source.
     apps: dict[str, Application] = {}
-    for family in dir(keras.applications):
-        module = getattr(keras.applications, family)
-        if family.startswith("_") or not hasattr(module, "preprocess_input"):
-            continue
-        for constructor in dir(module):
-            if constructor[:1].isupper() and callable(getattr(module, constructor)):
-                apps.setdefault(constructor.lower(), Application(constructor.lower(), constructor, family))
+    for constructor in dir(keras.applications):
+        function = getattr(keras.applications, constructor)
+        if constructor[:1].isupper() and callable(function):
+            name = constructor.lower()
+            apps.setdefault(name, Application(name, constructor, constructor_family(function)))
     return apps
+
+
+def constructor_family(constructor: Any) -> str:
+    """The family of a keras.applications constructor: the last part of the module that defines it
+    (`keras.src.applications.mobilenet_v3` -> "mobilenet_v3")."""
+    return getattr(constructor, "__module__", "").rpartition(".")[2]
 
 
 def find_application(name: str) -> Application | None:
@@ -135,7 +142,7 @@ def build_application(app: Application, weights: str | None, input_shape: tuple[
     downloading."""
     import keras
 
-    constructor = getattr(getattr(keras.applications, app.family), app.constructor)
+    constructor = getattr(keras.applications, app.constructor)
     kwargs: dict[str, Any] = {}
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
@@ -151,9 +158,8 @@ def build_application(app: Application, weights: str | None, input_shape: tuple[
             raise ModelLoadError(f"--weights: {choice} is neither 'imagenet', 'none' nor an existing weights file")
         kwargs["weights"] = None
     # Random weights are part of the model: seeded, so the same --seed gives the same model and the same report.
-    keras.utils.set_random_seed(seed)
     try:
-        with _no_downloads():
+        with _no_downloads(), seeds.keras_weights(seed, seeds.APPLICATION_WEIGHTS):
             model = constructor(**kwargs)
     except _DownloadRefused as refused:
         # Keras chose the cache path (it reads KERAS_HOME once, at import): name exactly the file it looked for.
