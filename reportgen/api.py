@@ -33,6 +33,7 @@ from reportgen.registry import section_kind, section_names
 from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section, SectionResult
 from reportgen.techniques.detail import choose_detail
+from reportgen.techniques.predictions import output_classes
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,6 @@ def summarize_layers(model: str, image_size: tuple[int, int] | None, weights: st
     return summarize_model(loaded.model, nodes, shapes, target.path if target else None)
 
 
-def output_classes(model: Any) -> int:
-    """Number of classes the model predicts; a single (sigmoid) unit means two classes."""
-    units = int(model.outputs[0].shape[-1] or 1)
-    return 2 if units == 1 else units
-
-
 def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[str]) -> None:
     """Stream every image through the model once for the dataset sections, then load the detail sample."""
     options = analysis.options
@@ -229,6 +224,22 @@ def pass_plan(analysis: Analysis, wanted: Sequence[str]) -> PassPlan:
                          for t in pattern_layers(analysis) if spatial(shapes.get(t.output)))
     target = analysis.cam_target if "class" in wanted else None
     return PassPlan(stat_layers, examples, target.path if target else None, options.examples, options.batch_size)
+
+
+def arithmetic(analysis: Analysis) -> dict[str, Any]:
+    """report.json's `arithmetic`: what this machine computed in, and why two machines' reports may differ."""
+    from reportgen.precision import fast_bfloat16, ranking_dtype
+
+    return {
+        "cpu_bfloat16": fast_bfloat16(),
+        "ranking_passes": ranking_dtype(analysis.model, analysis.layer_shapes),
+        "note": ("Passes whose outputs are only ranked or averaged (the filter-pattern search steps, the CAM "
+                 "deletion and insertion curves) run in bfloat16 on CPUs with native bfloat16 when the model has "
+                 "enough arithmetic per activation to gain from it (each section's data names its dtype); every "
+                 "other number is float32, and a pattern's numbers are re-evaluated in float32. Another CPU, or "
+                 "TensorFlow with oneDNN off, rounds differently: patterns and curve areas may differ in their last "
+                 "digits between machines, and a score near a flag's threshold may cross it."),
+    }
 
 
 def image_entries(analysis: Analysis) -> tuple[ImageEntry, ...]:
@@ -428,6 +439,7 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
         seconds=seconds,
         versions=versions(),
         extra={**({"dataset": analysis.dataset_manifest} if analysis.dataset_manifest is not None else {}),
-               **{k: v for r in results.values() for k, v in r.manifest.items()}},
+               **{k: v for r in results.values() for k, v in r.manifest.items()},
+               "arithmetic": arithmetic(analysis)},
     )
     return report

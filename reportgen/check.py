@@ -25,7 +25,6 @@ EXIT_PASSED = 0
 EXIT_FAILED = 3  # a rule failed; 1 is an internal error and 2 bad input, as everywhere in reportgen
 
 PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
-ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017 ("On Calibration of Modern Neural Networks")
 
 
 @dataclass(frozen=True)
@@ -307,28 +306,26 @@ def _max_accuracy_drop(rule: Rule, new: read.ReportFolder, old: read.ReportFolde
                     f"{before:.1%} → {after:.1%} on the {len(labelled)} labelled images in both reports")]
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the mean |accuracy - confidence| over equal-width confidence bins (lo, hi], weighted by their counts."""
-    confidence = np.asarray(confidence, np.float64)
-    correct = np.asarray(correct, np.float64)
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    total = 0.0
-    for b in np.unique(index):
-        members = index == b
-        total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total / len(confidence))
-
-
 def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
+    """The report's own ECE over every labelled image (`evaluation.ece`, from the dataset pass's calibration
+    accumulator), else the same accumulator over the predictions the report lists: one formula, one place."""
+    from reportgen.techniques.evaluation import CALIBRATION_BINS, CalibrationAccumulator
+
+    stored = new.report.ece
+    if stored is not None:
+        return [_result(rule, stored, _within(rule, stored), f"the report's calibration over every labelled image, "
+                        f"{CALIBRATION_BINS} bins")]
     labelled = [p for p in facts.predictions(new.report).values()
                 if p.correct is not None and p.probability is not None]
     if not labelled:
         return [_not_evaluated(rule, _no_predictions(new.report))]
     confidence = np.array([p.probability for p in labelled])
-    ece = expected_calibration_error(confidence, np.array([p.correct for p in labelled]))
+    calibration = CalibrationAccumulator()
+    calibration.update(confidence, np.array([p.correct for p in labelled]))
+    ece = calibration.result().ece
     return [_result(rule, ece, _within(rule, ece),
-                    f"top-1 probability against accuracy on {len(labelled)} labelled images, {ECE_BINS} bins; mean "
-                    f"confidence {confidence.mean():.1%}")]
+                    f"top-1 probability against accuracy on {len(labelled)} labelled images, {CALIBRATION_BINS} "
+                    f"bins; mean confidence {confidence.mean():.1%}")]
 
 
 def _max_dead_filters(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:

@@ -86,13 +86,12 @@ class DatasetPass:
         from reportgen.graph import walk_layers
         from reportgen.precision import forward_flops
         from reportgen.techniques.cams import ModelFunctions, score_head
-        from reportgen.techniques.predictions import final_layer
+        from reportgen.techniques.predictions import final_layer, output_units
 
         self.model, self.preprocessor, self.classes, self.plan = model, preprocessor, classes, plan
         self.activation = activation
-        units = int(model.outputs[0].shape[-1] or 1)
-        self.functions = ModelFunctions(model, score_head(model, final_layer(model), units), plan.cam_layer,
-                                        lambda raw: raw)
+        head = score_head(model, final_layer(model), output_units(model))
+        self.functions = ModelFunctions(model, head, plan.cam_layer, lambda raw: raw)
         self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers),
                                            *(output for _, output, _ in plan.example_layers),
                                            *([plan.cam_layer] if plan.cam_layer else [])]))

@@ -40,6 +40,20 @@ def compiled(function: Callable, model: Any, calls: int | None = None, flops: fl
     return tf.function(function, reduce_retracing=True, autograph=False)
 
 
+def output_units(model: Any) -> int:
+    """Units of the model's (first) output; 0 when its shape is unknown (treated as a multi-unit output)."""
+    try:
+        return int(model.outputs[0].shape[-1] or 1)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return 0
+
+
+def output_classes(model: Any) -> int:
+    """Classes the model predicts: its output units, a single (sigmoid) unit meaning two classes."""
+    units = output_units(model) or 1
+    return 2 if units == 1 else units
+
+
 @dataclass(frozen=True)
 class FinalLayer:
     """The layer producing the model's output (inside nested models when the last layer is one)."""

@@ -51,7 +51,6 @@ from reportgen.techniques.cams.model_functions import (
     ScoreHead,
     curve_batch_size,
     feeder_path,
-    output_units,
     score_head,
 )
 from reportgen.techniques.cams.target_layer import (
@@ -91,7 +90,6 @@ __all__ = [
     "integrated_gradients",
     "integrated_gradients_attributions",
     "layercam",
-    "output_units",
     "pad_slots",
     "saliency",
     "same_maps",

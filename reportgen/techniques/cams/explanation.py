@@ -20,9 +20,9 @@ from reportgen.techniques.cam_trust import (
     sanity_check,
 )
 from reportgen.techniques.cams.methods import METHODS, CamSettings, MethodBatch
-from reportgen.techniques.cams.model_functions import ModelFunctions, ScoreHead, output_units, score_head
+from reportgen.techniques.cams.model_functions import ModelFunctions, ScoreHead, score_head
 from reportgen.techniques.cams.target_layer import TargetLayer
-from reportgen.techniques.predictions import Target
+from reportgen.techniques.predictions import Target, output_units
 
 
 def pad_slots(targets: Sequence[Sequence[Target]]) -> tuple[np.ndarray, np.ndarray]:

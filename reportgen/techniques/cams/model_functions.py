@@ -31,13 +31,6 @@ def curve_batch_size(shapes: Mapping[str, Any], batch_size: int) -> int:
     return max(4 * batch_size, min(CURVE_BATCH_LIMIT, fitting))
 
 
-def output_units(model: Any) -> int:
-    try:
-        return int(model.outputs[0].shape[-1] or 1)
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return 0  # unknown: treated as a multi-unit output
-
-
 @dataclass(frozen=True)
 class ScoreHead:
     """How to get one differentiable score per class from a model run."""
