@@ -147,9 +147,15 @@ def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024, channel_order: str = 
         columns = 16
     elif n_in * n_out <= max_tiles:
         tiles = diverging(normalised.transpose(3, 2, 0, 1).reshape(n_out * n_in, kh, kw))
-        caption = (f"one row per filter ({n_out}), one tile per input channel ({n_in}); blue negative, red "
-                   f"positive, scaled by the largest |w| = {scale:.3g}")
-        columns = n_in
+        # A filter with few input channels (a grouped conv, e.g. ConvNeXt's depthwise Conv2D with one channel per
+        # group) would make one narrow row per filter: a column of 768 tiles, taller than any screen (and than
+        # WebP's 16383 px). Several such filters share a row instead, 16 tiles wide.
+        per_row = 16 // n_in if n_in < 8 else 1
+        columns = n_in * per_row
+        rows = (f"one row per filter ({n_out})" if per_row == 1 else
+                f"{n_out} filters, {per_row} to a row")
+        caption = (f"{rows}, one tile per input channel ({n_in}); blue negative, red positive, scaled by the "
+                   f"largest |w| = {scale:.3g}")
     else:
         mean = normalised.mean(axis=2)
         mean = mean / (np.abs(mean).max() or 1.0)

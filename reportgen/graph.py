@@ -115,7 +115,9 @@ def run_layers(model: Any, inputs: Any, capture: Iterable[str] = (), stop_early:
 
     def call_layer(layer: Any, args: tuple, kwargs: dict, prefix: str) -> Any:
         path = f"{prefix}{layer.name}"
-        nested = is_container(layer) and len(args) == 1 and not kwargs
+        # A functional graph passes a nested model `mask=None` (ConvNeXt's stem and downsampling Sequentials): a
+        # keyword without a value changes nothing, so such a model is walked like one called on its input alone.
+        nested = is_container(layer) and len(args) == 1 and all(value is None for value in kwargs.values())
         if nested:
             output = run_container(layer, args[0], f"{path}/")
         elif path in wanted_pre and getattr(layer, "activation", None) is not None:

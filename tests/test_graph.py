@@ -118,3 +118,26 @@ def test_pick_channel_is_each_rows_own_channel_and_its_gradient_the_one_hot():
     for pick in (pick_channel, traced):
         np.testing.assert_array_equal(pick(tf.constant(scores), tf.constant(rows)).numpy(),
                                       scores[np.arange(4), rows])
+
+
+def test_convnext_nested_sequentials_run_layer_by_layer(keras):
+    """ConvNeXt calls its stem and downsampling Sequentials with `mask=None`: they are walked like any nested
+    model, every layer runs and each captured output equals the one Keras computes (a sub-model of the outer
+    model for a top-level layer, of the nested Sequential on its captured input for a nested one)."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    nodes = walk_layers(model)
+    run = run_layers(model, x, [node.path for node in nodes])
+    assert "convnext_tiny_downsampling_block_0/convnext_tiny_downsampling_conv_0" in run.captured
+    top = [node for node in nodes if node.depth == 0]
+    reference = keras.Model(model.inputs, [node.layer.output for node in top])(x, training=False)
+    for node, expected in zip(top, reference, strict=True):
+        np.testing.assert_allclose(run.captured[node.path], expected.numpy(), rtol=1e-5, atol=1e-5 * 255)
+    stem_input = run.captured["convnext_tiny_prestem_normalization"]
+    stem = model.get_layer("convnext_tiny_stem")
+    for inner in stem.layers:
+        expected = keras.Model(stem.inputs, inner.output)(stem_input).numpy()
+        np.testing.assert_allclose(run.captured[f"convnext_tiny_stem/{inner.name}"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run.output, model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    assert layer_output_shapes(model, (32, 32, 3))["convnext_tiny_stem/convnext_tiny_stem_conv"] == (None, 8, 8, 96)

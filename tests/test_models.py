@@ -105,6 +105,39 @@ def test_application_name_with_random_weights():
     assert not np.array_equal(first_kernel[0], first_kernel[2])
 
 
+@pytest.mark.parametrize(("name", "constructor", "family"), [
+    ("mobilenetv3small", "MobileNetV3Small", "mobilenet_v3"),
+    ("MobileNet-V3-Large", "MobileNetV3Large", "mobilenet_v3"),
+    ("convnexttiny", "ConvNeXtTiny", "convnext"),
+    ("efficientnetv2b0", "EfficientNetV2B0", "efficientnet_v2"),
+    ("resnet50", "ResNet50", "resnet"),
+    ("resnet50v2", "ResNet50V2", "resnet_v2"),
+])
+def test_application_names_come_from_the_constructors(name, constructor, family):
+    """Found by its constructor, whose module gives the family, also where the family's submodule exports only
+    preprocess_input (keras.applications.mobilenet_v3)."""
+    from reportgen.loading.applications import find_application
+
+    app = find_application(name)
+    assert app is not None and (app.constructor, app.family) == (constructor, family)
+
+
+def test_every_keras_applications_constructor_has_a_name_and_a_preprocessing():
+    """Each uppercase constructor keras.applications offers is found, in a family whose preprocessing we know.
+    (RegNets are tf.keras 2 only: Keras 3 has none, so `regnetx002` is not a name.)"""
+    import keras
+
+    from reportgen.loading.applications import FAMILY_PREPROCESS, find_application
+
+    constructors = [name for name in dir(keras.applications) if name[:1].isupper()]
+    assert len(constructors) >= 38
+    for constructor in constructors:
+        app = find_application(constructor)
+        assert app is not None and app.constructor == constructor
+        assert app.family in FAMILY_PREPROCESS, constructor
+    assert find_application("regnetx002") is None or find_application("regnetx002").family == "regnet"
+
+
 def test_application_imagenet_weights_never_download(tmp_path, monkeypatch):
     from keras.src.backend import config
 
@@ -176,6 +209,36 @@ def test_lambda_layer_in_a_legacy_h5_needs_unsafe(tmp_path, tf_keras):
     x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
     np.testing.assert_allclose(load_model(path, unsafe=True).model.predict(x, verbose=0),
                                model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_tensorflow_ops_in_a_legacy_h5_are_named_not_taken_for_a_lambda(tmp_path, tf_keras):
+    """tf.keras 2 saves a TensorFlow op called on a Keras tensor as a TFOpLambda layer, which Keras 3 cannot build
+    even with --unsafe: the message says so instead of advising --unsafe."""
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.Conv2D(2, 3)(inputs * 2.0)  # `inputs * 2.0` becomes a TFOpLambda layer
+    path = tmp_path / "tf_ops.h5"
+    tf_keras.Model(inputs, x).save(path)
+    for unsafe in (False, True):
+        with pytest.raises(ModelLoadError, match="TFOpLambda") as refused:
+            load_model(path, unsafe=unsafe)
+        assert "--unsafe" not in str(refused.value)
+
+
+def test_legacy_h5_transfer_model_with_batch_norm_in_its_base(tmp_path, tf_keras):
+    """tf.keras 2 writes BatchNormalization's axis as a list (`[3]`); inside a nested base Keras 3's deserialiser
+    takes only an int. The model loads and predicts what tf_keras predicts."""
+    layers = tf_keras.layers
+    tf_keras.utils.set_random_seed(1)
+    base_in = tf_keras.Input((16, 16, 3))
+    base = tf_keras.Model(base_in, layers.BatchNormalization(name="bn")(layers.Conv2D(4, 3, name="conv")(base_in)),
+                          name="base")
+    model = tf_keras.Sequential([base, layers.Flatten(), layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    model.predict(x, verbose=0)
+    path = tmp_path / "transfer_bn.h5"
+    model.save(path)
+    loaded = load_model(path)
+    np.testing.assert_allclose(loaded.model(x).numpy(), model(x).numpy(), atol=1e-5)
 
 
 def test_lambda_layer_needs_unsafe(tmp_path, keras):

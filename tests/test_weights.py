@@ -131,6 +131,24 @@ def test_kernel_grid_tiles_are_the_kernels(plain_model):
                 np.testing.assert_array_equal(pixels2[y, x], colours[a, b, c, f])
 
 
+def test_kernel_grid_of_a_grouped_conv_wraps_its_filters():
+    """ConvNeXt's depthwise step is a Conv2D with one input channel per group, (7, 7, 1, 768): its filters share
+    rows 16 tiles wide, in order, not one 17,666 px column (WebP refuses images over 16,383 px)."""
+    from reportgen.figures import diverging
+
+    kernel = np.random.default_rng(0).normal(size=(7, 7, 1, 768)).astype(np.float32)
+    pixels, caption = kernel_grid(kernel)
+    zoom, pad = 3, 2
+    tile = 7 * zoom + pad
+    assert pixels.shape[:2] == (pad + 48 * tile, pad + 16 * tile)
+    assert "16 to a row" in caption
+    colours = diverging(kernel / np.abs(kernel).max())
+    for f in (0, 17, 767):
+        row, column = divmod(f, 16)
+        y, x = pad + row * tile + zoom // 2, pad + column * tile + zoom // 2
+        np.testing.assert_array_equal(pixels[y, x], colours[0, 0, 0, f])
+
+
 def test_weights_sections_cover_nested_separable_depthwise(residual_model, nested_model, shared_images, tmp_path):
     for model, expected in ((residual_model, {"stem", "res_conv", "sep", "dw", "logits"}),
                             (nested_model, {"conv_base/block1_conv1", "conv_base/block2_conv1", "head"})):

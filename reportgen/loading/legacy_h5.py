@@ -81,6 +81,27 @@ def sequential_input_shapes(config: Any) -> Any:
     return config
 
 
+def batch_norm_axes(config: Any) -> Any:
+    """Rewrite every BatchNormalization's `axis: [3]` (as tf.keras 2 writes it) to `axis: 3`.
+
+    Keras 3's legacy reader converts it for the layers it reads itself, but the layers of a nested base model
+    (written in the new format, with a `module` key) go to the new deserialiser, whose BatchNormalization takes only
+    an int: every tf.keras 2 transfer-learning model on a base with batch norm (ResNet, MobileNet, EfficientNet, ...)
+    fails with "int() argument must be ... not 'list'"."""
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "BatchNormalization" and isinstance(inner, dict):
+            axis = inner.get("axis")
+            if isinstance(axis, list) and len(axis) == 1:
+                inner["axis"] = axis[0]
+        for value in config.values():
+            batch_norm_axes(value)
+    elif isinstance(config, list):
+        for value in config:
+            batch_norm_axes(value)
+    return config
+
+
 def load_legacy_h5(path: Path, safe_mode: bool = True) -> Any:
     """Rebuild a tf.keras 2 `.h5` model in Keras 3 and load its weights."""
     from keras.src.legacy.saving import saving_utils
@@ -91,7 +112,7 @@ def load_legacy_h5(path: Path, safe_mode: bool = True) -> Any:
     from keras.src.saving.serialization_lib import SafeModeScope
 
     with SafeModeScope(safe_mode):
-        model = saving_utils.model_from_config(sequential_input_shapes(unwrap_single_io(config)))
+        model = saving_utils.model_from_config(batch_norm_axes(sequential_input_shapes(unwrap_single_io(config))))
     model.load_weights(str(path))
     return model
 

@@ -144,6 +144,13 @@ _MISSING_CLASS = re.compile(r"(?:Could not locate (?:class|function)|Unknown [a-
 
 def _load_failure(path: Path, exc: Exception, *others: Exception) -> str:
     texts = [str(e) for e in (exc, *others)]
+    # Checked before Lambda, whose name it contains: --unsafe does not help here, so it must not be the advice.
+    if any("TFOpLambda" in t or "SlicingOpLambda" in t for t in texts):
+        return (
+            f"{path} calls TensorFlow operations directly on Keras tensors (tf.keras 2 saves them as TFOpLambda "
+            "layers, e.g. tf_keras.applications' RegNets), which Keras 3 cannot rebuild. Replace those operations "
+            "by Keras layers in the model's code and save it again"
+        )
     if any("Lambda" in t or "safe_mode" in t for t in texts):
         return (
             f"{path} contains a Lambda layer, which Keras refuses to load in safe mode because it runs stored "
