@@ -235,12 +235,18 @@ def test_infinite_logits_write_the_report_and_summary_says_n_a(keras, tmp_path):
     assert "margin n/a" in summary and result.index_html.is_file()
 
 
-def test_summary_md_formats_missing_numbers_as_n_a():
+def test_summary_md_formats_missing_numbers_as_n_a(small_report):
+    """A CAM method whose margin over random is missing (no finite curve) reads n/a in summary.md."""
+    import json
+
+    from reportgen.report_folder.schema import Report
     from reportgen.summary_md import summary_markdown
 
-    manifest = {"sections": [{"id": "cam", "kind": "cam", "data": {"methods": [
-        {"method": "gradcam", "beats_random": False, "margin_over_random": None, "same_maps_as": []}]}}]}
-    assert "margin n/a" in summary_markdown(manifest)
+    manifest = json.loads((small_report / "report.json").read_text())
+    manifest["sections"].append({"id": "cam", "kind": "cam", "title": "Class activation maps", "figures": [],
+                                 "data": {"methods": [{"method": "gradcam", "beats_random": False,
+                                                       "margin_over_random": None, "same_maps_as": []}]}})
+    assert "margin n/a" in summary_markdown(Report.from_dict(manifest))
 
 
 # --------------------------------------------------------------------------------------------- 13. publish
