@@ -77,8 +77,8 @@ class ReportOptions:
         True, "flag", "Follow symbolic links inside IMAGES to image files (a link leaving IMAGES is named in a "
         "warning), or skip every link.")
     # feature maps
-    layers: tuple[str, ...] = option((), "list", "Feature-map and filter-pattern layers: names, nested paths or "
-                                     "globs.")
+    layers: tuple[str, ...] = option((), "list", "Layers for the feature maps, filter patterns and weight figures: "
+                                     "names, nested paths or globs.")
     batch_size: int | None = option(None, "int", "Images per forward pass (default: fit ~1 GiB).")
     # filter patterns
     filters: int = option(16, "int", "Filters per layer to visualise.")

@@ -188,3 +188,36 @@ def test_nan_weights_are_flagged_not_fatal(keras, plain_model, shared_images, tm
     html = (out / "index.html").read_text()
     section = html[html.index('id="weights-conv2"'):]
     assert "<td>NaN or Inf</td><td>2</td><td>0</td>" in section[:section.index("</section>")]
+
+
+def test_a_deep_model_draws_the_weights_of_one_layer_per_stage_and_lists_every_layer(keras, tmp_path):
+    """Past 16 layers with weights, histograms and kernel grids are drawn for the first, the last and the last
+    layer of each map size; every layer keeps its statistics section; --layers draws exactly the layers named."""
+    import json
+
+    from conftest import write_images
+
+    from reportgen.api import generate_report
+    from reportgen.config import ReportOptions
+
+    inputs = keras.Input((16, 16, 3))
+    x = inputs
+    for stage in range(3):
+        for i in range(6):
+            x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"s{stage}_c{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    images = write_images(tmp_path / "images", size=(16, 16))
+
+    def drawn(options: ReportOptions) -> tuple[set[str], int]:
+        out = tmp_path / "out"
+        generate_report(model, [images], out, options, force=True)
+        sections = [s for s in json.loads((out / "report.json").read_text())["sections"] if s.get("layer")]
+        return {s["layer"] for s in sections if s["figures"]}, len(sections)
+
+    layers, listed = drawn(ReportOptions(sections=("weights",)))
+    assert listed == 19  # every conv and the head
+    assert layers == {"s0_c0", "s0_c5", "s1_c5", "s2_c5", "head"}
+    layers, listed = drawn(ReportOptions(sections=("weights",), layers=("s1_c2", "s2_*")))
+    assert listed == 19 and layers == {"s1_c2", *(f"s2_c{i}" for i in range(6))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -10,7 +11,14 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
-from reportgen.techniques.weights import NEAR_ZERO_SHARE, KernelComparison, WeightStats, compare_weights
+from reportgen.techniques.feature_maps import select_layers
+from reportgen.techniques.weights import (
+    NEAR_ZERO_SHARE,
+    KernelComparison,
+    WeightStats,
+    compare_weights,
+    drawn_layers,
+)
 
 TRAINED_COLOR, FRESH_COLOR = "#c0392b", "#2c7fb8"
 
@@ -31,7 +39,9 @@ def _stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, st
     )
 
 
-def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str, channel_order: str) -> list:
+def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str, channel_order: str,
+                   drawn: bool) -> list:
+    """A tensor's statistics, and when `drawn` its histogram and kernel grids (trained beside fresh)."""
     tensor = comparison.tensor
     blocks: list = [
         Table(
@@ -41,6 +51,10 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
                      f"||trained - fresh|| / ||fresh|| = {_fmt(comparison.change)}. Near zero: "
                      f"|w| < {NEAR_ZERO_SHARE:.0%} of the tensor's largest |w|."),
         ),
+    ]
+    if not drawn:
+        return blocks
+    blocks += [
         Figure(
             key=f"{key_prefix}-histogram",
             title=f"{comparison.layer}: {tensor} histogram",
@@ -92,6 +106,16 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     non_finite = [c.layer for c in comparisons if c.trained.stats.non_finite]
     warnings = [f"weights: NaN or Inf values in {', '.join(sorted(set(non_finite)))}"] if non_finite else []
 
+    requested = None
+    if analysis.options.layers:
+        requested = {n.path for n in select_layers(analysis.layers, analysis.layer_shapes, analysis.options.layers)}
+    drawn = drawn_layers(list(by_layer), analysis.layer_shapes, requested)
+    if len(drawn) < len(by_layer):
+        sections[0] = dataclasses.replace(sections[0], blocks=(*sections[0].blocks, Text(
+            f"Histograms and kernel grids for {len(drawn)} of {len(by_layer)} layers"
+            + (" (chosen with --layers)" if requested is not None else
+               ": the first, the last, and the last of each map size; --layers draws others") +
+            ". Every layer's statistics are below.")))
     # The first conv reads the image itself, in the model's colour order (BGR for caffe preprocessing).
     first_conv = next((c.layer for c in comparisons if c.trained.values.ndim == 4), None)
     image_order = analysis.preprocessor.channel_order if analysis.preprocessor.channels == 3 else "RGB"
@@ -104,7 +128,7 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
         for comparison in layer_comparisons:
             key_prefix = f"{sid}-{comparison.tensor.replace('_', '-')}"
             order = image_order if path == first_conv else "RGB"
-            blocks.extend(_tensor_blocks(analysis, comparison, key_prefix, order))
+            blocks.extend(_tensor_blocks(analysis, comparison, key_prefix, order, path in drawn))
             keys = {"trained": f"{key_prefix}.trained", "fresh": f"{key_prefix}.fresh"}
             if analysis.options.save_arrays:  # else let the tensors go: VGG16's are 1.1 GB with the fresh copy
                 arrays[keys["trained"]] = comparison.trained.values

@@ -164,6 +164,27 @@ def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]
     return comparisons
 
 
+# Up to this many layers with weights a model gets every layer's figures; a deeper one those of `drawn_layers`.
+ALL_FIGURES_UP_TO = 16
+
+
+def drawn_layers(paths: list[str], shapes: dict[str, Any], requested: set[str] | None = None) -> set[str]:
+    """The layers (of `paths`, in execution order) whose weights are drawn: `requested` (--layers) when given,
+    else every one up to `ALL_FIGURES_UP_TO`, else the first and the last and, per map size of their outputs, the
+    last (the last conv of each stage, as for the filter patterns). Every layer keeps its statistics either way:
+    InceptionResNetV2's 245 layers drew 700 figures, 150 MB, for a page nobody reads to the end."""
+    if requested is not None:
+        return {path for path in paths if path in requested}
+    if len(paths) <= ALL_FIGURES_UP_TO:
+        return set(paths)
+    last_of_size: dict[Any, str] = {}
+    for path in paths:
+        shape = shapes.get(path)
+        if isinstance(shape, tuple) and len(shape) == 4:
+            last_of_size[tuple(shape[1:3])] = path
+    return {paths[0], paths[-1], *last_of_size.values()}
+
+
 def fresh_copy(model: Any, seed: int) -> Any:
     """The same architecture with newly initialised weights, reproducible from `seed` (its own stream,
     `seeds.FRESH_WEIGHTS`: a model drawn from the seed itself, `--weights none`, is not compared with itself)."""
