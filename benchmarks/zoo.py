@@ -20,6 +20,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,13 +38,22 @@ APPLICATIONS = {
 }
 
 
-def run_report(model: str, images: Path, out: Path, extra: list[str]) -> dict:
-    """One default report under `/usr/bin/time -v`: wall seconds, peak memory, page bytes and warnings."""
+def run_report(model: str, images: Path, out: Path, extra: list[str], limit: float | None = None) -> dict:
+    """One default report under `/usr/bin/time -v`: wall seconds, peak memory, page bytes and warnings; a report
+    still running after `limit` seconds is stopped (its whole process group) and said so."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "reportgen", "generate", model, str(images), "-o",
                str(out), "--quiet", *extra]
     cpu_before = _children_cpu()
     started = time.perf_counter()
-    run = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += f"\nstopped after {limit:.0f} s (--limit)"
+    run = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     seconds = time.perf_counter() - started
     cpu = _children_cpu() - cpu_before  # every process and thread of the report: comparable on a busy machine
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
@@ -73,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None, help="Comma-separated zoo names (default: all).")
     parser.add_argument("--images", type=int, default=4, help="Generated images per report.")
+    parser.add_argument("--limit", type=float, default=None, help="Stop a report after this many seconds.")
     args = parser.parse_args()
 
     from test_zoo import TINY_MODELS, save_tiny_models, write_image_folder
@@ -106,7 +117,7 @@ def main() -> None:
         else:
             print(f"| {name} | | | | | | skipped: tf_keras is not installed |")
             continue
-        result = run_report(model, folder, work / f"report-{name}", extra)
+        result = run_report(model, folder, work / f"report-{name}", extra, args.limit)
         input_size = f"{size} px" if size else "its own"
         if result["exit"] != 0:
             print(f"| {name} | {input_size} | {result['seconds']:.0f} | {result['cpu_seconds']:.0f} | "
