@@ -9,6 +9,7 @@ file, unwrap those one-element lists, rebuild with Keras's legacy config reader 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +31,27 @@ def read_model_config(path: Path) -> dict[str, Any] | None:
     return json.loads(raw)
 
 
+def _layer_configs(config: Any) -> Iterator[dict]:
+    """Every dict inside a model config (the model's own, each layer's, nested models' and theirs), outermost
+    first: a rewrite changes what it finds in place."""
+    if isinstance(config, dict):
+        yield config
+        for value in list(config.values()):
+            yield from _layer_configs(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _layer_configs(value)
+
+
 def unwrap_single_io(config: Any) -> Any:
     """Rewrite every nested Functional config so one-element input/output lists become a single tensor."""
-    if isinstance(config, dict):
-        inner = config.get("config")
-        if config.get("class_name") in ("Functional", "Model") and isinstance(inner, dict):
+    for found in _layer_configs(config):
+        inner = found.get("config")
+        if found.get("class_name") in ("Functional", "Model") and isinstance(inner, dict):
             for key in ("input_layers", "output_layers"):
                 value = inner.get(key)
                 if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
                     inner[key] = value[0]
-        for value in config.values():
-            unwrap_single_io(value)
-    elif isinstance(config, list):
-        for value in config:
-            unwrap_single_io(value)
     return config
 
 
@@ -54,30 +62,26 @@ def sequential_input_shapes(config: Any) -> Any:
     deserialises directly, without the legacy reader that turns `batch_input_shape` into an input shape: a Conv2D
     then fails on the unknown keyword. So an InputLayer's `batch_input_shape` becomes `batch_shape`, and another
     layer's is dropped, after an InputLayer of that shape is put first when the Sequential has none."""
-    if isinstance(config, dict):
-        inner = config.get("config")
-        if config.get("class_name") == "Sequential" and isinstance(inner, dict) and isinstance(inner.get("layers"),
-                                                                                                list):
-            layers = inner["layers"]
-            has_input = False
-            for position, layer in enumerate(list(layers)):
-                settings = layer.get("config") if isinstance(layer, dict) else None
-                if not isinstance(settings, dict) or "batch_input_shape" not in settings:
-                    continue
-                shape = settings.pop("batch_input_shape")
-                if layer.get("class_name") == "InputLayer":
-                    settings.setdefault("batch_shape", shape)
-                    has_input = True
-                elif not has_input and position == 0:
-                    layers.insert(0, {"class_name": "InputLayer", "config": {
-                        "batch_shape": shape, "dtype": settings.get("dtype", "float32"),
-                        "name": f"{settings.get('name', 'layer')}_input"}})
-                    has_input = True
-        for value in config.values():
-            sequential_input_shapes(value)
-    elif isinstance(config, list):
-        for value in config:
-            sequential_input_shapes(value)
+    for found in _layer_configs(config):
+        inner = found.get("config")
+        if found.get("class_name") != "Sequential" or not isinstance(inner, dict) or \
+                not isinstance(inner.get("layers"), list):
+            continue
+        layers = inner["layers"]
+        has_input = False
+        for position, layer in enumerate(list(layers)):
+            settings = layer.get("config") if isinstance(layer, dict) else None
+            if not isinstance(settings, dict) or "batch_input_shape" not in settings:
+                continue
+            shape = settings.pop("batch_input_shape")
+            if layer.get("class_name") == "InputLayer":
+                settings.setdefault("batch_shape", shape)
+                has_input = True
+            elif not has_input and position == 0:
+                layers.insert(0, {"class_name": "InputLayer", "config": {
+                    "batch_shape": shape, "dtype": settings.get("dtype", "float32"),
+                    "name": f"{settings.get('name', 'layer')}_input"}})
+                has_input = True
     return config
 
 
@@ -88,17 +92,12 @@ def batch_norm_axes(config: Any) -> Any:
     (written in the new format, with a `module` key) go to the new deserialiser, whose BatchNormalization takes only
     an int: every tf.keras 2 transfer-learning model on a base with batch norm (ResNet, MobileNet, EfficientNet, ...)
     fails with "int() argument must be ... not 'list'"."""
-    if isinstance(config, dict):
-        inner = config.get("config")
-        if config.get("class_name") == "BatchNormalization" and isinstance(inner, dict):
+    for found in _layer_configs(config):
+        inner = found.get("config")
+        if found.get("class_name") == "BatchNormalization" and isinstance(inner, dict):
             axis = inner.get("axis")
             if isinstance(axis, list) and len(axis) == 1:
                 inner["axis"] = axis[0]
-        for value in config.values():
-            batch_norm_axes(value)
-    elif isinstance(config, list):
-        for value in config:
-            batch_norm_axes(value)
     return config
 
 

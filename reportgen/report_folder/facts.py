@@ -10,17 +10,6 @@ from reportgen.report_folder.schema import (
     Report,
 )
 
-# Bounds on what reading a report may cost, whatever its files hold (README: bad input).
-MAX_MANIFEST_BYTES = 128 << 20  # report.json on disk: about 350,000 images (a 20,000-image report is ~8 MB)
-# report.json once parsed, estimated before parsing from its size and its count of "{", "[" and ",": each value
-# costs Python at most about that many bytes (an empty object 64 and its slot; a 246 MB file of `{}` took 6.5 GB).
-MAX_MANIFEST_MEMORY = 512 << 20
-BYTES_PER_VALUE = 96
-MAX_ARRAY_BYTES = 512 << 20  # one array of arrays.npz, from its npy header (VGG16's largest kernel is 392 MiB)
-MAX_MAP_BYTES = 64 << 20  # one class activation map (4096 x 4096 float32)
-SNIFF_BYTES = 4096  # how much of a report.json `looks_like_report` reads
-_CHUNK = 16 << 20
-
 
 def ambiguous_names(report: Report) -> list[str]:
     """Image names that more than one image of the report has, so they cannot pair images between two reports
