@@ -29,10 +29,11 @@ class Progress:
         stream.flush()
 
 
-    def counter(self, stage: str, total: int, unit: str = "images", every: float = 5.0) -> ProgressCounter:
+    def counter(self, stage: str, total: int, unit: str = "images", every: float = 5.0,
+                what: str = "") -> ProgressCounter:
         """A progress bar for `total` items (a line redrawn in place on a terminal, a line every `every` seconds
         otherwise), with the rate and the time left."""
-        return ProgressCounter(self, stage, total, unit, every)
+        return ProgressCounter(self, stage, total, unit, every, what)
 
 
 class ProgressCounter:
@@ -40,8 +41,10 @@ class ProgressCounter:
 
     WIDTH = 24
 
-    def __init__(self, progress: Progress, stage: str, total: int, unit: str, every: float) -> None:
+    def __init__(self, progress: Progress, stage: str, total: int, unit: str, every: float, what: str = "") -> None:
+        """`what`: what is being counted, shown before the count (`conv1, conv2: 3/16 steps`)."""
         self.progress, self.stage, self.total, self.unit, self.every = progress, stage, max(1, total), unit, every
+        self.what = f"{what}: " if what else ""
         self.started = time.perf_counter()
         self.last = -float("inf")
         self.done = 0
@@ -58,13 +61,13 @@ class ProgressCounter:
         filled = int(self.WIDTH * done / self.total)
         bar = "#" * filled + "-" * (self.WIDTH - filled)
         eta = f"{left:.0f} s left" if left == left else "starting"
-        return f"[{bar}] {done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, {eta}"
+        return f"{self.what}[{bar}] {done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, {eta}"
 
     def __call__(self, done: int, total: int | None = None) -> None:
         self.done = done
         if total:
             self.total = max(1, total)
-        watchdog.beat(self.stage, f"{done}/{self.total} {self.unit}", frequent=True)
+        watchdog.beat(self.stage, f"{self.what}{done}/{self.total} {self.unit}", frequent=True)
         if not self.progress.enabled:
             return
         now = time.perf_counter()
@@ -83,7 +86,7 @@ class ProgressCounter:
             return
         if self._tty:
             (self.progress.stream or sys.stderr).write("\n")
-        self.progress(self.stage, self.line(self.done).split("] ", 1)[1])
+        self.progress(self.stage, self.what + self.line(self.done).split("] ", 1)[1])
 
 
 SILENT = Progress(enabled=False)

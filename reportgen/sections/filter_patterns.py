@@ -234,7 +234,9 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
         started = time.perf_counter()
         jobs = [PatternJob(path, chosen[path], by_layer[path],
                            plan.flops[path] / max(1, plan.patterns[path] * settings.steps)) for path in group]
-        searched = search_layers(analysis.model, jobs, layer_settings[group[0]], pixel_map)
+        steps = analysis.progress.counter("filter_patterns", 1, unit="steps", what=", ".join(group))
+        searched = search_layers(analysis.model, jobs, layer_settings[group[0]], pixel_map, progress=steps)
+        steps.close()
         cards = score_layers(analysis.model, searched, [{d.direction: _display(analysis, d.inputs)
                                                          for d in result.patterns} for result in searched],
                              settings.compute_dtype)

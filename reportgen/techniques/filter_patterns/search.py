@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +311,8 @@ def search_patterns(
 
 
 def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSettings, pixel_map: PixelMap,
-                  method: Method | None = None) -> list[LayerPatterns]:
+                  method: Method | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[LayerPatterns]:
     """The patterns of every job's filters, in one search: all of them on the canvas of `settings`, in the same
     compiled steps (each image drives its own layer's filter; images are independent).
 
@@ -324,7 +325,8 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
     `method`, when given, replaces the parameterisation `settings.method` names: an object with the methods of
     `pattern_params` (`param_shape`, `init`, `finish`, `update`, `jitter`...). The report always names one;
     `benchmarks/pattern_methods.py` and `pattern_bound.py` pass variants no option names (the tutorials' loop,
-    tuned learning rates) to compare them on the same compiled search.
+    tuned learning rates) to compare them on the same compiled search. `progress(done, total)` is called after
+    every step of every batch.
     """
     import tensorflow as tf
 
@@ -372,6 +374,8 @@ def search_layers(model: Any, jobs: Sequence[PatternJob], settings: PatternSetti
         for t in range(1, settings.steps + 1):
             seed = tf.constant(seeds.stateless(settings.seed, seeds.PATTERN_STEP, tuple(paths), b, t), tf.int64)
             p, state, _ = compiled.step(p, state, seed, tf.constant(float(t)), total, f, s, g, m)
+            if progress is not None:  # a search can take minutes: the watchdog and the user see it move
+                progress(b * settings.steps + t, len(batches) * settings.steps)
         final[batch] = p.numpy()
 
     def render(values: np.ndarray) -> np.ndarray:
