@@ -174,6 +174,11 @@ def flag_name(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
+def flag(field_name: str) -> str:
+    """The command-line flag of a `ReportOptions` field: `class_names` -> `--class-names`."""
+    return "--" + flag_name(field_name)
+
+
 def parse_image_size(text: str) -> tuple[int, int]:
     """Parse `WxH` (or a single number for a square) into (width, height)."""
     parts = text.lower().replace(" ", "").split("x")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen.config import flag
 from reportgen.errors import InputError
 
 INSTALL_HINT = 'pip install "reportgen[ray]"'
@@ -40,7 +41,7 @@ def require_ray() -> None:
                          "--engine at local") from None
 
 
-ADDRESS_FLAG = "--ray-address"
+ADDRESS_FLAG = flag("ray_address")  # the option this module checks, named as the command line spells it
 CONNECT_SECONDS = 3.0  # a cluster's GCS port answers at once; nothing answering in this long is no cluster
 
 

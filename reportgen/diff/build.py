@@ -33,7 +33,7 @@ from reportgen.loading.preprocess import Preprocessor
 from reportgen.report import Facts, Figure, FigureRow, ImageEntry, Report, Section, SlugRegistry, Table, Text
 from reportgen.report_folder import facts, read
 from reportgen.report_folder.schema import FilterPattern, Heatmap
-from reportgen.sections.weights import FRESH_COLOR, TRAINED_COLOR, _stats_rows
+from reportgen.sections.weights import FRESH_COLOR, TRAINED_COLOR, stats_rows
 
 OLD_COLOR, NEW_COLOR = FRESH_COLOR, TRAINED_COLOR  # blue and red, as trained vs fresh in the weights section
 MAP_TILE = 128  # px, longer side of a heatmap tile
@@ -161,7 +161,7 @@ def _shapes(change: TensorChange) -> str:
 
 def _tensor_blocks(change: TensorChange, key: str) -> list:
     blocks: list = [
-        Table(columns=(change.tensor, "old", "new"), rows=_stats_rows(change.old_stats, change.new_stats),
+        Table(columns=(change.tensor, "old", "new"), rows=stats_rows(change.old_stats, change.new_stats),
               caption=(f"Shape {_shapes(change)}; relative change ||new - old|| / ||old|| = "
                        f"{_fmt(change.relative_change)}, largest |new - old| = {_fmt(change.max_abs_change)}.")),
         Figure(key=f"{key}-histogram", title=f"{change.layer}: {change.tensor} histogram",

@@ -27,7 +27,7 @@ def _fmt(value: float) -> str:
     return "n/a" if value != value else f"{value:.4g}"  # NaN-safe
 
 
-def _stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, str, str], ...]:
+def stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, str, str], ...]:
     return (
         ("count", f"{trained.count:,}", f"{fresh.count:,}"),
         ("mean", _fmt(trained.mean), _fmt(fresh.mean)),
@@ -46,7 +46,7 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
     blocks: list = [
         Table(
             columns=(tensor, "trained", "fresh"),
-            rows=_stats_rows(comparison.trained.stats, comparison.fresh.stats),
+            rows=stats_rows(comparison.trained.stats, comparison.fresh.stats),
             caption=(f"Shape {tuple(comparison.trained.values.shape)}; relative change "
                      f"||trained - fresh|| / ||fresh|| = {_fmt(comparison.change)}. Near zero: "
                      f"|w| < {NEAR_ZERO_SHARE:.0%} of the tensor's largest |w|."),

@@ -13,9 +13,10 @@ from fnmatch import fnmatchcase
 import numpy as np
 
 from reportgen import seeds
+from reportgen.config import flag
 from reportgen.errors import InputError
 
-DETAIL_IMAGES_FLAG = "--detail-images"
+DETAIL_IMAGES_FLAG = flag("detail_images")  # the option this module checks, named as the command line spells it
 # Up to this share of the sample goes to the most confident mistakes: the images a reviewer most needs to see.
 MISTAKE_SHARE = 0.25
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen.config import flag
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode, run_layers, traceable
 from reportgen.layer_kinds import is_conv, is_pool, is_spatial
@@ -28,7 +29,7 @@ CONSTANT_TOLERANCE = 1e-6
 # Below this absolute spread a channel is constant too: activations of 1e-10 (a randomly initialised MobileNetV2
 # deep down) are rounding noise, and stretching them to full contrast would draw noise as if it were a pattern.
 VANISHING = 1e-6
-LAYERS_FLAG = "--layers"
+LAYERS_FLAG = flag("layers")  # the option this module checks, named as the command line spells it
 _GLOB_CHARS = "*?["
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from reportgen.config import flag
 from reportgen.errors import InputError
 from reportgen.graph import is_container, traceable
 
-CLASSES_FLAG = "--classes"
+CLASSES_FLAG = flag("classes")  # the option this module checks, named as the command line spells it
 # Rows of a probability output sum to 1 up to float32 rounding of a few thousand terms.
 SUM_TOLERANCE = 1e-3
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")

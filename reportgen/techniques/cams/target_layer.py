@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reportgen.config import flag
 from reportgen.errors import InputError
 from reportgen.graph import LayerNode
 from reportgen.layer_kinds import has_kernel, is_conv, is_spatial
 
-CAM_LAYER_FLAG = "--cam-layer"
+CAM_LAYER_FLAG = flag("cam_layer")  # the option this module checks, named as the command line spells it
 
 
 @dataclass(frozen=True)
