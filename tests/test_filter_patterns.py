@@ -301,7 +301,8 @@ def test_cli_rejects_out_of_range_filter_indices(cli, saved_models, shared_image
 
 
 def test_an_estimate_comes_before_the_search_and_progress_before_each_search(plain_model, shared_images, tmp_path):
-    """Both conv layers have 32 px canvases and little arithmetic: one search, named by its layers."""
+    """Both conv layers have 32 px canvases and little arithmetic: one search, named by its layers, whose steps
+    are counted."""
     import io
 
     from reportgen.progress import Progress
@@ -313,7 +314,9 @@ def test_an_estimate_comes_before_the_search_and_progress_before_each_search(pla
     assert re.fullmatch(r"filter_patterns: 2 layers, 8 patterns of 32x32 px, 3 steps \(projected, \w+\); about "
                         r"\d+ s", lines[1]), lines
     assert re.fullmatch(r"filter_patterns: conv1, conv2 \(1/1\), about \d+ s left", lines[2]), lines
-    assert len(lines) == 3, lines
+    # Then the search's own steps: a line at its first step (then every 5 s) and one when it ends.
+    assert re.fullmatch(r"filter_patterns: conv1, conv2: \[#*-*\] 1/3 steps, .*", lines[3]), lines
+    assert re.fullmatch(r"filter_patterns: conv1, conv2: 3/3 steps, .*", lines[-1]), lines
 
 
 def test_bfloat16_steps_only_where_they_pay(keras, example_model, monkeypatch):
