@@ -5,7 +5,7 @@ child sends a heartbeat, a short JSON line on an inherited pipe, whenever its pr
 `progress.Progress` for every step and counter update) and names the staging folder it writes into (`staging`).
 The parent imports no TensorFlow and holds no lock the child could take, so whatever happens in the child it can:
 
-- end a run that made no progress for `stall_seconds` (120 s, or the step's own estimate when that is longer),
+- end a run that made no progress for `stall_seconds` (300 s, or the step's own estimate when that is longer),
   with one line naming the section and step, exit 1;
 - name the section and step that were running when the child died of a signal (a native abort in TensorFlow, a
   segmentation fault, the kernel's out-of-memory killer) and what to try, exit 1.
@@ -30,7 +30,10 @@ from pathlib import Path
 
 HEARTBEAT_FD_VARIABLE = "REPORTGEN_HEARTBEAT_FD"  # set by the parent for the child: the pipe's write end
 STALL_VARIABLE = "REPORTGEN_STALL_SECONDS"  # how long a step may make no progress; documented in the README
-DEFAULT_STALL_SECONDS = 120.0
+# Five minutes: a hang is found a few minutes later than with two, but a slow step is not taken for one. A default
+# ConvNeXtTiny report at 224 px on a busy 2-core machine went 120 s without progress in the CAM curves (a last, smaller
+# chunk of variants recompiled Keras's XLA depthwise convolution) and was stopped after 23 minutes of work.
+DEFAULT_STALL_SECONDS = 300.0
 # A step whose own estimate is E seconds gets stall + ESTIMATE_FACTOR x E before it counts as stalled: estimates
 # run up to about 1.5x short on models unlike the ones they were measured on.
 ESTIMATE_FACTOR = 3.0
