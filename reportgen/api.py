@@ -34,6 +34,7 @@ from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, w
 from reportgen.report import ImageEntry, Report, Section, SectionResult
 from reportgen.techniques.detail import choose_detail
 from reportgen.techniques.predictions import output_classes
+from reportgen.verdict import build_verdict
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,9 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
         "detail_images": [analysis.all_image_ids[i] for i in analysis.detail_indices],
         "seconds": round(result.seconds, 3), "images_per_second": round(result.images_per_second, 2),
         "batch_size": batch_size, "probabilities": result.probability_method, "engine": options.engine,
-        "workers": workers}
+        "workers": workers, "engine_startup_seconds": round(result.startup_seconds, 3),
+        **({"worker_images_per_second": [round(r, 2) for r in result.worker_images_per_second],
+            "merge_seconds": round(result.merge_seconds, 3)} if options.engine == "ray" else {})}
 
 
 def _load_detail(reader: ImageReader, indices: Sequence[int]) -> tuple[LoadedImages, list[int]]:
@@ -412,6 +415,10 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
             sections.extend(result.sections)
             seconds[kind] = round(time.perf_counter() - started, 3)
 
+    warnings = tuple(dict.fromkeys([*analysis.warnings, *(w for r in results.values() for w in r.warnings)]))
+    with without_graph_rewrites() if small else contextlib.nullcontext():
+        progress("verdict", "start")
+        verdict = build_verdict(analysis, results, warnings)
     report = Report(
         title=options.title or f"{loaded.name}: what the network learned",
         created=creation_time(),
@@ -435,11 +442,12 @@ def _analyse(loaded: Any, reader: ImageReader, preprocessor: Preprocessor, names
         images=image_entries(analysis),
         class_names=names.names,
         sections=tuple(sections),
-        warnings=tuple(dict.fromkeys([*analysis.warnings, *(w for r in results.values() for w in r.warnings)])),
+        warnings=warnings,
         seconds=seconds,
         versions=versions(),
         extra={**({"dataset": analysis.dataset_manifest} if analysis.dataset_manifest is not None else {}),
                **{k: v for r in results.values() for k, v in r.manifest.items()},
                "arithmetic": arithmetic(analysis)},
+        verdict=verdict,
     )
     return report

@@ -6,7 +6,9 @@ Everything returns (H, W, 3) uint8 RGB arrays; encoding to PNG happens in `rende
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -64,22 +66,52 @@ def tile_grid(
     labels: Sequence[str] | None = None,
     label_height: int = 14,
 ) -> np.ndarray:
-    """Lay equally sized RGB tiles out in rows of `columns`, with optional text under each tile."""
+    """Lay equally sized RGB tiles out in rows of `columns`, with optional text under each tile: wrapped onto as
+    many lines as the longest needs (at most LABEL_LINES), so a file or class name is shown whole."""
     tiles = np.asarray(tiles)
     n, h, w = tiles.shape[:3]
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    cell_h = h + pad + (label_height if labels is not None else 0)
+    wrapped = [_wrap_label(text, w) for text in labels] if labels is not None else None
+    lines = max((len(lines) for lines in wrapped), default=1) if wrapped is not None else 0
+    cell_h = h + pad + label_height * lines
     grid = np.full((rows * cell_h + pad, columns * (w + pad) + pad, 3), BACKGROUND, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
         y, x = pad + r * cell_h, pad + c * (w + pad)
         grid[y:y + h, x:x + w] = tiles[i]
-        if labels is not None:
-            text, (tw, th) = _fit_label(labels[i], w)
-            cv2.putText(grid, text, (x + max(0, (w - tw) // 2), y + h + th + 2), cv2.FONT_HERSHEY_SIMPLEX,
-                        LABEL_SCALE, (40, 40, 40), 1, cv2.LINE_AA)
+        for k, (text, (tw, th)) in enumerate(wrapped[i] if wrapped is not None else ()):
+            cv2.putText(grid, text, (x + max(0, (w - tw) // 2), y + h + th + 2 + k * label_height),
+                        cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, (40, 40, 40), 1, cv2.LINE_AA)
     return grid
+
+
+LABEL_LINES = 2  # a tile label wraps onto at most this many lines; past them it is shortened in the middle
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0]
+
+
+def _wrap_label(text: str, width: int) -> list[tuple[str, tuple[int, int]]]:
+    """`text` broken onto lines that fit under a tile `width` px wide: at spaces, else after / _ - or anywhere;
+    the last of LABEL_LINES lines shortened in the middle when the text is longer still."""
+    if "\n" in text:  # the caller's own line breaks
+        head, tail = text.split("\n", 1)
+        return [_fit_label(head, width), *_wrap_label(tail, width)][:LABEL_LINES]
+    lines: list[str] = []
+    rest = text
+    while rest and len(lines) < LABEL_LINES - 1 and _text_width(rest) > width:
+        cut = len(rest)
+        while cut > 1 and _text_width(rest[:cut]) > width:
+            cut -= 1
+        breaks = [i + 1 for i in range(cut) if rest[i] in " /_-"]
+        cut = breaks[-1] if breaks and breaks[-1] > cut // 3 else cut
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        lines.append(rest)
+    return [_fit_label(line, width) for line in lines]
 
 
 def _fit_label(text: str, width: int) -> tuple[str, tuple[int, int]]:
@@ -116,55 +148,232 @@ def hstack(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
     return out
 
 
-def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024, channel_order: str = "RGB") -> tuple[np.ndarray, str]:
+def kernel_scale(kernel: np.ndarray, max_tiles: int = 1024, depthwise: bool = False) -> float:
+    """The value `kernel_grid` draws at full colour by default: the largest finite |w|, or, where the grid shows each
+    filter's mean over its input channels (more than `max_tiles` tiles otherwise), the largest |mean|."""
+    finite = np.nan_to_num(np.asarray(kernel, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if _draws_means(finite.shape, max_tiles, depthwise):
+        finite = finite.mean(axis=2)
+    return float(np.abs(finite).max()) if finite.size else 0.0
+
+
+def _draws_means(shape: tuple[int, ...], max_tiles: int, depthwise: bool = False) -> bool:
+    kh, kw, n_in, n_out = shape
+    return not depthwise and (kh, kw) != (1, 1) and n_in != 3 and n_in * n_out > max_tiles
+
+
+def square_columns(count: int, tile_shape: tuple[int, int] = (1, 1)) -> int:
+    """Columns that lay `count` tiles of (height, width) out in a near-square grid: ceil(sqrt(count)) for square
+    tiles. A row or column of 64 depthwise tiles is 1,700 px long and 26 px across; 8 x 8 reads at a glance."""
+    h, w = tile_shape
+    return max(1, min(count, math.ceil(math.sqrt(count * h / w))))
+
+
+def _aspect(rows: int, columns: int, tile_shape: tuple[int, int]) -> float:
+    """How far from square a grid is: max(height / width, width / height), >= 1."""
+    ratio = rows * tile_shape[0] / (columns * tile_shape[1])
+    return max(ratio, 1.0 / ratio)
+
+
+# A grid of one row per filter and one tile per input channel keeps that layout while it is at most this many
+# times longer one way than the other; past it, filters share rows (many filters) or wrap over several (few).
+MAX_GRID_ASPECT = 2.0
+
+
+def _filter_layout(n_in: int, n_out: int, tile_shape: tuple[int, int]) -> tuple[int, int, str]:
+    """(columns, rows per filter, how to read it) for one tile per input channel of every filter, filter by filter.
+
+    One row per filter when that grid is near square; several filters to a row when there are many filters of few
+    channels (ConvNeXt's grouped (7, 7, 1, 768)); each filter over a block of rows when a few filters have many
+    channels (a (3, 3, 64, 1) head)."""
+    if _aspect(n_out, n_in, tile_shape) <= MAX_GRID_ASPECT:
+        return n_in, 1, f"one row per filter ({n_out}), one tile per input channel ({n_in})"
+    if n_out * tile_shape[0] > n_in * tile_shape[1]:  # tall: several filters share a row
+        ideal = math.sqrt(n_out * tile_shape[0] / (n_in * tile_shape[1]))
+        per_row = min((max(1, math.floor(ideal)), math.ceil(ideal)),
+                      key=lambda k: (_aspect(-(-n_out // k), n_in * k, tile_shape), -k))
+        return n_in * per_row, 1, (f"{n_out} filters, {per_row} to a row, one tile per input channel ({n_in})"
+                                   if n_in > 1 else f"{n_out} filters of one input channel, {per_row} to a row")
+
+    def score(columns: int) -> tuple[bool, int, float]:  # near square first, then fewest blank cells
+        block = -(-n_in // columns)
+        aspect = _aspect(n_out * block, columns, tile_shape)
+        return aspect > MAX_GRID_ASPECT, columns * block - n_in, aspect
+
+    columns = min(range(1, n_in + 1), key=score)
+    block = -(-n_in // columns)
+    who = "the filter" if n_out == 1 else f"each filter ({n_out})"
+    return columns, block, f"{who} over {block} rows, one tile per input channel ({n_in}), {columns} to a row"
+
+
+def kernel_grid(kernel: np.ndarray, max_tiles: int = 1024, channel_order: str = "RGB", scale: float | None = None,
+                depthwise: bool = False, colour_bar: bool = False) -> tuple[np.ndarray, str]:
     """Every filter of a conv kernel (kh, kw, in, out) as tiles; returns pixels and how to read them.
 
     A 3-channel first layer is shown in colour; otherwise each input channel of each filter gets a tile when
     that fits in `max_tiles`, else the mean over input channels. 1x1 kernels are shown as an in x out matrix.
+    A depthwise kernel (kh, kw, in, multiplier) has one tile per output channel, in a near-square grid.
     `channel_order` is the order in which the layer takes the colours (`BGR` for caffe-preprocessed models such
     as VGG16 and ResNet50): colour tiles are drawn with each weight on the colour it really sees.
+    `scale` is the value drawn at full colour (default `kernel_scale(kernel)`; `shared_kernel_grids` gives several
+    kernels one); `colour_bar` draws it under the grid.
     """
+    own = scale is None
+    scale = kernel_scale(kernel, max_tiles, depthwise) if scale is None else scale
+    pixels, how, rgb = _draw_kernel(kernel, max_tiles, channel_order, scale, depthwise)
+    how += f", full colour at {_measure(kernel.shape, max_tiles, depthwise)} = {scale:.3g}"
+    how += " (the largest)" if own else ""
+    if colour_bar:
+        pixels = below(pixels, _scale_bar(kernel.shape, max_tiles, depthwise, rgb, scale))
+        how += " (the bar below)"
+    return pixels, how
+
+
+def _measure(shape: tuple[int, ...], max_tiles: int, depthwise: bool) -> str:
+    return "|mean w|" if _draws_means(shape, max_tiles, depthwise) else "|w|"
+
+
+def _scale_bar(shape: tuple[int, ...], max_tiles: int, depthwise: bool, rgb: bool, scale: float) -> np.ndarray:
+    if rgb:
+        return rgb_bar(scale)
+    return diverging_bar(scale, "mean w" if _draws_means(shape, max_tiles, depthwise) else "w")
+
+
+def _draw_kernel(kernel: np.ndarray, max_tiles: int, channel_order: str, scale: float,
+                 depthwise: bool) -> tuple[np.ndarray, str, bool]:
+    """The pixels of `kernel_grid` with `scale` at full colour, how the tiles are laid out, and whether they are
+    colour (RGB) tiles."""
     kh, kw, n_in, n_out = kernel.shape
     finite = np.nan_to_num(kernel.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    scale = float(np.abs(finite).max()) or 1.0
-    normalised = finite / scale  # in [-1, 1], one scale for the layer so filters compare
-    if kh == 1 and kw == 1:
+    if _draws_means(kernel.shape, max_tiles, depthwise):
+        finite = finite.mean(axis=2, keepdims=True)  # `scale` is then a largest |mean|
+    normalised = np.clip(finite / (float(scale) or 1.0), -1.0, 1.0)  # one scale for the layer: filters compare
+    if kh == 1 and kw == 1 and not depthwise:
         matrix = diverging(normalised[0, 0].T)  # (out, in, 3)
         zoom = max(1, min(8, 800 // max(n_in, n_out)))
-        return upscale(matrix, zoom), (
-            f"1x1 kernel as a matrix: one row per filter ({n_out}), one column per input channel ({n_in}); "
-            f"blue negative, red positive, scaled by the largest |w| = {scale:.3g}"
-        )
+        return upscale(matrix, zoom), (f"1x1 kernel as a matrix: one row per filter ({n_out}), one column per input "
+                                       f"channel ({n_in}); blue negative, red positive"), False
     zoom = max(1, 24 // max(kh, kw))
-    if n_in == 3:
+    rgb = n_in == 3 and not depthwise
+    if depthwise:
+        count = n_in * n_out
+        tiles = diverging(normalised.reshape(kh, kw, count).transpose(2, 0, 1))  # output channel c * m + j
+        columns = square_columns(count, (kh, kw))
+        split = f"{n_in} input channels x {n_out}" if n_out > 1 else f"{n_in} input channels"
+        how = (f"depthwise kernel: one tile per output channel ({split}), in channel order, {columns} to a row "
+               "(a near-square grid); blue negative, red positive")
+    elif rgb:
         zoom = max(1, 40 // max(kh, kw))  # few, colourful tiles: draw them large enough to read
         as_rgb = normalised[:, :, [channel_order.upper().index(c) for c in "RGB"]]  # input channel of R, G, B
         tiles = ((as_rgb.transpose(3, 0, 1, 2) + 1.0) * 127.5).round().astype(np.uint8)
         order = ("the 3 input channels as RGB" if channel_order.upper() == "RGB" else
                  f"the model takes the channels as {', '.join(channel_order.upper())}; drawn as R, G, B")
-        caption = (f"{n_out} filters in colour ({order}, grey = 0), scaled by the layer's "
-                   f"largest |w| = {scale:.3g}")
-        columns = 16
+        columns = square_columns(n_out, (kh, kw))
+        how = f"{n_out} filters in colour ({order}, grey = 0), {columns} to a row"
     elif n_in * n_out <= max_tiles:
-        tiles = diverging(normalised.transpose(3, 2, 0, 1).reshape(n_out * n_in, kh, kw))
-        # A filter with few input channels (a grouped conv, e.g. ConvNeXt's depthwise Conv2D with one channel per
-        # group) would make one narrow row per filter: a column of 768 tiles, taller than any screen (and than
-        # WebP's 16383 px). Several such filters share a row instead, 16 tiles wide.
-        per_row = 16 // n_in if n_in < 8 else 1
-        columns = n_in * per_row
-        rows = (f"one row per filter ({n_out})" if per_row == 1 else
-                f"{n_out} filters, {per_row} to a row")
-        caption = (f"{rows}, one tile per input channel ({n_in}); blue negative, red positive, scaled by the "
-                   f"largest |w| = {scale:.3g}")
+        columns, block, layout = _filter_layout(n_in, n_out, (kh, kw))
+        # a filter over a block of rows ends it with blank cells; filters sharing a row need none
+        cells = block * columns if block > 1 else n_in
+        tiles = np.full((n_out, cells, kh, kw, 3), BACKGROUND, np.uint8)
+        tiles[:, :n_in] = diverging(normalised.transpose(3, 2, 0, 1))  # (out, in, kh, kw, 3)
+        tiles = tiles.reshape(-1, kh, kw, 3)
+        how = f"{layout}; blue negative, red positive"
     else:
-        mean = normalised.mean(axis=2)
-        mean = mean / (np.abs(mean).max() or 1.0)
-        tiles = diverging(mean.transpose(2, 0, 1))
-        caption = (f"{n_out} filters, each the mean over its {n_in} input channels; blue negative, red positive, "
-                   "each grid scaled to its largest |mean|")
-        columns = 16
+        tiles = diverging(normalised[:, :, 0].transpose(2, 0, 1))
+        columns = square_columns(n_out, (kh, kw))
+        how = (f"{n_out} filters, each the mean over its {n_in} input channels, {columns} to a row; "
+               "blue negative, red positive")
     tiles = np.stack([upscale(t, zoom) for t in tiles])
-    return fit_width(tile_grid(tiles, columns=columns, pad=2)), caption
+    return fit_width(tile_grid(tiles, columns=columns, pad=2)), how, rgb
+
+
+@dataclass(frozen=True)
+class KernelGrids:
+    """Kernels of one shape (a layer trained and freshly initialised) drawn on one colour scale."""
+
+    pixels: tuple[np.ndarray, ...]  # each grid with its colour bar
+    caption: str  # how to read every grid: layout, colours and the shared scale
+    scale: float  # the value drawn at full colour in every grid
+    measure: str  # what `scale` measures: "|w|", or "|mean w|" for the means over input channels
+
+
+def shared_kernel_grids(kernels: Sequence[np.ndarray], names: Sequence[str], channel_order: str = "RGB",
+                        depthwise: bool = False, max_tiles: int = 1024) -> KernelGrids:
+    """Each kernel (all of one shape) drawn as `kernel_grid` draws it, on one colour scale, the largest of their
+    `kernel_scale`s, each with its colour bar: equal weights are equal colours in every grid. Scaled each to its
+    own maximum, a heavy-tailed trained kernel looked pale beside a uniform fresh one a third of its std. The
+    maximum rather than a percentile: no weight is clipped, so no colour stands for a value the weights lack."""
+    shape = kernels[0].shape
+    own = [kernel_scale(k, max_tiles, depthwise) for k in kernels]
+    scale = max(own, default=0.0) or 1.0
+    pixels, how = [], ""
+    for kernel in kernels:
+        grid, how, rgb = _draw_kernel(kernel, max_tiles, channel_order, scale, depthwise)
+        pixels.append(below(grid, _scale_bar(shape, max_tiles, depthwise, rgb, scale)))
+    measure = _measure(shape, max_tiles, depthwise)
+    largest = ", ".join(f"{name} {value:.3g}" for name, value in zip(names, own, strict=True))
+    which = "larger" if len(kernels) == 2 else "largest"
+    caption = (f"{how}. One colour scale for the {' and '.join(names)} grids (the bar under each): full colour at "
+               f"{measure} = {scale:.3g}, the {which} of their largest {measure} ({largest}), so equal colours are "
+               "equal weights.")
+    return KernelGrids(tuple(pixels), caption, scale, measure)
+
+
+BAR_WIDTH = 160
+TEXT_COLOUR = (40, 40, 40)
+BAR_FONT_SCALE = 0.4
+
+
+def _put(image: np.ndarray, text: str, x: int, baseline: int) -> None:
+    cv2.putText(image, text, (x, baseline), cv2.FONT_HERSHEY_SIMPLEX, BAR_FONT_SCALE, TEXT_COLOUR, 1, cv2.LINE_AA)
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, BAR_FONT_SCALE, 1)[0][0]
+
+
+def _bar(ramps: Sequence[tuple[str, np.ndarray]], scale: float, ramp_height: int) -> np.ndarray:
+    """Labelled colour ramps (name, (BAR_WIDTH, 3) colours from -scale to +scale), one above the other, with the
+    values of both ends and of the middle written under them."""
+    left = 4 + max(_text_width(name) for name, _ in ramps) + 6
+    low, high = f"-{scale:.3g}", f"+{scale:.3g}"
+    width = left + BAR_WIDTH + _text_width(high) // 2 + 4
+    height = 4 + ramp_height * len(ramps) + 4 + 14
+    strip = np.full((height, width, 3), BACKGROUND, np.uint8)
+    for i, (name, colours) in enumerate(ramps):
+        top = 4 + i * ramp_height
+        strip[top:top + ramp_height, left:left + BAR_WIDTH] = colours[None]
+        _put(strip, name, 4, top + ramp_height // 2 + 4)
+    ticks = 4 + ramp_height * len(ramps)
+    for x, text in ((left, low), (left + BAR_WIDTH // 2, "0"), (left + BAR_WIDTH - 1, high)):
+        strip[ticks:ticks + 3, x] = TEXT_COLOUR
+        _put(strip, text, max(0, x - _text_width(text) // 2), ticks + 15)
+    return strip
+
+
+def diverging_bar(scale: float, name: str = "w") -> np.ndarray:
+    """The blue-white-red scale from -scale to +scale, as `kernel_grid` draws it."""
+    return _bar([(name, diverging(np.linspace(-1.0, 1.0, BAR_WIDTH)))], scale, 10)
+
+
+def rgb_bar(scale: float) -> np.ndarray:
+    """The colour tiles' scale: a weight on one input channel from -scale to +scale, the others 0 (grey)."""
+    level = ((np.linspace(-1.0, 1.0, BAR_WIDTH) + 1.0) * 127.5).round().astype(np.uint8)
+    ramps = []
+    for channel, name in enumerate("RGB"):
+        colours = np.full((BAR_WIDTH, 3), 128, np.uint8)
+        colours[:, channel] = level
+        ramps.append((f"w on {name}", colours))
+    return _bar(ramps, scale, 7)
+
+
+def below(image: np.ndarray, strip: np.ndarray, gap: int = 4) -> np.ndarray:
+    """`strip` under `image`, both left aligned, on the background colour."""
+    width = max(image.shape[1], strip.shape[1])
+    out = np.full((image.shape[0] + gap + strip.shape[0], width, 3), BACKGROUND, np.uint8)
+    out[:image.shape[0], :image.shape[1]] = image
+    out[image.shape[0] + gap:, :strip.shape[1]] = strip
+    return out
 
 
 def plot_histogram(

@@ -147,6 +147,7 @@ class Report:
     seconds: dict[str, float]  # per section kind
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)  # technique lists for report.json
+    verdict: tuple[Any, ...] = ()  # `verdict.Finding`s, problems first: the top of the page and of summary.md
 
 
 def slugify(text: str, fallback: str = "item") -> str:

@@ -17,14 +17,16 @@ from reportgen.report_folder import facts
 from reportgen.report_folder.schema import Model, Report
 
 MAX_ITEMS = 10  # names listed per line; the report has the rest
-# Every ASCII punctuation character can be backslash-escaped in CommonMark (and GitHub's Markdown); escaping all
-# of them is simpler to get right than deciding which ones matter where.
-_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# The characters that can start Markdown or HTML inside a line of text or a table cell (GitHub's Markdown): emphasis,
+# code, links and images, raw HTML and entities, table cells, strikethrough, a heading's closing #. Every other
+# character is literal where summary.md puts user text (never at the start of a line), so `gradcam++` stays as is.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~&#!])")
+_SEVERITY_MARK = {"problem": "❌", "caution": "⚠️", "ok": "✅"}
 
 
 def escape(text: object) -> str:
-    """User-supplied text as literal Markdown: punctuation escaped, line breaks flattened."""
-    return _PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+    """User-supplied text as literal Markdown: what Markdown would read as markup escaped, line breaks flattened."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -168,7 +170,10 @@ def summary_markdown(report: Report, link: str = "index.html") -> str:
     rows = _diff_rows(report.diff) if report.diff is not None else _report_rows(report)
     if report.warnings:
         rows.append(("Warnings", f"{len(report.warnings)}: " + _listed([escape(w) for w in report.warnings])))
-    lines = [f"### {escape(report.title or 'reportgen report')}", "", *_table(rows), "",
+    verdict = [f"- {_SEVERITY_MARK.get(f.severity, '')} **{escape(f.title)}**: {escape(f.evidence)}"
+               for f in report.verdict]
+    lines = [f"### {escape(report.title or 'reportgen report')}", "", *([*verdict, ""] if verdict else []),
+             *_table(rows), "",
              # The creation time and our version are ours (ISO 8601, digits and dots), not a user's names.
              f"[Full report]({link}) · created {report.created or 'n/a'} · "
              f"reportgen {report.versions.get('reportgen', '')}", ""]

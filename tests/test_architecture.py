@@ -12,10 +12,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reportgen"
 # ARCHITECTURE.md's table, lowest first: a module may import its own layer and the layers below it, never above.
 LAYERS = {
     "foundation": ("errors", "config", "registry", "progress", "watchdog", "layer_kinds", "userfiles", "outlock",
-                   "seeds", "report_folder", "graph", "precision", "example"),
+                   "seeds", "report_folder", "graph", "precision", "example", "sample_sizes"),
     "load": ("loading",),
     "compute": ("techniques", "dataset", "ray_engine"),
-    "report model": ("report", "analysis", "sections", "figures"),
+    "report model": ("report", "analysis", "sections", "figures", "verdict"),
     "render": ("render", "plot_worker", "summary_md"),
     "commands": ("api", "cli", "startup", "check", "check_render", "diff", "publish", "notebook", "keras",
                  "side_files", "__main__"),

@@ -448,7 +448,10 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
     listed = {row["path"] for row in sections["summary"]["data"]["layers"] if "cam" in row["sections"]}
     assert listed == {"conv2"}  # the summary names the layer the maps are taken at
     for s in cam_sections[1:]:
-        assert s["data"]["sanity"]["correlations"]
+        if s["id"] != "cam-images":  # the per-image rows: every method side by side, no method of its own
+            assert s["data"]["sanity"]["correlations"]
+    trusted = {m["method"] for m in sections["cam"]["data"]["methods"]
+               if m["beats_random"] and m["sanity_status"] in ("passes", None)}
     classes = {h["class_name"] for h in heatmaps}
     top_class = {p["image"]: p["top_k"][0]["class_name"] for p in manifest["predictions"]}
     with np.load(result.out_dir / "arrays.npz") as arrays:
@@ -458,15 +461,19 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
             assert f'id="class-{name}"' in html
             # Each of its images links to that image's row of the predictions table.
             start = html.index(f'id="class-{name}"')
-            chunk = html[start:html.index("</section>", start)]
+            chunk = html[start:html.index("</details>", start)]  # a class section is folded
             for image_id in section["data"]["images"]:
                 assert f'href="#prediction-{image_id}"' in chunk and f'id="prediction-{image_id}"' in html
-            # The class's average map is the mean of its images' maps, each scaled to its own maximum.
-            own = [arrays[h["array_key"]] for h in heatmaps if h["class_name"] == name and h["method"] == "gradcam"]
-            expected = np.mean([m / m.max() if m.max() > 0 else np.zeros_like(m) for m in own], axis=0)
-            average = section["data"]["average_maps"]["gradcam"]
-            assert average["maps"] == len(own)
-            np.testing.assert_allclose(arrays[average["array_key"]], expected, rtol=1e-5, atol=1e-6)
+                assert f'href="#cam-images-{image_id}"' in chunk and f'id="cam-images-{image_id}"' in html
+            # Each trusted method's class average is the mean of its images' maps, each scaled to its own
+            # maximum; a method the report does not trust gets no average.
+            assert set(section["data"]["average_maps"]) == {m for m in trusted if any(
+                h["class_name"] == name and h["method"] == m for h in heatmaps)}
+            for method, average in section["data"]["average_maps"].items():
+                own = [arrays[h["array_key"]] for h in heatmaps if h["class_name"] == name and h["method"] == method]
+                expected = np.mean([m / m.max() if m.max() > 0 else np.zeros_like(m) for m in own], axis=0)
+                assert average["maps"] == len(own)
+                np.testing.assert_allclose(arrays[average["array_key"]], expected, rtol=1e-5, atol=1e-6)
             # Accuracy on the images labelled as this class, from the predictions.
             labelled = [image["id"] for image in manifest["images"] if image["label"] == name]
             if labelled:

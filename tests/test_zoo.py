@@ -337,3 +337,12 @@ def test_zoo_model_gets_a_complete_report(zoo_runs, name):
     for pattern in report["filter_patterns"]:
         assert _finite(pattern["activation"]) and _finite(pattern["start_activation"]), pattern
     assert not [w for w in report["warnings"] if "nan" in w.lower().split() or "inf" in w.lower().split()]
+
+    # The verdict: every keras.applications model here has random weights (--weights none) and is called
+    # untrained on the evidence of its weights; every tiny model was trained a few steps and is not.
+    training = next(f for f in report["verdict"] if f["check"] == "training")
+    if name in APPLICATIONS:
+        assert training["severity"] == "problem" and training["data"]["looks_untrained"], training
+        assert "--weights none" in training["title"]
+    else:
+        assert training["severity"] == "ok" and not training["data"]["looks_untrained"], training

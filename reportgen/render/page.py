@@ -48,6 +48,10 @@ def environment() -> jinja2.Environment:
 PAGE_BUDGET = int(7.5 * 1024 * 1024)
 
 
+DISPLAY_WIDTH = 1000  # px a figure is drawn at, at most, when its pixels are fewer (the text column is ~1100 px)
+DISPLAY_ZOOM = 2.0  # never more than this many page pixels per figure pixel
+
+
 @dataclass(frozen=True)
 class EncodedFigure:
     file: str  # its name in figures/
@@ -62,6 +66,17 @@ class EncodedFigure:
     def uri(self) -> str:
         """The data: URI for the page, built when the page is streamed out, one figure at a time."""
         return f"data:{self.page_type};base64," + base64.b64encode(self.page).decode("ascii")
+
+    @property
+    def display_width(self) -> int:
+        """The width the page draws it at: narrow figures (a few tiles) up to twice their pixels, so they use the
+        page's width instead of a third of it; the browser shrinks any figure wider than the page, and a click
+        shows it at full size."""
+        return round(self.width * min(DISPLAY_ZOOM, max(1.0, DISPLAY_WIDTH / max(self.width, 1))))
+
+    @property
+    def display_height(self) -> int:
+        return round(self.height * self.display_width / max(self.width, 1))
 
     @property
     def page_bytes(self) -> int:
@@ -146,6 +161,22 @@ def _toc(report: Report) -> list[dict[str, Any]]:
     return groups
 
 
+SEVERITY_LABELS = {"problem": "Problem", "caution": "Caution", "ok": "OK"}
+
+
+def folded_sections(report: Report) -> set[str]:
+    """The sections the page shows folded (`<details>`): every section after the first of its kind (a layer's, a
+    class's, a method's), so the first screen holds the verdict and each kind's overview, and a reader opens the
+    detail they want."""
+    seen: set[str] = set()
+    folded = set()
+    for section in report.sections:
+        if section.kind in seen:
+            folded.add(section.id)
+        seen.add(section.kind)
+    return folded
+
+
 def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
@@ -181,6 +212,9 @@ def render_html(report: Report, figures: dict[str, EncodedFigure], path: Path) -
     def layer_anchor(path: str) -> str:
         return layer_anchors.get(path, "summary")
 
+    anchors |= {"verdict"} if report.verdict else set()
+    anchors |= {"warnings"} if report.warnings else set()
+
     template = env.get_template("report.html.j2")
     template.stream(
         report=report,
@@ -192,4 +226,6 @@ def render_html(report: Report, figures: dict[str, EncodedFigure], path: Path) -
         figure_uris=figures,
         anchors=anchors,
         layer_anchor=layer_anchor,
+        folded_sections=folded_sections(report),
+        severity_labels=SEVERITY_LABELS,
     ).dump(str(path), encoding="utf-8")

@@ -39,7 +39,8 @@ def _manifest(report: Report, figures: dict[str, EncodedFigure], arrays_file: st
         sections=[write.section_entry(section.id, section.kind, section.title, section.layer, section.class_name,
                                       [figure_entry(f) for f in section.figures()], section.data,
                                       section.arrays if arrays_file else None) for section in report.sections],
-        warnings=report.warnings, seconds=report.seconds, arrays=arrays_file, extra=report.extra,
+        warnings=report.warnings, seconds=report.seconds, arrays=arrays_file,
+        extra={**({"verdict": [f.to_manifest() for f in report.verdict]} if report.verdict else {}), **report.extra},
     )
 
 

@@ -42,10 +42,19 @@ _ITEM_FIELDS: dict[str, dict[str, str]] = {
                         "activation": "number?", "array_key": "text?!", "array_index": "count?"},
     "feature_maps": {"layer": "text!", "channels": "count!", "dead_channels": "count!"},
     "sections": {"id": "text!", "kind": "text!", "layer": "text?", "data": "object", "figures": "list"},
+    "verdict": {"check": "text!", "severity": "text!", "title": "text!", "evidence": "text!", "link": "text?"},
 }
+VERDICT_SEVERITIES = ("problem", "caution", "ok")  # a finding's severity, in the order readers see them
 _REPORT_FIELDS = {"title": "text?", "created": "text?", "model": "object?", "options": "object?", "arrays": "text?",
                   "class_names": "list", "schema_version": "count?", "versions": "object?", "warnings": "list?",
                   "evaluation": "object?"}
+# The dataset pass (`dataset`, there when a section needed every image): `seconds` is the whole pass, of which
+# `engine_startup_seconds` is the engine's start-up (the step's trace and first call; on Ray also joining the cluster
+# and the workers' model load), and `images_per_second` is images over the rest. On Ray, each worker's own images/s
+# and the driver's seconds spent fetching and merging the workers' states.
+_DATASET_FIELDS = {"images": "count!", "listed": "count?", "seconds": "number?", "images_per_second": "number?",
+                   "engine_startup_seconds": "number?", "engine": "text?", "workers": "count?",
+                   "worker_images_per_second": "list?", "merge_seconds": "number?"}
 _MODEL_FIELDS = {"name": "text?", "version": "text?", "sha256": "text?", "params": "count?", "preprocess": "text?"}
 _PREDICTION_FIELDS = {"class_index": "count!", "class_name": "text?", "probability": "number?"}
 _SANITY_FIELDS = {"flagged": "flag!", "correlation": "number?", "status": "text?"}
@@ -119,6 +128,11 @@ def _validate(manifest: Mapping[str, Any], where: str) -> None:
         check.need(warning, "text", f"warnings[{i}]")
     if manifest.get("model") is not None:
         check.fields(manifest["model"], _MODEL_FIELDS, "model")
+    if manifest.get("dataset") is not None:
+        check.need(manifest["dataset"], "object", "dataset")
+        check.fields(manifest["dataset"], _DATASET_FIELDS, "dataset")
+        for i, rate in enumerate(manifest["dataset"].get("worker_images_per_second") or []):
+            check.need(rate, "number", f"dataset.worker_images_per_second[{i}]")
     if manifest.get("evaluation") is not None:
         check.fields(manifest["evaluation"], {"ece": "number?"}, "evaluation")
     for list_name, spec in _ITEM_FIELDS.items():
@@ -397,6 +411,24 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """One finding of the verdict (`verdict[]`): what a reviewer reads first."""
+
+    check: str
+    severity: str  # one of VERDICT_SEVERITIES
+    title: str
+    evidence: str
+    link: str | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Finding:
+        if d["severity"] not in VERDICT_SEVERITIES:
+            raise InputError(f"report.json: verdict: severity {d['severity']!r} is not one of "
+                             f"{', '.join(VERDICT_SEVERITIES)}")
+        return cls(d["check"], d["severity"], d["title"], d["evidence"], d.get("link"))
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole report.json, checked. `raw` is the dict it was read from (what `write` wrote)."""
 
@@ -417,6 +449,7 @@ class Report:
     feature_maps: tuple[FeatureMap, ...]
     ece: float | None  # evaluation.ece
     diff: Mapping[str, Any] | None  # a diff report's summary (raw; see the module docstring)
+    verdict: tuple[Finding, ...]  # empty for a report made before the verdict, and for a diff
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -437,6 +470,7 @@ class Report:
             feature_maps=tuple(FeatureMap.from_dict(f) for f in d.get("feature_maps", [])),
             ece=(d.get("evaluation") or {}).get("ece"),
             diff=diff if isinstance(diff, Mapping) else None,
+            verdict=tuple(Finding.from_dict(f) for f in d.get("verdict", [])),
             raw=d,
         )
 

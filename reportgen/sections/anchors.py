@@ -19,3 +19,12 @@ def cam_section_id(analysis: Analysis, layer_path: str | None, method: str) -> s
     that attribute to the input pixels (`layer_path` None)."""
     slug = METHOD_SLUGS.get(method, slugify(method))
     return f"{section_id('cam', analysis, layer_path)}-{slug}" if layer_path is not None else f"cam-input-{slug}"
+
+
+CAM_IMAGES = "cam-images"  # the section with one row of maps per detail image
+
+
+def image_maps_id(analysis: Analysis, image: int) -> str:
+    """The anchor of detail image `image`'s row of maps (every CAM method side by side), linked from the
+    predictions, the evaluation and the class sections."""
+    return f"{CAM_IMAGES}-{analysis.image_ids[image]}"

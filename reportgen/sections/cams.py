@@ -4,7 +4,7 @@ map, and the model-randomisation check."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.precision import ranking_dtype
 from reportgen.report import Facts, Figure, FigureRow, Section, SectionResult, Table, Text
-from reportgen.sections.anchors import cam_section_id
+from reportgen.sections.anchors import CAM_IMAGES, cam_section_id, image_maps_id
 from reportgen.sections.predictions import PredictionPlan, prediction_plan, shared
 from reportgen.techniques.cam_trust import SANITY_THRESHOLD
 from reportgen.techniques.cams import (
@@ -29,6 +29,7 @@ from reportgen.techniques.cams import (
     faithfulness,
     same_maps,
 )
+from reportgen.techniques.cams.target_layer import alternative_layers
 
 TILE = 128  # px, longer side of every image tile
 COLORMAP = "jet"
@@ -108,12 +109,31 @@ def _compute(analysis: Analysis) -> CamBundle:
                 f"cam: {METHODS[method].label}{where if METHODS[method].resolution == 'layer' else ''} does no better "
                 f"than a random map (deletion AUC {scores.deletion_auc:.3f} vs {scores.random_deletion_auc:.3f} "
                 f"random, insertion {scores.insertion_auc:.3f} vs {scores.random_insertion_auc:.3f}): its maps do "
-                "not show what the model uses; try another --cam-layer")
+                "not show what the model uses"
+                + (f"; {layer_advice(analysis, layer)}" if layer and METHODS[method].resolution == "layer" else ""))
     for group, difference in same_maps(results):
         warnings.append(
             f"cam: {', '.join(METHODS[m].label for m in group)} give the same maps (largest difference "
             f"{difference:.1g} of a map's maximum){where}: they add no independent evidence")
     return CamBundle(plan, layer, results, skipped, tuple(warnings))
+
+
+def cam_layer_advice(alternatives: Sequence[tuple[str, tuple[int, int]]], untrained: bool = False) -> str:
+    """What to do when a layer method's maps do no better than random, as a clause: the weights when they look
+    untrained (no layer helps then), else the layers to try (`target_layer.alternative_layers`) with their maps."""
+    if untrained:
+        return "the weights look untrained (see the verdict); no layer choice will help"
+    if not alternatives:
+        return "no other block output has a spatial map to try with --cam-layer"
+    named = [f"{path} ({h}x{w})" for path, (h, w) in alternatives]
+    return "try --cam-layer " + (named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}")
+
+
+def layer_advice(analysis: Analysis, layer: TargetLayer, untrained: bool = False) -> str:
+    """`cam_layer_advice` for the report's model and CAM layer. `untrained`: the verdict's finding that the weights
+    look random, for the caller that has it."""
+    return cam_layer_advice(alternative_layers(analysis.layers, analysis.layer_shapes, layer.path,
+                                               analysis.block_outputs, classes=analysis.output_units), untrained)
 
 
 # ------------------------------------------------------------------------------------------- shared drawing
@@ -185,7 +205,60 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     manifest: list[dict[str, Any]] = []
     for method in results.methods:
         sections.append(_method_section(analysis, bundle, results, method, manifest))
+    sections.append(_images_section(analysis, bundle, results))
     return SectionResult(tuple(sections), bundle.warnings, manifest={"heatmaps": manifest})
+
+
+def _images_section(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Section:
+    """Every detail image once: its prediction and, per class explained, every method's map side by side with
+    its deletion and insertion AUC."""
+    by_image: dict[int, list[Heatmap]] = {}
+    for method in results.methods:
+        for heatmap in results.for_method(method):
+            by_image.setdefault(heatmap.image, []).append(heatmap)
+    shown = sorted(by_image)[:MAX_IMAGES_SHOWN]
+    blocks: list = [Text("One row per class explained (the top prediction, the label when it differs, and "
+                         "--classes): the image, then each method's map over it, with its deletion (lower is "
+                         "better) and insertion (higher is better) AUC. " + HOW_TO_READ)]
+    if len(by_image) > len(shown):
+        blocks.append(Text(f"Figures for the first {len(shown)} of {len(by_image)} images; each method's table, "
+                           "report.json and arrays.npz (--save-arrays) hold every map."))
+    blocks += [_image_row(analysis, results, image, by_image[image]) for image in shown]
+    return Section(id=CAM_IMAGES, kind="cam", title="Maps per image", blocks=tuple(blocks))
+
+
+def _image_row(analysis: Analysis, results: CamResults, image: int, maps: list[Heatmap]) -> Figure:
+    names = analysis.class_names.names
+    source = analysis.images.sources[image]
+    tile = image_tile(analysis, image)
+    by_class: dict[int, dict[str, Heatmap]] = {}
+    for heatmap in maps:
+        by_class.setdefault(heatmap.target.class_index, {})[heatmap.method] = heatmap
+    tiles, labels, parts = [], [], []
+    for class_index, per_method in by_class.items():
+        first = next(iter(per_method.values()))
+        tiles.append(tile)
+        labels.append(f"{names[class_index]}\np = {first.probability:.0%}")
+        scores = []
+        for method in results.methods:
+            heatmap = per_method.get(method)
+            if heatmap is None:
+                tiles.append(figures.hatched(*tile.shape[:2]))
+                labels.append(f"{METHODS[method].label}: none")
+                continue
+            tiles.append(overlay_tile(tile, heatmap.raw))
+            labels.append(f"{METHODS[method].label}\ndel {heatmap.deletion_auc:.2f} ins {heatmap.insertion_auc:.2f}")
+            empty = ", no positive evidence (greyed)" if unit(heatmap.raw) is None else ""
+            scores.append(f"{METHODS[method].label} deletion {heatmap.deletion_auc:.3f} (random "
+                          f"{heatmap.random_deletion_auc:.3f}), insertion {heatmap.insertion_auc:.3f} (random "
+                          f"{heatmap.random_insertion_auc:.3f}){empty}")
+        parts.append(f"{names[class_index]} ({', '.join(first.target.reasons)}, p = {first.probability:.1%}): "
+                     + "; ".join(scores))
+    labelled = f", label {source.label}" if source.label else ""
+    caption = f"{source.name}{labelled}. " + ". ".join(parts) + "."
+    return Figure(key=image_maps_id(analysis, image), title=source.name, caption=caption,
+                  pixels=analysis.encode(figures.fit_width(figures.tile_grid(
+                      tiles, columns=1 + len(results.methods), labels=labels))))
 
 
 def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Section:
@@ -246,10 +319,15 @@ def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Sec
         row_links=tuple(links),
     )
     blocks: list = [Facts(tuple(facts)), table]
-    failing = [METHODS[m].label for m in results.methods if not scores[m].beats_random]
+    failing = [m for m in results.methods if not scores[m].beats_random]
     if failing:
-        blocks.insert(1, Text(f"Warning: {', '.join(failing)} do no better than a random map on deletion and "
-                              "insertion here: their maps do not show what the model uses. Try another --cam-layer."))
+        one = len(failing) == 1
+        advice = layer_advice(analysis, layer) if layer and any(METHODS[m].resolution == "layer" for m in failing) \
+            else ""
+        blocks.insert(1, Text(
+            f"Warning: {', '.join(METHODS[m].label for m in failing)} {'does' if one else 'do'} no better than a "
+            f"random map on deletion and insertion here: {'its' if one else 'their'} maps do not show what the "
+            "model uses." + (f" {advice[0].upper()}{advice[1:]}." if advice else "")))
     return Section(id="cam", kind="cam", title="Class activation maps", blocks=tuple(blocks),
                    data={"layer": layer.path if layer else None, "layer_reason": layer.reason if layer else None,
                          "scores": results.head.description, "curves_dtype": results.curves_dtype,
@@ -274,9 +352,7 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
         blocks.append(_sanity_row(analysis, results, method, sid))
 
     rows, links, arrays = [], [], {}
-    by_image: dict[int, list[Heatmap]] = {}
     for heatmap in maps:
-        by_image.setdefault(heatmap.image, []).append(heatmap)
         image_id = analysis.image_ids[heatmap.image]
         name = names[heatmap.target.class_index]
         key = array_key(sid, image_id, heatmap.target.class_index)
@@ -285,7 +361,8 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
                      f"{heatmap.probability:.3f}", f"{heatmap.deletion_auc:.3f}", f"{heatmap.random_deletion_auc:.3f}",
                      f"{heatmap.insertion_auc:.3f}", f"{heatmap.random_insertion_auc:.3f}"))
         class_link = bundle.plan.class_link(heatmap.target.class_index, names)
-        links.append(tuple(link for link in (class_link, ("prediction", f"#prediction-{image_id}")) if link))
+        links.append(tuple(link for link in (class_link, ("prediction", f"#prediction-{image_id}"),
+                                             ("maps", f"#{image_maps_id(analysis, heatmap.image)}")) if link))
         manifest.append({
             "method": method, "image": image_id, "class_index": heatmap.target.class_index, "class_name": name,
             "layer": where, "score": heatmap.probability, "deletion_auc": heatmap.deletion_auc,
@@ -297,12 +374,7 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
         columns=("Image", "Class", "Why", "Probability", "Deletion AUC", "Random", "Insertion AUC", "Random"),
         rows=tuple(rows), caption=HOW_TO_READ, row_links=tuple(links)))
 
-    shown = sorted(by_image)[:MAX_IMAGES_SHOWN]
-    if len(by_image) > len(shown):
-        blocks.append(Text(f"Figures for the first {len(shown)} of {len(by_image)} images; the table, report.json "
-                           "and arrays.npz (--save-arrays) hold every map."))
-    for image in shown:
-        blocks.append(_image_figure(analysis, info.label, where, sid, image, by_image[image]))
+    blocks.append(Text(f"Every image's {info.label} map, beside the other methods' maps, is in Maps per image."))
     return Section(
         id=sid, kind="cam", title=f"{info.label} at {where}", blocks=tuple(blocks),
         layer=bundle.layer.path if info.resolution == "layer" and bundle.layer else None,
@@ -314,29 +386,6 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
                   "trained_empty": check.trained_empty, "fresh_empty": check.fresh_empty}},
         arrays=arrays,
     )
-
-
-def _image_figure(analysis: Analysis, label: str, where: str, sid: str, image: int, maps: list[Heatmap]) -> Figure:
-    names = analysis.class_names.names
-    source = analysis.images.sources[image]
-    tile = image_tile(analysis, image)
-    size = tile.shape[:2]
-    tiles, labels, parts = [tile], [file_label(source.name)], []
-    for heatmap in maps:
-        name = names[heatmap.target.class_index]
-        tiles += [overlay_tile(tile, heatmap.raw), raw_tile(heatmap.raw, size)]
-        labels += [f"{short(name, 15)} {heatmap.probability:.0%}",
-                   f"del {heatmap.deletion_auc:.2f} ins {heatmap.insertion_auc:.2f}"]
-        empty = " (no positive evidence: greyed)" if unit(heatmap.raw) is None else ""
-        parts.append(f"{name} ({', '.join(heatmap.target.reasons)}): p = {heatmap.probability:.1%}, deletion AUC "
-                     f"{heatmap.deletion_auc:.3f} (random {heatmap.random_deletion_auc:.3f}), insertion AUC "
-                     f"{heatmap.insertion_auc:.3f} (random {heatmap.random_insertion_auc:.3f}){empty}")
-    labelled = f" (label {source.label})" if source.label else ""
-    caption = (f"{label} at {where} for {source.name}{labelled}. " + "; ".join(parts) + ". Left: the image; then "
-               "per class the map over the image and the raw map at its own resolution.")
-    return Figure(key=f"{sid}-{analysis.image_ids[image]}", title=f"{label}: {source.name}", caption=caption,
-                  pixels=analysis.encode(figures.fit_width(figures.tile_grid(tiles, columns=len(tiles),
-                                                                             labels=labels))))
 
 
 def _sanity_row(analysis: Analysis, results: CamResults, method: str, sid: str) -> FigureRow:

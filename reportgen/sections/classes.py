@@ -8,27 +8,38 @@ from typing import Any
 
 import numpy as np
 
-from reportgen import figures
+from reportgen import figures, sample_sizes
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
+from reportgen.sections.anchors import image_maps_id
 from reportgen.sections.cams import (
     COLORMAP,
     CamBundle,
     cam_bundle,
     image_tile,
-    method_section_id,
-    overlay_tile,
-    short,
     unit,
 )
 from reportgen.sections.predictions import MAX_LISTED_CLASSES
-from reportgen.techniques.cams import METHODS, Heatmap
+from reportgen.techniques.cam_trust import trustworthy
+from reportgen.techniques.cams import METHODS, Heatmap, faithfulness
 
-MAX_CLASS_IMAGES = 24  # images drawn per class and method; the table lists all
+
+def _percent(part: int, whole: int, minimum: sample_sizes.Minimum | None = None) -> str:
+    """A share with its n; below `minimum`'s images, with the caveat."""
+    if not whole:
+        return "n/a"
+    few = " (too few images to read as a rate)" if minimum and not sample_sizes.enough(minimum, whole) else ""
+    return f"{100 * part / whole:.1f}% ({part} of {whole}){few}"
 
 
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}% ({part} of {whole})" if whole else "n/a"
+def trusted_methods(bundle: CamBundle) -> tuple[str, ...]:
+    """The CAM methods whose maps the report may average as evidence (`cam_trust.trustworthy`)."""
+    results = bundle.results
+    if results is None:
+        return ()
+    scores = faithfulness(results)
+    return tuple(m for m in results.methods
+                 if trustworthy(scores[m].beats_random, results.sanity[m].status if m in results.sanity else None))
 
 
 def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
@@ -58,8 +69,10 @@ def _overview(analysis: Analysis, bundle: CamBundle) -> Section:
     occurring = set(plan.occurring)
     rows, ids, links, data = [], [], [], []
     for index in listed:
-        recall = _percent(int(correct[index]), int(per_label[index])) if labelled.any() else "n/a"
-        precision = _percent(int(correct[index]), int(predicted_labelled[index])) if labelled.any() else "n/a"
+        recall = _percent(int(correct[index]), int(per_label[index]), sample_sizes.CLASS_RATES) \
+            if labelled.any() else "n/a"
+        precision = _percent(int(correct[index]), int(predicted_labelled[index]), sample_sizes.CLASS_RATES) \
+            if labelled.any() else "n/a"
         rows.append((names[index], str(index), str(int(per_label[index])), str(int(per_prediction[index])), recall,
                      precision))
         ids.append(f"{plan.class_ids[index]}-row" if index in occurring else plan.class_ids[index])
@@ -95,8 +108,10 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
              ("Labelled as this class", str(len(labelled_as))), ("Predicted as this class (top 1)",
                                                                   str(len(predicted_as)))]
     if labelled.any():
-        facts.append(("Accuracy on its labelled images (recall)", _percent(correct, len(labelled_as))))
-        facts.append(("Precision (labelled images predicted as it)", _percent(correct, predicted_labelled)))
+        facts.append(("Accuracy on its labelled images (recall)",
+                      _percent(correct, len(labelled_as), sample_sizes.CLASS_RATES)))
+        facts.append(("Precision (labelled images predicted as it)",
+                      _percent(correct, predicted_labelled, sample_sizes.CLASS_RATES)))
     if images:
         facts.append(("Mean probability on these images", f"{float(probability.mean()):.3f}"))
 
@@ -107,7 +122,8 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
         why = next(t.reasons for t in plan.targets[i] if t.class_index == index)
         rows.append((analysis.images.sources[i].name, names[label] if label >= 0 else "", names[top],
                      f"{predictions.probabilities.values[i, index]:.3f}", ", ".join(why)))
-        links.append((("prediction", f"#prediction-{analysis.image_ids[i]}"),))
+        links.append((("prediction", f"#prediction-{analysis.image_ids[i]}"),
+                      ("maps", f"#{image_maps_id(analysis, i)}")))
     blocks: list = [Facts(tuple(facts)), Table(
         columns=("Image", "Label", "Top prediction", f"p({name})", "Why"), rows=tuple(rows),
         caption=f"Images whose maps are shown for {name}: it is their top prediction, their label, or was asked for.",
@@ -115,22 +131,31 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
 
     arrays: dict[str, np.ndarray] = {}
     averages: dict[str, Any] = {}
-    dataset_data = _dataset_blocks(analysis, index, sid, blocks, arrays)
+    dataset_data = _dataset_blocks(analysis, bundle, index, sid, blocks, arrays)
     results = bundle.results
     if results is None:
         blocks.append(Text("No class activation maps were computed for this report."))
     else:
-        for method in results.methods:
+        trusted = trusted_methods(bundle)
+        untrusted = [METHODS[m].label for m in results.methods if m not in trusted]
+        averaged = []
+        for method in trusted:
             maps = [h for h in results.for_method(method) if h.target.class_index == index]
             if not maps:
                 continue
-            figure, average = _method_figure(analysis, bundle, method, sid, name, maps)
-            blocks.append(figure)
+            average = _average(maps)
+            averaged.append((method, average, len(maps)))
             key = f"{sid}.{method}.average"
             arrays[key] = average
             averages[method] = {"array_key": key if analysis.options.save_arrays else None, "maps": len(maps),
                                 "mean_deletion_auc": float(np.mean([h.deletion_auc for h in maps])),
                                 "mean_insertion_auc": float(np.mean([h.insertion_auc for h in maps]))}
+        if averaged:
+            blocks.append(_averages_figure(analysis, bundle, sid, name, averaged))
+        if untrusted:
+            blocks.append(Text(f"No average of {', '.join(untrusted)}: the report does not trust "
+                               f"{'its' if len(untrusted) == 1 else 'their'} maps here (no better than a random map, "
+                               "or the sanity check did not pass; see Class activation maps)."))
     data = {"class_index": index, "class_name": name, "images": [analysis.image_ids[i] for i in images],
             "labelled": len(labelled_as), "predicted": len(predicted_as),
             "accuracy": correct / len(labelled_as) if len(labelled_as) else None,
@@ -144,8 +169,8 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
 FILTERS_LISTED = 8
 
 
-def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arrays: dict[str, np.ndarray]
-                    ) -> dict[str, Any] | None:
+def _dataset_blocks(analysis: Analysis, bundle: CamBundle, index: int, sid: str, blocks: list,
+                    arrays: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """What every image of the set says about the class: accuracy, its Grad-CAM map averaged over all its images,
     the images the model is most and least sure of, and the CAM-layer filters it uses most."""
     dataset = analysis.dataset
@@ -156,10 +181,15 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
     accuracy = summary.accuracy
     facts = [("Images of the whole set", f"{summary.images} (labelled {summary.labelled}, or predicted as {name} "
                                          "when unlabelled)"),
-             ("Accuracy over the set", "n/a" if accuracy is None else _percent(summary.correct, summary.labelled))]
+             ("Accuracy over the set", "n/a" if accuracy is None else _percent(summary.correct, summary.labelled,
+                                                                                 sample_sizes.CLASS_RATES))]
     data: dict[str, Any] = {"images": summary.images, "labelled": summary.labelled, "accuracy": accuracy}
     target = analysis.cam_target
-    if summary.filter_means is not None and target is not None:
+    enough = sample_sizes.enough(sample_sizes.CLASS_AVERAGE, summary.images)
+    if summary.filter_means is not None and target is not None and not enough:
+        facts.append((f"Filters of {target.path} it uses most",
+                      f"not ranked: {sample_sizes.caveat(sample_sizes.CLASS_AVERAGE, summary.images)}"))
+    if summary.filter_means is not None and target is not None and enough:
         others = np.mean([c.filter_means for c in dataset.classes if c.filter_means is not None], axis=0)
         ratio = summary.filter_means / np.where(others > 0, others, np.inf)
         order = np.argsort(-ratio, kind="stable")[:FILTERS_LISTED]
@@ -171,7 +201,11 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
     blocks.append(Facts(tuple(facts)))
     tiles, labels = [], []
     size = figures.fit_box(np.zeros((*analysis.size, 3), np.uint8), 128).shape[:2]  # every tile the images' shape
-    if summary.mean_map is not None and unit(summary.mean_map) is not None:
+    gradcam_trusted = "gradcam" in trusted_methods(bundle)
+    if summary.mean_map is not None and not gradcam_trusted:
+        facts.append(("Mean Grad-CAM over the set", "not shown: the report does not trust Grad-CAM's maps here (see "
+                                                    "Class activation maps)"))
+    if summary.mean_map is not None and gradcam_trusted and unit(summary.mean_map) is not None:
         tiles.append(figures.heatmap_tile(unit(summary.mean_map), size, COLORMAP))
         labels.append(f"mean Grad-CAM of {summary.images}")
         key = f"{sid}.dataset.average"
@@ -179,17 +213,22 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
         data["average_map"] = {"array_key": key if analysis.options.save_arrays else None,
                                "layer": target.path if target else None}
     most_shown = {r.index for r in summary.most_confident}
-    least = [r for r in summary.least_confident if r.index not in most_shown]  # a small class: no image twice
+    # The least sure list only when it is more than the most sure list read backwards: a class of 6 images with
+    # 6 examples each way would show the same images twice.
+    least = ([r for r in summary.least_confident if r.index not in most_shown]
+             if summary.images >= 2 * len(summary.most_confident) else [])
     ranked = [*summary.most_confident, *least]
     for entry, pixels in zip(ranked, analysis.read_images([r.index for r in ranked]), strict=True):
         tiles.append(figures.fit_box(pixels, 128))
-        labels.append(f"{short(entry.name.rsplit('/', 1)[-1], 12)} {entry.score:.0%}")
+        labels.append(f"{entry.name.rsplit('/', 1)[-1]} {entry.score:.0%}")
     if tiles:
         most, fewest = len(summary.most_confident), len(least)
         where = target.path if target else "the CAM layer"
-        caption = (f"First: the Grad-CAM map of {name} at {where} averaged over all {summary.images} of its images "
-                   f"(each scaled to its maximum); then the {most} images the model gives the highest p({name}), "
-                   f"then the {fewest} other images it gives the lowest.")
+        first = (f"First: the Grad-CAM map of {name} at {where} averaged over all {summary.images} of its images "
+                 "(each scaled to its maximum); then " if "average_map" in data else "")
+        caption = (f"{first}the {most} images the model gives the highest p({name})"
+                   + (f", then the {fewest} other images it gives the lowest." if fewest else "."))
+        caption = caption[0].upper() + caption[1:]
         blocks.append(Figure(key=f"{sid}-dataset", title=f"{name}: over the whole set", caption=caption,
                              pixels=analysis.encode(figures.fit_width(figures.tile_grid(
                                  tiles, columns=min(len(tiles), 9), labels=labels)))))
@@ -198,27 +237,25 @@ def _dataset_blocks(analysis: Analysis, index: int, sid: str, blocks: list, arra
     return data
 
 
-def _method_figure(analysis: Analysis, bundle: CamBundle, method: str, sid: str, name: str,
-                   maps: list[Heatmap]) -> tuple[Figure, np.ndarray]:
-    """The average map (each map scaled to its maximum first, so every image counts the same) and each image's."""
+def _average(maps: list[Heatmap]) -> np.ndarray:
+    """The mean of the maps, each scaled to its own maximum first, so every image counts the same."""
     scaled = [unit(h.raw) for h in maps]
-    stack = [m if m is not None else np.zeros_like(maps[0].raw) for m in scaled]
-    average = np.mean(stack, axis=0).astype(np.float32)
-    tile = image_tile(analysis, maps[0].image)
-    size = tile.shape[:2]
-    shown = maps[:MAX_CLASS_IMAGES]
-    average_tile = (figures.hatched(*size) if unit(average) is None
-                    else figures.heatmap_tile(unit(average), size, COLORMAP))
-    tiles = [average_tile] + [overlay_tile(image_tile(analysis, h.image), h.raw) for h in shown]
-    labels = [f"average of {len(maps)}"] + [
-        f"{short(analysis.images.sources[h.image].name.rsplit('/', 1)[-1], 14)} {h.probability:.0%}" for h in shown]
-    label = METHODS[method].label
-    more = f" (the first {len(shown)} of {len(maps)} shown)" if len(maps) > len(shown) else ""
-    caption = (f"{label} maps for {name}{more}. First tile: the average of the maps, each scaled to its own maximum; "
-               f"then each image with its map and the probability of {name}. Details and trust scores in "
-               f"the {label} section.")
-    figure = Figure(key=f"{sid}-{method_section_id(analysis, bundle, method).removeprefix('cam-')}",
-                    title=f"{name}: {label}", caption=caption,
-                    pixels=analysis.encode(figures.fit_width(figures.tile_grid(tiles, columns=min(len(tiles), 8),
-                                                                               labels=labels))))
-    return figure, average
+    return np.mean([m if m is not None else np.zeros_like(maps[0].raw) for m in scaled], axis=0).astype(np.float32)
+
+
+def _averages_figure(analysis: Analysis, bundle: CamBundle, sid: str, name: str,
+                     averaged: list[tuple[str, np.ndarray, int]]) -> Figure:
+    """Each trusted method's average map for the class, side by side; each image's own maps are in the cam
+    section's Maps per image (linked from the table above), not repeated here."""
+    size = image_tile(analysis, 0).shape[:2]
+    tiles = [figures.hatched(*size) if unit(a) is None else figures.heatmap_tile(unit(a), size, COLORMAP)
+             for _, a, _ in averaged]
+    labels = [f"{METHODS[m].label}\nmean of {n}" for m, _, n in averaged]
+    counts = {n for _, _, n in averaged}
+    few = [sample_sizes.caveat(sample_sizes.CLASS_AVERAGE, n) for n in sorted(counts)]
+    caption = (f"The average map of {name} per method the report trusts here, over the detail images explained for "
+               f"it (each map scaled to its own maximum first). Each image's maps: Maps per image. "
+               + " ".join(c for c in few if c))
+    return Figure(key=f"{sid}-averages", title=f"{name}: average maps", caption=caption.strip(),
+                  pixels=analysis.encode(figures.fit_width(figures.tile_grid(tiles, columns=len(tiles),
+                                                                             labels=labels))))

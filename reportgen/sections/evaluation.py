@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen import figures
+from reportgen import figures, sample_sizes
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.predictions import prediction_plan
@@ -19,6 +19,11 @@ from reportgen.techniques.streaming import Ranked
 KIND = "evaluation"
 MAX_MATRIX_CLASSES = 30
 THUMB = 96
+
+
+def _caveat(minimum: sample_sizes.Minimum, n: int) -> str:
+    text = sample_sizes.caveat(minimum, n)
+    return f". {text}" if text else ""
 
 
 def _fmt(value: float | None) -> str:
@@ -34,9 +39,9 @@ def thumbnails(analysis: Analysis, ranked: tuple[Ranked, ...]) -> np.ndarray:
         tiles.append(figures.fit_box(pixels, THUMB))
         label, predicted = entry.extra if entry.extra else (-1, -1)
         if label == predicted:
-            labels.append(f"{names[label][:14]} {entry.score:.0%}")
+            labels.append(f"{names[label]}\n{entry.score:.0%}")
         else:
-            labels.append(f"{names[label][:7]}>{names[predicted][:7]} {entry.score:.0%}" if label >= 0 else
+            labels.append(f"{names[label]} -> {names[predicted]}\n{entry.score:.0%}" if label >= 0 else
                           f"{entry.score:.0%}")
     return figures.fit_width(figures.tile_grid(tiles, columns=min(8, len(tiles)), labels=labels))
 
@@ -65,9 +70,10 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
                              manifest={"evaluation": data})
     calibration = evaluation.calibration
     facts += [("Accuracy", f"{evaluation.accuracy:.1%} ({int(np.trace(evaluation.confusion))} of "
-                           f"{evaluation.labelled})"),
+                           f"{evaluation.labelled})" + _caveat(sample_sizes.ACCURACY, evaluation.labelled)),
               ("Expected calibration error", f"{calibration.ece:.3f} ({len(calibration.counts)} equal-width bins of "
-                                             "top-1 probability; Guo et al. 2017)")]
+                                             f"top-1 probability over {evaluation.labelled} images; Guo et al. 2017)"
+                                             + _caveat(sample_sizes.CALIBRATION, evaluation.labelled))]
     blocks.append(Facts(tuple(facts)))
     occurring = [m for m in evaluation.per_class if m.support or m.predicted]
     plan = prediction_plan(analysis)
@@ -84,13 +90,14 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     matrix = evaluation.confusion[np.ix_(shown, shown)]
     if len(shown) <= MAX_MATRIX_CLASSES:
         labels = [names[c] for c in shown]
-        blocks.append(FigureRow((
-            Figure(key="evaluation-confusion", title="Confusion matrix",
-                   caption="Rows: the label; columns: the top prediction; every labelled image of the set.",
-                   pixels=analysis.plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix",
-                                        "predicted class", "label")),
-            _reliability_figure(analysis, calibration),
-        )))
+        confusion = Figure(key="evaluation-confusion", title="Confusion matrix",
+                           caption="Rows: the label; columns: the top prediction; every labelled image of the set.",
+                           pixels=analysis.plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix",
+                                                "predicted class", "label"))
+        reliability = _reliability_figure(analysis, calibration, evaluation.labelled)
+        blocks.append(FigureRow((confusion, reliability)) if isinstance(reliability, Figure) else confusion)
+        if not isinstance(reliability, Figure):
+            blocks.append(reliability)
     else:
         pairs = [(names[shown[r]], names[shown[c]], int(matrix[r, c])) for r, c in zip(*np.nonzero(matrix),
                                                                                       strict=True) if r != c]
@@ -98,7 +105,7 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
         blocks.append(Table(columns=("Label", "Predicted", "Images"), rows=tuple(pairs[:50]),
                             caption=f"{len(shown)} classes occur, too many for a matrix: the 50 most frequent "
                                     "confusions; report.json holds the whole matrix."))
-        blocks.append(_reliability_figure(analysis, calibration))
+        blocks.append(_reliability_figure(analysis, calibration, evaluation.labelled))
     for ranked, key, title, caption in (
             (evaluation.confident_mistakes, "evaluation-mistakes", "Most confident mistakes",
              "The wrong predictions the model was surest of (label > prediction, probability)."),
@@ -132,7 +139,12 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
                          manifest={"evaluation": data})
 
 
-def _reliability_figure(analysis: Analysis, calibration: Calibration) -> Figure:
+def _reliability_figure(analysis: Analysis, calibration: Calibration, labelled: int) -> Figure | Text:
+    """The reliability diagram; from too few images (`sample_sizes.CALIBRATION`) a sentence instead: ten bars of a
+    handful of images each would look like a finding."""
+    if not sample_sizes.enough(sample_sizes.CALIBRATION, labelled):
+        return Text(f"No reliability diagram: {sample_sizes.caveat(sample_sizes.CALIBRATION, labelled)} The bins' "
+                    "numbers are in report.json.")
     return Figure(key="evaluation-reliability", title="Reliability diagram",
                   caption=(f"Accuracy against confidence per bin; dashed: perfect calibration; ECE "
                            f"{calibration.ece:.3f}. Below: the share of images per bin."),

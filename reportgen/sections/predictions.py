@@ -15,6 +15,7 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SectionResult, SlugRegistry, Table, Text
+from reportgen.sections.anchors import image_maps_id
 from reportgen.techniques.predictions import (
     UNIFORM_SPREAD,
     Predictions,
@@ -138,7 +139,7 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
         rows.append(tuple(cells))
         row_ids.append(f"prediction-{image_id}")
         links = [plan.class_link(c, names) for c in dict.fromkeys([tops[0][0], *([label] if label >= 0 else [])])]
-        row_links.append(tuple(link for link in links if link))
+        row_links.append((*(link for link in links if link), ("maps", f"#{image_maps_id(analysis, i)}")))
         manifest.append({
             "image": image_id, "name": source.name, "label": source.label, "label_index": label if label >= 0 else None,
             "top_k": [{"class_index": c, "class_name": names[c], "probability": p} for c, p in tops],
@@ -155,11 +156,11 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
                             "labelled": predictions.labelled, "accuracy": predictions.accuracy,
                             "top_k_accuracy": predictions.top_k_accuracy, "uniform_outputs": int(uniform.sum())}
     sections = analysis.options.sections
-    whole_set = analysis.dataset is not None and analysis.dataset.images > n and (
+    evaluated = analysis.dataset is not None and analysis.dataset.evaluation.labelled > 0 and (
         sections is None or "evaluation" in sections)
-    if whole_set:  # a second confusion matrix over the sample would only compete with the whole set's
-        blocks.append(Text("Accuracy, the confusion matrix and calibration over every image are in the evaluation "
-                           "section."))
+    if evaluated:  # the evaluation section draws the confusion matrix over every image: once per page
+        blocks.append(Text("Accuracy, the confusion matrix and calibration over every labelled image are in the "
+                           "evaluation section."))
     elif predictions.confusion is not None:
         blocks.extend(_confusion_blocks(predictions, names, data, analysis.plot))
     else:
@@ -188,11 +189,7 @@ def _confusion_blocks(predictions: Predictions, names: tuple[str, ...], data: di
     labels = [names[c] for c in shown]
     caption = ("Rows: the label; columns: the top prediction; the diagonal counts correct predictions. Only classes "
                "that occur as a label or a prediction are shown.")
-    return [
-        Figure(key="predictions-confusion", title="Confusion matrix", caption=caption,
-               pixels=plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix (labelled images)",
-                           "predicted class", "label")),
-        Table(columns=("Label \\ predicted", *labels),
-              rows=tuple((name, *[int(v) for v in row]) for name, row in zip(labels, matrix, strict=True)),
-              caption=caption),
-    ]
+    return [Figure(key="predictions-confusion", title="Confusion matrix", caption=caption + " The counts are in "
+                   "report.json (this section's data).",
+                   pixels=plot(figures.plot_matrix, matrix, labels, labels, "Confusion matrix (labelled images)",
+                               "predicted class", "label"))]

@@ -298,3 +298,9 @@ def sanity_check(method: str, trained: Sequence[np.ndarray], fresh: Sequence[np.
         fresh_empty += empty_b
         correlations.append(float("nan") if empty_a or empty_b else rank_correlation(a, b))
     return SanityCheck(method, tuple(correlations), trained_empty, fresh_empty, threshold)
+
+
+def trustworthy(beats_random: bool, sanity_status: str | None) -> bool:
+    """Whether a method's maps may be shown as evidence of what the model uses: they beat a random map on
+    deletion and insertion, and the sanity check passed (or could not run: no fresh copy of the model)."""
+    return bool(beats_random) and sanity_status in ("passes", None)
