@@ -203,9 +203,9 @@ def _sample_sizes(analysis: Analysis, results: Mapping[str, SectionResult]) -> l
             + ". Read those numbers as anecdotes; the page gives n beside each.", "#evaluation"))
     classes = results.get("class")
     if classes is not None:
+        # Classes with some labelled images, but too few: with none, the page shows no rate to misread.
         small = [s.class_name for s in classes.sections
-                 if s.class_name and not sample_sizes.enough(sample_sizes.CLASS_RATES,
-                                                             int(s.data.get("labelled") or 0))]
+                 if s.class_name and 0 < int(s.data.get("labelled") or 0) < sample_sizes.CLASS_RATES.images]
         if small:
             shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
             findings.append(Finding("sample_size", "caution", "Per-class numbers from few images",

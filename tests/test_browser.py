@@ -8,6 +8,7 @@ Chromium or Playwright is missing. REPORTGEN_UPDATE_SCREENSHOT=1 also refreshes 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def _open(browser, report: Path, width: int = 1280, height: int = 900, color_sch
 
 def test_demo_report_in_chromium(browser, demo_report, tmp_path):
     page, events = _open(browser, demo_report)
-    # Lazy images load once scrolled to: bring every one into view, then check it decoded.
+    # Lazy images load once scrolled to: open every folded section, bring every image into view, then check it
+    # decoded.
+    page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
     for image in page.query_selector_all("img"):
         image.scroll_into_view_if_needed()
     page.wait_for_function("Array.from(document.images).every(i => i.complete)")
@@ -98,5 +101,39 @@ def test_phone_width_and_dark_theme(browser, demo_report):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background != "rgb(255, 255, 255)"  # the dark palette applied
+    assert events["console"] == [] and events["blocked"] == []
+    page.close()
+
+
+# The goal for the demo's page at 1,400 px: everything a reader needs, sections folded.
+DEMO_PAGE_HEIGHT = 20_000
+
+
+def test_verdict_first_each_figure_once_folded_sections_and_a_lightbox(browser, demo_report):
+    html = (demo_report / "index.html").read_text(encoding="utf-8")
+    uris = re.findall(r'src="(data:[^"]+)"', html)
+    assert uris and len(uris) == len(set(uris)), "a figure appears twice on the page"
+
+    page, events = _open(browser, demo_report, width=1400, height=900)
+    assert page.evaluate("document.documentElement.scrollHeight") <= DEMO_PAGE_HEIGHT
+    # The first screen shows the verdict and the contents.
+    assert page.evaluate("document.getElementById('verdict').getBoundingClientRect().bottom") < 900
+    assert page.evaluate("document.querySelector('.toc').getBoundingClientRect().top") < 200
+
+    # A link to a folded section opens it.
+    target = page.evaluate("document.querySelector('details.section').id")
+    assert not page.evaluate("id => document.getElementById(id).open", target)
+    page.click(f".toc a[href='#{target}']")
+    page.wait_for_function("id => document.getElementById(id).open", arg=target)
+
+    # A click on a figure shows it at its full size over the page; Escape closes it.
+    image = page.query_selector("section.section img.zoomable")
+    image.scroll_into_view_if_needed()
+    image.click()
+    page.wait_for_selector("#lightbox:not([hidden]) img")
+    shown = page.evaluate("document.querySelector('#lightbox img').getBoundingClientRect().width")
+    assert shown == pytest.approx(page.evaluate("document.querySelector('#lightbox img').naturalWidth"), abs=1)
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.getElementById('lightbox').hidden")
     assert events["console"] == [] and events["blocked"] == []
     page.close()
