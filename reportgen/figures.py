@@ -303,19 +303,16 @@ def shared_kernel_grids(kernels: Sequence[np.ndarray], names: Sequence[str], cha
     `kernel_scale`s, each with its colour bar: equal weights are equal colours in every grid. Scaled each to its
     own maximum, a heavy-tailed trained kernel looked pale beside a uniform fresh one a third of its std. The
     maximum rather than a percentile: no weight is clipped, so no colour stands for a value the weights lack."""
-    shape = kernels[0].shape
     own = [kernel_scale(k, max_tiles, depthwise) for k in kernels]
     scale = max(own, default=0.0) or 1.0
-    pixels, how = [], ""
-    for kernel in kernels:
-        grid, how, rgb = _draw_kernel(kernel, max_tiles, channel_order, scale, depthwise)
-        pixels.append(below(grid, _scale_bar(shape, max_tiles, depthwise, rgb, scale)))
-    measure = _measure(shape, max_tiles, depthwise)
+    drawn = [kernel_grid(k, max_tiles, channel_order, scale=scale, depthwise=depthwise, colour_bar=True)
+             for k in kernels]
+    pixels = [grid for grid, _ in drawn]
+    measure = _measure(kernels[0].shape, max_tiles, depthwise)
     largest = ", ".join(f"{name} {value:.3g}" for name, value in zip(names, own, strict=True))
     which = "larger" if len(kernels) == 2 else "largest"
-    caption = (f"{how}. One colour scale for the {' and '.join(names)} grids (the bar under each): full colour at "
-               f"{measure} = {scale:.3g}, the {which} of their largest {measure} ({largest}), so equal colours are "
-               "equal weights.")
+    caption = (f"{drawn[0][1]}; one colour scale for the {' and '.join(names)} grids: {scale:.3g} is the {which} "
+               f"of their largest {measure} ({largest}), so equal colours are equal values.")
     return KernelGrids(tuple(pixels), caption, scale, measure)
 
 
@@ -332,22 +329,22 @@ def _text_width(text: str) -> int:
     return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, BAR_FONT_SCALE, 1)[0][0]
 
 
-def _bar(ramps: Sequence[tuple[str, np.ndarray]], scale: float, ramp_height: int) -> np.ndarray:
+def _bar(ramps: Sequence[tuple[str, np.ndarray]], scale: float, ramp_height: int, gap: int = 3) -> np.ndarray:
     """Labelled colour ramps (name, (BAR_WIDTH, 3) colours from -scale to +scale), one above the other, with the
     values of both ends and of the middle written under them."""
     left = 4 + max(_text_width(name) for name, _ in ramps) + 6
     low, high = f"-{scale:.3g}", f"+{scale:.3g}"
+    left = max(left, 4 + _text_width(low) // 2)  # room for the value under the left end
     width = left + BAR_WIDTH + _text_width(high) // 2 + 4
-    height = 4 + ramp_height * len(ramps) + 4 + 14
-    strip = np.full((height, width, 3), BACKGROUND, np.uint8)
+    ticks = 4 + len(ramps) * (ramp_height + gap) - gap
+    strip = np.full((ticks + 3 + 16, width, 3), BACKGROUND, np.uint8)
     for i, (name, colours) in enumerate(ramps):
-        top = 4 + i * ramp_height
+        top = 4 + i * (ramp_height + gap)
         strip[top:top + ramp_height, left:left + BAR_WIDTH] = colours[None]
-        _put(strip, name, 4, top + ramp_height // 2 + 4)
-    ticks = 4 + ramp_height * len(ramps)
+        _put(strip, name, 4, top + (ramp_height + 9) // 2)  # the Hershey capitals are about 9 px tall
     for x, text in ((left, low), (left + BAR_WIDTH // 2, "0"), (left + BAR_WIDTH - 1, high)):
         strip[ticks:ticks + 3, x] = TEXT_COLOUR
-        _put(strip, text, max(0, x - _text_width(text) // 2), ticks + 15)
+        _put(strip, text, x - _text_width(text) // 2, ticks + 15)
     return strip
 
 
@@ -364,7 +361,7 @@ def rgb_bar(scale: float) -> np.ndarray:
         colours = np.full((BAR_WIDTH, 3), 128, np.uint8)
         colours[:, channel] = level
         ramps.append((f"w on {name}", colours))
-    return _bar(ramps, scale, 7)
+    return _bar(ramps, scale, 11)
 
 
 def below(image: np.ndarray, strip: np.ndarray, gap: int = 4) -> np.ndarray:

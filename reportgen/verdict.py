@@ -106,7 +106,8 @@ def _training(analysis: Analysis) -> tuple[bool, Finding | None]:
     if random_by_request and evidence.looks_untrained:
         return True, Finding("training", "problem", "Random weights: built with --weights none",
                              f"{loaded.name} was built without trained weights, as asked: every figure shows an "
-                             f"untrained network ({constants}; {tensors}{_confidence_text(analysis)}).", "#weights", data)
+                             f"untrained network ({constants}; {tensors}{_confidence_text(analysis)}).",
+                             "#weights", data)
     if evidence.looks_untrained:
         return True, Finding("training", "problem", "The model looks untrained",
                              f"Its weights are what a fresh initialisation gives: {constants}; {tensors}"

@@ -48,5 +48,5 @@ def test_demo_writes_a_report_that_shows_training(cli, tmp_path):
     assert set(tensors) == {"conv1", "conv2", "conv3", "predictions"}
     for layer, tensor in tensors.items():
         # Training moved every kernel far from its initialisation, and the report says so.
-        assert tensor["relative_change"] > 0.5, layer
+        assert tensor["initialiser_distance"]["statistic"] > tensor["initialiser_distance"]["critical"], layer
         assert tensor["trained"]["std"] != tensor["fresh"]["std"]

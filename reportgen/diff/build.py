@@ -170,12 +170,19 @@ def _tensor_blocks(change: TensorChange, key: str) -> list:
                                                                 ("new", change.new_counts, NEW_COLOR)],
                                              title=f"{change.layer} {change.tensor}")),
     ]
-    if change.old.ndim == 4 and change.new.ndim == 4:
+    if change.old.ndim == 4 and change.new.ndim == 4 and change.same_shape:
+        grids = figures.shared_kernel_grids((change.old, change.new), ("old", "new"))
+        row = [Figure(key=f"{key}-old", title=f"{change.layer}: old {change.tensor}", caption=grids.caption,
+                      pixels=grids.pixels[0]),
+               Figure(key=f"{key}-new", title=f"{change.layer}: new {change.tensor}",
+                      caption="The new version, on the same colour scale as the old.", pixels=grids.pixels[1])]
+    elif change.old.ndim == 4 and change.new.ndim == 4:  # reshaped: each on its own scale, and the captions say so
         old_grid, how = figures.kernel_grid(change.old)
-        new_grid, _ = figures.kernel_grid(change.new)
+        new_grid, new_how = figures.kernel_grid(change.new)
         row = [Figure(key=f"{key}-old", title=f"{change.layer}: old {change.tensor}", caption=how, pixels=old_grid),
                Figure(key=f"{key}-new", title=f"{change.layer}: new {change.tensor}",
-                      caption="The new version, drawn the same way.", pixels=new_grid)]
+                      caption=f"The new version (another shape, its own scale): {new_how}", pixels=new_grid)]
+    if change.old.ndim == 4 and change.new.ndim == 4:
         if change.same_shape:
             delta_grid, _ = figures.kernel_grid(change.new - change.old)
             row.append(Figure(key=f"{key}-change", title=f"{change.layer}: new - old",

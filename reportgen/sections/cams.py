@@ -13,7 +13,7 @@ import numpy as np
 from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.precision import ranking_dtype
-from reportgen.report import Facts, Figure, FigureRow, Section, SectionResult, Table, Text
+from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import CAM_IMAGES, cam_section_id, image_maps_id
 from reportgen.sections.predictions import PredictionPlan, prediction_plan, shared
 from reportgen.techniques.cam_trust import SANITY_THRESHOLD
@@ -35,7 +35,6 @@ TILE = 128  # px, longer side of every image tile
 COLORMAP = "jet"
 MAX_IMAGES_SHOWN = 32  # per method; every map is still in the table, report.json and arrays.npz
 SANITY_IMAGES = 8  # images whose maps are recomputed on the freshly initialised model
-SANITY_SHOWN = 6
 HOW_TO_READ = ("Colours: jet, red high and blue low, each map scaled to its own maximum. Deletion AUC (lower is "
                "better): the area under the class probability while the pixels the map ranks highest are replaced by "
                "the image's mean colour; insertion AUC (higher is better): the same while they are put back into a "
@@ -163,19 +162,6 @@ def raw_tile(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return figures.hatched(*size) if scaled is None else figures.heatmap_tile(scaled, size, COLORMAP)
 
 
-def short(text: str, length: int = 20) -> str:
-    """At most `length` characters for a tile label, cut in the middle so a file's extension stays readable."""
-    if len(text) <= length:
-        return text
-    head = (length - 2) // 2
-    return f"{text[:head]}..{text[len(text) - (length - 2 - head):]}"
-
-
-def file_label(name: str) -> str:
-    """A tile label for an image: its file name without the class folder (the caption has the full name)."""
-    return short(name.rsplit("/", 1)[-1])
-
-
 def method_section_id(analysis: Analysis, bundle: CamBundle, method: str) -> str:
     at_layer = METHODS[method].resolution == "layer" and bundle.layer is not None
     return cam_section_id(analysis, bundle.layer.path if at_layer else None, method)
@@ -223,11 +209,14 @@ def _images_section(analysis: Analysis, bundle: CamBundle, results: CamResults) 
     if len(by_image) > len(shown):
         blocks.append(Text(f"Figures for the first {len(shown)} of {len(by_image)} images; each method's table, "
                            "report.json and arrays.npz (--save-arrays) hold every map."))
-    blocks += [_image_row(analysis, results, image, by_image[image]) for image in shown]
+    blocks += [_image_row(analysis, bundle, results, image, by_image[image]) for image in shown]
     return Section(id=CAM_IMAGES, kind="cam", title="Maps per image", blocks=tuple(blocks))
 
 
-def _image_row(analysis: Analysis, results: CamResults, image: int, maps: list[Heatmap]) -> Figure:
+def _image_row(analysis: Analysis, bundle: CamBundle, results: CamResults, image: int, maps: list[Heatmap]
+               ) -> Figure:
+    """The image's maps, a row per class explained; for the images of the sanity check, under its top class's row
+    the same maps from the freshly initialised model (a trustworthy method's maps change)."""
     names = analysis.class_names.names
     source = analysis.images.sources[image]
     tile = image_tile(analysis, image)
@@ -254,8 +243,14 @@ def _image_row(analysis: Analysis, results: CamResults, image: int, maps: list[H
                           f"{heatmap.random_insertion_auc:.3f}){empty}")
         parts.append(f"{names[class_index]} ({', '.join(first.target.reasons)}, p = {first.probability:.1%}): "
                      + "; ".join(scores))
-    labelled = f", label {source.label}" if source.label else ""
-    caption = f"{source.name}{labelled}. " + ". ".join(parts) + "."
+        if class_index == next(iter(by_class)):
+            fresh_row = _fresh_row(bundle, results, image, class_index, tile)
+            if fresh_row:
+                tiles += [figures.hatched(*tile.shape[:2]), *fresh_row]
+                labels += ["fresh model", *(f"{METHODS[m].label}\nfresh model" for m in results.methods)]
+                parts.append("second row: the same maps from the freshly initialised model (sanity check)")
+    labelled = f"Label {source.label}. " if source.label else ""
+    caption = labelled + ". ".join(parts) + "."
     return Figure(key=image_maps_id(analysis, image), title=source.name, caption=caption,
                   pixels=analysis.encode(figures.fit_width(figures.tile_grid(
                       tiles, columns=1 + len(results.methods), labels=labels))))
@@ -349,7 +344,9 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
         facts.append(("Sanity check", check.describe()))
     blocks: list = [Facts(tuple(facts))]
     if check is not None and method in results.fresh_maps:
-        blocks.append(_sanity_row(analysis, results, method, sid))
+        blocks.append(Text(f"The freshly initialised model's {info.label} maps of the first "
+                           f"{len(results.fresh_maps[method])} images are in Maps per image, under each image's "
+                           "trained maps."))
 
     rows, links, arrays = [], [], {}
     for heatmap in maps:
@@ -388,24 +385,15 @@ def _method_section(analysis: Analysis, bundle: CamBundle, results: CamResults, 
     )
 
 
-def _sanity_row(analysis: Analysis, results: CamResults, method: str, sid: str) -> FigureRow:
-    """The first images' maps (first class each) from the trained and the freshly initialised model."""
-    trained_maps = {(h.image, h.target.class_index): h.raw for h in results.for_method(method)}
-    count = min(SANITY_SHOWN, len(results.fresh_maps[method]))
-    images = range(count)
-    labels = [file_label(analysis.images.sources[i].name) for i in images]
-    trained, fresh = [], []
-    for i in images:
-        tile = image_tile(analysis, i)
-        target = next(h.target for h in results.for_method(method) if h.image == i)
-        trained.append(overlay_tile(tile, trained_maps[(i, target.class_index)]))
-        fresh.append(overlay_tile(tile, results.fresh_maps[method][i][0]))
-    label = METHODS[method].label
-    return FigureRow((
-        Figure(key=f"{sid}-sanity-trained", title=f"{label}: trained model",
-               caption="The first images' maps for their top prediction, from the trained model.",
-               pixels=figures.fit_width(figures.tile_grid(trained, columns=count, labels=labels))),
-        Figure(key=f"{sid}-sanity-fresh", title=f"{label}: freshly initialised model",
-               caption="The same maps from the architecture freshly initialised: a trustworthy method's maps change.",
-               pixels=figures.fit_width(figures.tile_grid(fresh, columns=count, labels=labels))),
-    ))
+def _fresh_row(bundle: CamBundle, results: CamResults, image: int, class_index: int, tile: np.ndarray
+               ) -> list[np.ndarray]:
+    """Each method's map of `class_index` from the freshly initialised model, over `tile`; [] when the image is not
+    in the sanity check's sample."""
+    position = [t.class_index for t in bundle.plan.targets[image]].index(class_index)
+    row = []
+    for method in results.methods:
+        fresh = results.fresh_maps.get(method)
+        if not fresh or image >= len(fresh):
+            return []
+        row.append(overlay_tile(tile, fresh[image][position]))
+    return row

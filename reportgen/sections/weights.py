@@ -12,6 +12,7 @@ from reportgen.analysis import Analysis
 from reportgen.report import Figure, FigureRow, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.feature_maps import select_layers
+from reportgen.techniques.untrained import KS_SAMPLE, KS_SIGNIFICANCE, InitialiserDistance
 from reportgen.techniques.weights import (
     NEAR_ZERO_SHARE,
     KernelComparison,
@@ -39,6 +40,23 @@ def stats_rows(trained: WeightStats, fresh: WeightStats) -> tuple[tuple[str, str
     )
 
 
+def _distance_cell(distance: InitialiserDistance) -> str:
+    """"0.412 (0.188) distinguishable": the KS distance, its critical value, and what they say."""
+    if distance.statistic != distance.statistic:  # NaN: no finite value to compare
+        return "n/a"
+    verdict = "indistinguishable" if distance.indistinguishable else "distinguishable"
+    return f"{distance.statistic:.3f} ({distance.critical:.3f}) {verdict}"
+
+
+def _distance_sentence(distance: InitialiserDistance) -> str:
+    if distance.statistic != distance.statistic:
+        return "KS distance to the initialiser's distribution: n/a (no finite weight)"
+    verdict = ("cannot be told from a fresh draw" if distance.indistinguishable else
+               "is not a draw of the initialiser's distribution")
+    return (f"KS distance to the initialiser's distribution {distance.statistic:.3f} (critical {distance.critical:.3f}"
+            f" at p = {KS_SIGNIFICANCE:g}, {distance.sampled:,} values of each): the trained tensor {verdict}")
+
+
 def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix: str, channel_order: str,
                    drawn: bool) -> list:
     """A tensor's statistics, and when `drawn` its histogram and kernel grids (trained beside fresh)."""
@@ -47,9 +65,8 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
         Table(
             columns=(tensor, "trained", "fresh"),
             rows=stats_rows(comparison.trained.stats, comparison.fresh.stats),
-            caption=(f"Shape {tuple(comparison.trained.values.shape)}; relative change "
-                     f"||trained - fresh|| / ||fresh|| = {_fmt(comparison.change)}. Near zero: "
-                     f"|w| < {NEAR_ZERO_SHARE:.0%} of the tensor's largest |w|."),
+            caption=(f"Shape {tuple(comparison.trained.values.shape)}; {_distance_sentence(comparison.distance)}. "
+                     f"Near zero: |w| < {NEAR_ZERO_SHARE:.0%} of the tensor's largest |w|."),
         ),
     ]
     if not drawn:
@@ -67,38 +84,48 @@ def _tensor_blocks(analysis: Analysis, comparison: KernelComparison, key_prefix:
             ),
         ),
     ]
-    if comparison.trained.values.ndim == 4:
-        trained_grid, how = figures.kernel_grid(comparison.trained.values, channel_order=channel_order)
-        fresh_grid, _ = figures.kernel_grid(comparison.fresh.values, channel_order=channel_order)
+    if comparison.trained.values.ndim == 4 and comparison.trained.values.shape == comparison.fresh.values.shape:
+        grids = figures.shared_kernel_grids((comparison.trained.values, comparison.fresh.values), ("trained", "fresh"),
+                                            channel_order=channel_order, depthwise=comparison.depthwise)
         blocks.append(FigureRow((
-            Figure(key=f"{key_prefix}-trained", title=f"{comparison.layer}: trained {tensor}", caption=how,
-                   pixels=trained_grid),
+            Figure(key=f"{key_prefix}-trained", title=f"{comparison.layer}: trained {tensor}", caption=grids.caption,
+                   pixels=grids.pixels[0]),
             Figure(key=f"{key_prefix}-fresh", title=f"{comparison.layer}: fresh {tensor}",
-                   caption="The same layer freshly initialised, drawn the same way.", pixels=fresh_grid),
+                   caption=(f"The same layer freshly initialised, laid out the same way and on the same colour scale "
+                            f"as the trained grid: {grids.measure} = {grids.scale:.3g} is full colour."),
+                   pixels=grids.pixels[1]),
         )))
     return blocks
 
 
 def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
-    comparisons = compare_weights(analysis.layers, analysis.fresh_layers)
+    comparisons = compare_weights(analysis.layers, analysis.fresh_layers, analysis.options.seed)
     if not comparisons:
         return SectionResult((Section(id="weights", kind="weights", title="Weights",
                                       blocks=(Text("This model has no convolutional or dense layer with weights."),)),),
-                             ("weights: the model has no conv or dense layer; the weights section is empty",))
+                             ("weights: the model has no conv or dense layer; the weights section is empty",),
+                             shared={"initialiser_distances": ()})
     by_layer: dict[str, list[KernelComparison]] = defaultdict(list)
     for comparison in comparisons:
         by_layer[comparison.layer].append(comparison)
 
     overview = Table(
-        columns=("Layer", "Type", "Tensor", "Trained std", "Fresh std", "Relative change", "Near zero",
-                 "NaN or Inf"),
+        columns=("Layer", "Type", "Tensor", "Trained std", "Fresh std", "KS distance to initialiser (critical)",
+                 "Near zero", "NaN or Inf"),
         rows=tuple(
-            (c.layer, c.layer_type, c.tensor, _fmt(c.trained.stats.std), _fmt(c.fresh.stats.std), _fmt(c.change),
-             f"{c.trained.stats.near_zero:.1%}", str(c.trained.stats.non_finite))
+            (c.layer, c.layer_type, c.tensor, _fmt(c.trained.stats.std), _fmt(c.fresh.stats.std),
+             _distance_cell(c.distance), f"{c.trained.stats.near_zero:.1%}", str(c.trained.stats.non_finite))
             for c in comparisons
         ),
-        caption=("Relative change = ||trained - fresh|| / ||fresh||, against a freshly initialised copy of the "
-                 f"architecture (seed {analysis.options.seed}): how far training moved each tensor."),
+        caption=("Each tensor against the same tensor of a freshly initialised copy of the architecture (seed "
+                 f"{analysis.options.seed}). Two independent draws of one initialiser differ by about sqrt(2) of "
+                 "their norm (||a - b|| / ||b|| is 1.41 for a model that never saw an image), so how far the weights "
+                 "are from the fresh copy cannot show training. The KS distance compares their distributions instead: "
+                 "the largest gap between the two cumulative distributions of the values (at most "
+                 f"{KS_SAMPLE:,} of each, sampled), about 0 for an untrained tensor and above the critical value "
+                 "(which two draws of one distribution exceed with probability "
+                 f"{KS_SIGNIFICANCE:g}) when training reshaped the distribution. A short training run can leave a "
+                 "large tensor indistinguishable."),
         row_links=tuple((("details", "#" + section_id("weights", analysis, c.layer)),) for c in comparisons),
     )
     sections = [Section(id="weights", kind="weights", title="Weights: trained against freshly initialised",
@@ -139,11 +166,13 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
                 "trained": asdict(comparison.trained.stats),
                 "fresh": asdict(comparison.fresh.stats),
                 "bias": asdict(comparison.trained.bias_stats) if comparison.trained.bias_stats else None,
-                "relative_change": comparison.change,
+                "initialiser_distance": {**asdict(comparison.distance),
+                                         "indistinguishable": comparison.distance.indistinguishable},
                 "array_keys": keys if analysis.options.save_arrays else None,
             })
         sections.append(Section(
             id=sid, kind="weights", title=f"Weights: {path}", blocks=tuple(blocks), layer=path,
             data={"type": layer_comparisons[0].layer_type, "tensors": tensors}, arrays=arrays,
         ))
-    return SectionResult(tuple(sections), tuple(warnings))
+    distances = tuple((c.layer, c.tensor, c.distance) for c in comparisons)
+    return SectionResult(tuple(sections), tuple(warnings), shared={"initialiser_distances": distances})

@@ -12,6 +12,7 @@ import numpy as np
 from reportgen import seeds
 from reportgen.graph import LayerNode
 from reportgen.layer_kinds import has_kernel
+from reportgen.techniques.untrained import InitialiserDistance, initialiser_distance
 
 # A weight counts as "near zero" when |w| is below this share of the tensor's largest |w|: scale-free, so
 # trained and fresh tensors of very different magnitudes compare fairly.
@@ -43,7 +44,8 @@ class KernelWeights:
 
 @dataclass(frozen=True)
 class KernelComparison:
-    """The same tensor in the trained model and in a freshly initialised copy, with shared histogram bins."""
+    """The same tensor in the trained model and in a freshly initialised copy, with shared histogram bins and the
+    two-sample Kolmogorov-Smirnov distance between their values (`untrained.initialiser_distance`)."""
 
     layer: str
     layer_type: str
@@ -53,10 +55,18 @@ class KernelComparison:
     bin_edges: np.ndarray
     trained_counts: np.ndarray
     fresh_counts: np.ndarray
+    distance: InitialiserDistance
+
+    @property
+    def depthwise(self) -> bool:
+        """A depthwise kernel (kh, kw, in, multiplier): Keras 3's DepthwiseConv2D calls it `kernel`, SeparableConv2D
+        `depthwise_kernel`."""
+        return self.tensor == "depthwise_kernel" or self.layer_type == "DepthwiseConv2D"
 
     @cached_property
     def change(self) -> float:
-        """Relative change of the weights: ||trained - fresh|| / ||fresh|| (an overall 'how far training moved')."""
+        """||trained - fresh|| / ||fresh||. Not evidence of training: two independent draws of one initialiser are
+        about sqrt(2) apart by it, so the report shows `distance` instead."""
         if self.trained.values.shape != self.fresh.values.shape:
             return float("nan")
         fresh_norm = float(np.linalg.norm(self.fresh.values))
@@ -144,8 +154,10 @@ def histogram(trained: np.ndarray, fresh: np.ndarray, bins: int = HISTOGRAM_BINS
     return edges, counts[0], counts[1]
 
 
-def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]) -> list[KernelComparison]:
-    """Pair every kernel of the trained model with the same kernel of the fresh copy (matched by layer path)."""
+def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode],
+                    seed: int = 0) -> list[KernelComparison]:
+    """Pair every kernel of the trained model with the same kernel of the fresh copy (matched by layer path);
+    `seed` draws the values the distance test samples from large tensors."""
     fresh_by_path = {node.path: node for node in fresh_nodes}
     comparisons = []
     for node in trained_nodes:
@@ -157,9 +169,10 @@ def compare_weights(trained_nodes: list[LayerNode], fresh_nodes: list[LayerNode]
             if fresh is None:
                 continue
             edges, trained_counts, fresh_counts = histogram(kernel.values, fresh.values)
+            distance = initialiser_distance(kernel.values, fresh.values, seed, f"{node.path}/{kernel.name}")
             comparisons.append(
                 KernelComparison(node.path, node.type_name, kernel.name, kernel, fresh, edges, trained_counts,
-                                 fresh_counts)
+                                 fresh_counts, distance)
             )
     return comparisons
 
