@@ -275,3 +275,27 @@ def without_graph_rewrites() -> Iterator[None]:
         yield
     finally:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False, **before})
+
+
+MODEL_INPUT = "<input>"  # `layer_sources`' name for the model's input
+UNKNOWN_SOURCE = "<unknown>"  # a tensor no recorded call wrote (a constant, or state the run does not show)
+
+
+def layer_sources(model: Any, input_shape: tuple[int, int, int]) -> dict[str, tuple[str, ...]]:
+    """Path -> the paths of the calls whose outputs it reads, as one run on a zero image shows them (`MODEL_INPUT`
+    for the model's input, `UNKNOWN_SOURCE` for a tensor no call wrote). Read from the run, not from Keras' node
+    bookkeeping, so nested models and Sequential models are crossed like any other layer; a layer called several
+    times reads the union. Besides walked layers, the paths include operations a functional graph calls directly."""
+    import tensorflow as tf
+
+    calls: list[LayerCall] = []
+    image = tf.zeros((1, *input_shape), dtype="float32")
+    run_layers(model, image, calls=calls)
+    writer: dict[int, str] = {}
+    sources: dict[str, tuple[str, ...]] = {}
+    for call in calls:
+        found = [writer.get(t, MODEL_INPUT if t == id(image) else UNKNOWN_SOURCE) for t in call.reads]
+        sources[call.path] = tuple(dict.fromkeys((*sources.get(call.path, ()), *found)))
+        for tensor in call.writes:
+            writer.setdefault(tensor, call.path)
+    return sources

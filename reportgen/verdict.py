@@ -178,16 +178,14 @@ def _cam_trust(analysis: Analysis, results: Mapping[str, SectionResult], untrain
                        f"insertion minus deletion AUC) and its sanity check {best.get('sanity_status') or 'n/a'}"
                        + (f"; {', '.join(others)} also beat random." if others else "; no other method does."),
                        "#cam")
-    layer = cam.sections[0].data.get("layer")
-    from reportgen.sections.cams import cam_layer_advice
-    from reportgen.techniques.cams.target_layer import alternative_layers
+    from reportgen.sections.cams import layer_advice
 
-    alternatives = alternative_layers(analysis.layers, analysis.layer_shapes, layer, analysis.block_outputs) \
-        if layer else ()
+    target = analysis.cam_target
+    advice = layer_advice(analysis, target, untrained) if target is not None else ""
     return Finding("cam_trust", "problem", "No CAM method to trust here",
                    "None of " + ", ".join(cam_method(m["method"]).label for m in methods)
                    + " beats a random map on deletion and insertion while passing the sanity check: their maps do "
-                   "not show what the model uses. " + cam_layer_advice(alternatives, untrained), "#cam")
+                   "not show what the model uses" + (f"; {advice}." if advice else "."), "#cam")
 
 
 def _sample_sizes(analysis: Analysis, results: Mapping[str, SectionResult]) -> list[Finding]:

@@ -119,7 +119,7 @@ def test_a_method_worse_than_random_is_flagged_in_page_warnings_and_summary(mini
     assert any("Grad-CAM" in w and "no better than a random map" in w for w in result.warnings)
     assert not any("LayerCAM" in w and "no better than a random map" in w for w in result.warnings)
     html = result.index_html.read_text()
-    assert "NO BETTER THAN RANDOM" in html and "do no better than a random map" in html
+    assert "NO BETTER THAN RANDOM" in html and "Grad-CAM does no better than a random map" in html
     summary = (result.out_dir / "summary.md").read_text()
     assert "gradcam **no better than a random map**" in summary and "layercam beats random" in summary
 

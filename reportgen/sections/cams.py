@@ -109,7 +109,8 @@ def _compute(analysis: Analysis) -> CamBundle:
                 f"than a random map (deletion AUC {scores.deletion_auc:.3f} vs {scores.random_deletion_auc:.3f} "
                 f"random, insertion {scores.insertion_auc:.3f} vs {scores.random_insertion_auc:.3f}): its maps do "
                 "not show what the model uses"
-                + (f"; {layer_advice(analysis, layer)}" if layer and METHODS[method].resolution == "layer" else ""))
+                + (f"; {layer_advice(analysis, layer, looks_untrained(analysis))}"
+                   if layer and METHODS[method].resolution == "layer" else ""))
     for group, difference in same_maps(results):
         warnings.append(
             f"cam: {', '.join(METHODS[m].label for m in group)} give the same maps (largest difference "
@@ -121,11 +122,19 @@ def cam_layer_advice(alternatives: Sequence[tuple[str, tuple[int, int]]], untrai
     """What to do when a layer method's maps do no better than random, as a clause: the weights when they look
     untrained (no layer helps then), else the layers to try (`target_layer.alternative_layers`) with their maps."""
     if untrained:
-        return "the weights look untrained (see the verdict); no layer choice will help"
+        return "the weights look untrained (see the verdict), so no layer choice will help"
     if not alternatives:
         return "no other block output has a spatial map to try with --cam-layer"
     named = [f"{path} ({h}x{w})" for path, (h, w) in alternatives]
     return "try --cam-layer " + (named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}")
+
+
+def looks_untrained(analysis: Analysis) -> bool:
+    """The verdict's reading of the weights (`verdict.untrained_evidence`), so the advice names the cause."""
+    from reportgen.verdict import untrained_evidence
+
+    evidence = untrained_evidence(analysis)
+    return bool(evidence is not None and evidence.looks_untrained)
 
 
 def layer_advice(analysis: Analysis, layer: TargetLayer, untrained: bool = False) -> str:
@@ -317,8 +326,8 @@ def _overview(analysis: Analysis, bundle: CamBundle, results: CamResults) -> Sec
     failing = [m for m in results.methods if not scores[m].beats_random]
     if failing:
         one = len(failing) == 1
-        advice = layer_advice(analysis, layer) if layer and any(METHODS[m].resolution == "layer" for m in failing) \
-            else ""
+        at_layer = layer is not None and any(METHODS[m].resolution == "layer" for m in failing)
+        advice = layer_advice(analysis, layer, looks_untrained(analysis)) if at_layer else ""
         blocks.insert(1, Text(
             f"Warning: {', '.join(METHODS[m].label for m in failing)} {'does' if one else 'do'} no better than a "
             f"random map on deletion and insertion here: {'its' if one else 'their'} maps do not show what the "

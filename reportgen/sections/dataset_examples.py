@@ -15,6 +15,7 @@ from reportgen import figures
 from reportgen.analysis import Analysis
 from reportgen.report import Figure, Section, SectionResult, Text
 from reportgen.sections.anchors import section_id
+from reportgen.sections.filter_patterns import class_labels, filter_name
 from reportgen.techniques.dataset_examples import FilterExamples, ReceptiveField
 
 KIND = "dataset_examples"
@@ -72,12 +73,13 @@ def _layer_section(analysis: Analysis, path: str, rows: list[FilterExamples], fi
                    images: dict[int, np.ndarray], manifest: list[dict[str, Any]],
                    patterns: Mapping[tuple[str, str], Any]) -> Section:
     k = analysis.options.examples
+    classes = class_labels(analysis, path)  # a class-score conv's filters are named by their class
     tiles, labels = [], []
     for examples in rows:
         for direction in ("ascent", "descent"):
             tile = _pattern_tile(patterns, path, direction, examples.filter)
             tiles.append(np.full((PATCH, PATCH, 3), BLANK, np.uint8) if tile is None else tile)
-            labels.append(f"{examples.filter} {'up' if direction == 'ascent' else 'down'}")
+            labels.append(f"{filter_name(examples.filter, classes)} {'up' if direction == 'ascent' else 'down'}")
         for kind, ranked in (("top", examples.top), ("bottom", examples.bottom)):
             entries = []
             for j in range(k):
@@ -94,7 +96,8 @@ def _layer_section(analysis: Analysis, path: str, rows: list[FilterExamples], fi
                              "kind": kind, "images": entries})
     sid = section_id(KIND, analysis, path)
     grid = figures.fit_width(figures.tile_grid(tiles, columns=2 + 2 * k, pad=3, labels=labels))
-    caption = (f"One row per filter: its ascent and descent patterns, the {k} images that drive it most (mean "
+    caption = (("One row per filter, labelled with the class whose score it is" if classes else "One row per filter")
+               + f": its ascent and descent patterns, the {k} images that drive it most (mean "
                f"activation under each), then the {k} that drive it least. Patches: the receptive field of one "
                f"cell, {field.size[0]}x{field.size[1]} px of the model input, at the filter's strongest (weakest) "
                "cell.")

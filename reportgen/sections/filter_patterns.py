@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from reportgen import figures, registry
 from reportgen.analysis import Analysis
+from reportgen.graph import layer_sources
+from reportgen.layer_kinds import PATTERN_TYPES, Linearity, activation_name, describe_layer, image_linearity
 from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import section_id
 from reportgen.techniques.filter_patterns import (
@@ -34,6 +37,7 @@ from reportgen.techniques.filter_patterns import (
     search_layers,
     search_size,
 )
+from reportgen.techniques.filter_patterns.targets import feeds_class_scores, first_conv, layer_consumers_from
 from reportgen.techniques.pattern_params import PixelMap
 
 COLUMNS = 8
@@ -68,17 +72,24 @@ def pattern_tiles(analysis: Analysis, inputs: np.ndarray, dead: np.ndarray) -> n
     return pixels
 
 
+def filter_name(index: int, classes: Mapping[int, str] | None) -> str:
+    """A filter's label: its class's name where the filters are the class scores (`class_labels`), else its index."""
+    return classes[index] if classes and index in classes else str(index)
+
+
 def _grid(analysis: Analysis, result: LayerPatterns, direction: str,
-          shown: dict[tuple[str, str], tuple[tuple[int, ...], np.ndarray]]) -> np.ndarray:
-    """The grid of one direction's patterns; each filter's (first) tile also goes into `shown`, for the dataset
-    examples, which show it beside the natural images that drive the filter."""
+          shown: dict[tuple[str, str], tuple[tuple[int, ...], np.ndarray]],
+          classes: Mapping[int, str] | None = None) -> np.ndarray:
+    """The grid of one direction's patterns, labelled by `filter_name`; each filter's (first) tile also goes into
+    `shown`, for the dataset examples, which show it beside the natural images that drive the filter."""
     k = result.diversity
     dead = np.repeat(result.dead, k)
     tiles = pattern_tiles(analysis, result.direction(direction).inputs, dead)
     shown[(result.layer, direction)] = (result.filters, tiles[::k])
     zoom = max(1, round(128 / max(tiles.shape[1:3])))  # small patterns are enlarged to ~128 px, pixels kept crisp
     tiles = np.stack([figures.upscale(tile, zoom) for tile in tiles])
-    names = [str(f) if k == 1 else f"{f}.{v + 1}" for f in result.filters for v in range(k)]
+    names = [filter_name(f, classes) if k == 1 else f"{filter_name(f, classes)}.{v + 1}" for f in result.filters
+             for v in range(k)]
     labels = [f"{name} dead" if off else name for name, off in zip(names, dead, strict=True)]
     columns = COLUMNS if k == 1 else max(k, COLUMNS // k * k)  # a filter's patterns side by side
     return figures.fit_width(figures.tile_grid(tiles, columns=columns, pad=4, labels=labels))
@@ -89,15 +100,81 @@ def _display(analysis: Analysis, inputs: np.ndarray) -> np.ndarray:
     return np.asarray(analysis.preprocessor.invert(inputs), np.float32) / 255.0
 
 
-def target_text(target: PatternTarget) -> str:
-    """Which layer's output a layer's patterns drive, in words."""
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _chain_steps(target: PatternTarget, layers: Mapping[str, Any]) -> str:
+    """What the chain from a conv to the output its patterns drive does, in words: "batch normalisation, the
+    residual add and its relu activation (conv2_block1_out)"."""
+    import keras
+
+    steps = []
+    for path in target.chain:
+        layer = layers.get(path)
+        name = activation_name(layer) if layer is not None else None
+        if isinstance(layer, keras.layers.BatchNormalization):
+            steps.append("batch normalisation")
+        elif isinstance(layer, keras.layers.Add):
+            steps.append("the residual add")
+        elif name is not None:
+            steps.append(f"its {name} activation ({path})")
+    return _listed(list(dict.fromkeys(steps))) if steps else "layers that keep its channels"
+
+
+def image_text(linearity: Linearity, layers: Mapping[str, Any], output: str) -> str:
+    """What the optimised mean is as a function of the image, in words, from the graph (`image_linearity`)."""
+    cause = linearity.cause or ""
+    if linearity.linear:
+        return ("It is an affine function of the image (only affine layers lie between the input and it), so its "
+                "mean is highest with every pixel at an end of its range: its patterns are two-level images.")
+    if linearity.linear is None:
+        return (f"Whether it is linear in the image is not known: {describe_layer(cause, layers.get(cause))} lies "
+                "between the input and it, a layer whose linearity reportgen does not know.")
+    if cause == output:
+        return "Its activation makes it non-linear in the image."
+    return f"It is not linear in the image: the non-linear {describe_layer(cause, layers.get(cause))} lies between."
+
+
+def target_text(target: PatternTarget, layers: Mapping[str, Any], sources: Mapping[str, tuple[str, ...]]) -> str:
+    """Which layer's output a layer's patterns drive, whether that has an activation and whether it is linear in
+    the image, in words. Every claim is read from the layer graph: the layers' own activations (`activation_name`),
+    the chain `pattern_target` followed and `graph.layer_sources` (`image_linearity`)."""
+    layer = layers[target.layer]
     if target.output == target.layer:
-        return f"{target.layer}'s own output (after its activation)"
-    chain = " → ".join((target.layer, *target.chain))
-    if target.linear:
-        return (f"{target.output} ({chain}), linear in the input: no non-linearity follows, so its mean is "
-                "highest on a flat field at the ends of the range, and the patterns show that")
-    return f"{target.output} ({chain}): the block's output after its normalisation and activation"
+        own = activation_name(layer)
+        if not isinstance(layer, PATTERN_TYPES):
+            what = f"{target.layer}'s own output ({type(layer).__name__})"
+        elif own is not None:
+            what = f"{target.layer}'s own output, after its {own} activation"
+        else:
+            what = f"{target.layer}'s own output, which has no activation: an affine function of the layer's input"
+    else:
+        chain = " → ".join((target.layer, *target.chain))
+        what = f"{target.output} ({chain}): the filter's response after {_chain_steps(target, layers)}"
+        if target.linear:
+            following = layer_consumers_from(sources).get(target.output, [])
+            after = ", ".join(describe_layer(path, layers.get(path)) for path in following)
+            what += (f"; no activation follows it directly{f': next comes {after}' if after else ''}, so it is an "
+                     "affine function of the layer's input")
+    return f"{what}. {image_text(image_linearity(sources, layers, target.output), layers, target.output)}"
+
+
+def layer_sources_of(analysis: Analysis) -> dict[str, tuple[str, ...]]:
+    """`graph.layer_sources` of the report's model, measured once per report."""
+    height, width = analysis.size
+    shape = (height, width, analysis.loaded.input_shape[2])
+    return analysis.shared("layer_sources", lambda: layer_sources(analysis.model, shape))
+
+
+def class_labels(analysis: Analysis, path: str) -> dict[int, str] | None:
+    """Filter index -> class name for a conv whose filters are the class scores (`feeds_class_scores`), else
+    None: its patterns and examples are then labelled with the class each filter scores, not a number."""
+    layers = {node.path: node.layer for node in analysis.layers}
+    names = analysis.class_names.names
+    if not feeds_class_scores(layer_sources_of(analysis), layers, analysis.layer_shapes, path, len(names)):
+        return None
+    return dict(enumerate(names))
 
 
 def _score_text(value: float, share: bool = True) -> str:
@@ -113,7 +190,13 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
     sid = section_id("filter_patterns", analysis, path)
     slug = analysis.layer_slugs[path]
     target = result.target or PatternTarget(path, path)
-    blocks: list = [Text(f"These patterns drive {target_text(target)}.")]
+    layers = {node.path: node.layer for node in analysis.layers}
+    sources = layer_sources_of(analysis)
+    classes = class_labels(analysis, path)
+    blocks: list = [Text(f"These patterns drive {target_text(target, layers, sources)}")]
+    if classes:
+        blocks.append(Text(f"{path}'s {len(classes)} filters are the class scores: filter i, pooled over the map, "
+                           "is the score of class i, so each pattern is labelled with its class."))
     arrays: dict[str, np.ndarray] = {}
     k = result.diversity
     for patterns in result.patterns:
@@ -121,11 +204,12 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
         blocks.append(Figure(
             key=f"{sid}-{patterns.direction}",
             title=f"{path}: {patterns.direction}",
-            caption=(f"For each filter (number below the tile), the {settings.width}x{settings.height} image that "
+            caption=(f"For each filter ({'class' if classes else 'number'} below the tile), the "
+                     f"{settings.width}x{settings.height} image that "
                      f"{verb} the mean of its channel of {target.output} most after {settings.steps} steps"
                      + (f"; {k} patterns per filter (filter.pattern), kept apart by a diversity penalty" if k > 1
                         else "") + ". Grey tiles marked dead are filters the search could not switch on."),
-            pixels=analysis.encode(_grid(analysis, result, patterns.direction, shown)),
+            pixels=analysis.encode(_grid(analysis, result, patterns.direction, shown, classes)),
         ))
         key = f"filter_patterns.{slug}.{patterns.direction}"
         if analysis.options.save_arrays:
@@ -157,7 +241,8 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
         main = scores.get("ascent") or next(iter(scores.values()))
         direction = "ascent" if "ascent" in scores else next(iter(scores))
         flags = (("dead",) if result.dead[index // k] else ()) + main.flags(index, direction)
-        rows.append((str(f) if k == 1 else f"{f}.{index % k + 1}", _fmt(result.start_activation[index // k]),
+        name = f"{f} ({classes[f]})" if classes else str(f)
+        rows.append((name if k == 1 else f"{name}.{index % k + 1}", _fmt(result.start_activation[index // k]),
                      *reached, _score_text(main.robust[index]), _score_text(main.specificity[index]),
                      _score_text(main.saturation[index]), ", ".join(flags)))
     blocks.append(Table(
@@ -171,18 +256,29 @@ def _layer_section(analysis: Analysis, result: LayerPatterns, settings: PatternS
                  "filters' patterns that drive this filter less; saturated, the share of pixel values within "
                  f"{SATURATION_MARGIN:.0%} of the range's ends. Flagged (ascent): fragile (robust below "
                  f"{FLAG_ROBUST:.0%}), unspecific (below {FLAG_SPECIFICITY:.0%}), saturated (above "
-                 f"{FLAG_SATURATION:.0%}; not on the first conv layer, which is linear in the pixels up to its "
-                 "activation, so its best image is two-level and saturated by nature)."),
+                 f"{FLAG_SATURATION:.0%}; {_first_conv_text(first_conv(analysis.layers), layers, sources)})."),
     ))
     node = next(n for n in analysis.layers if n.path == path)
     return Section(
         id=sid, kind="filter_patterns", title=f"Filter patterns: {path}", blocks=tuple(blocks), layer=path,
         data={"type": node.type_name, "filters": list(result.filters), "dead": int(result.dead.sum()),
               "target": target.output, "chain": list(target.chain), "linear": target.linear,
+              "linear_in_image": image_linearity(sources, layers, target.output).linear,
+              **({"class_names": [classes[f] for f in result.filters]} if classes else {}),
               "diversity": k, "size": [settings.height, settings.width], "seconds": round(result.seconds, 3),
               "gflop": round(result.flops / 1e9, 3)},
         arrays=arrays,
     )
+
+
+def _first_conv_text(first: str | None, layers: Mapping[str, Any], sources: Mapping[str, tuple[str, ...]]) -> str:
+    """Why the scorecard never flags the first conv layer's patterns as saturated, as far as the graph shows it."""
+    if first is None:
+        return "never on the first conv layer"
+    if image_linearity(sources, layers, first, before_activation=True).linear:
+        return (f"never on the first conv layer, {first}, which is linear in the pixels up to its activation, so its "
+                "best image is two-level and saturated by nature")
+    return f"never on the first conv layer, {first}, whose best image is taken to be two-level"
 
 
 def pattern_layers(analysis: Analysis) -> list[PatternTarget]:
@@ -264,10 +360,13 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     if flagged:
         warnings.append("filter_patterns: patterns that score badly (fragile, unspecific or saturated; see each "
                         f"layer's scorecard): {', '.join(flagged)}")
-    linear = [t.layer for t in targets if t.linear]
+    layers = {node.path: node.layer for node in analysis.layers}
+    sources = layer_sources_of(analysis)
+    linear = [t.layer for t in targets if image_linearity(sources, layers, t.output).linear]
     if linear:
-        warnings.append("filter_patterns: no non-linearity follows " + ", ".join(linear) + "; their patterns "
-                        "maximise a mean that is linear in the input (flat fields are its optimum)")
+        warnings.append("filter_patterns: only affine layers lie between the image and what the patterns of "
+                        + ", ".join(linear) + " drive, so their best images are two-level (every pixel at an end of "
+                        "its range), whatever the filters learned")
 
     total_seconds = sum(r.seconds for r in results)
     overview = Table(

@@ -141,3 +141,38 @@ def _find_layer(nodes: Sequence[LayerNode], requested: str) -> LayerNode:
 def _spatial_examples(nodes: Sequence[LayerNode], shapes: Mapping[str, Any]) -> str:
     spatial = [node.path for node in nodes if is_spatial(shapes.get(node.path)) and not node.is_model]
     return ", ".join(spatial[-3:]) or "(none: this model has no spatial layer)"
+
+
+def alternative_layers(nodes: Sequence[LayerNode], shapes: Mapping[str, Any], chosen: str,
+                       blocks: set[str] | None, limit: int = 3, *, classes: int | None = None
+                       ) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """Up to `limit` other layers to try as the CAM layer, nearest `chosen` first (in execution order, the earlier
+    one on a tie), each with its map's (height, width): block outputs (`graph.block_outputs`; every layer when
+    `blocks` is None) that carry features and have a map of at least 2x2, never a class-score conv
+    (`class_score_conv`, given `classes`) or what follows it: the candidates `choose_target_layer` picks from, each
+    conv -> normalisation -> activation chain counted once, by its end (its conv and normalisation show the same
+    map before the activation, nothing new to try)."""
+    import keras
+
+    paths = [node.path for node in nodes]
+    score = class_score_conv(nodes, shapes, classes)
+    end = len(nodes) if score is None else score
+    here = paths.index(chosen) if chosen in paths else end
+    start = next((i for i, node in enumerate(nodes) if is_conv(node.layer)), end)  # feature maps start at a conv
+
+    def candidate(i: int) -> bool:
+        return (not nodes[i].is_model and _carries_features(nodes[i].layer) and is_spatial(shapes.get(nodes[i].path))
+                and min(shapes[nodes[i].path][1:3]) > 1 and (blocks is None or nodes[i].path in blocks))
+
+    continues = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                 keras.layers.PReLU, keras.layers.ELU, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+
+    def chain_end(i: int) -> bool:
+        following = i + 1
+        return not (following < end and candidate(following) and isinstance(nodes[following].layer, continues)
+                    and shapes[nodes[following].path] == shapes[nodes[i].path])
+
+    found = [i for i in range(start, end) if nodes[i].path != chosen and candidate(i) and chain_end(i)
+             and not (i + 1 == here and isinstance(nodes[here].layer, continues))]
+    nearest = sorted(found, key=lambda i: (abs(i - here), i))[:limit]
+    return tuple((nodes[i].path, (int(shapes[nodes[i].path][1]), int(shapes[nodes[i].path][2]))) for i in nearest)

@@ -4,7 +4,7 @@ normalisation and activation, where those follow)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,9 @@ _NONLINEAR = ("ReLU", "LeakyReLU", "PReLU", "ELU")
 class PatternTarget:
     """Whose output a filter's pattern drives: for a conv with a non-linear activation of its own, the conv; for a
     linear conv followed by normalisation and an activation (conv -> batch norm -> ReLU blocks), the block's
-    output after them, the quantity the filter really responds to (a linear output's mean is linear in the
-    input, so its optimum is a flat field at the ends of the range). `pre` is the input of the non-linearity,
-    followed where the filter is off everywhere (None: the conv's own pre-activation)."""
+    output after them, the quantity the filter really responds to. `pre` is the input of the non-linearity,
+    followed where the filter is off everywhere (None: the conv's own pre-activation). Whether the output is linear
+    in the image is a question about every layer before it: `layer_kinds.image_linearity`."""
 
     layer: str  # the layer whose filters these are (a section's layer)
     output: str  # the layer whose channel mean is maximised
@@ -33,7 +33,8 @@ class PatternTarget:
 
     @property
     def linear(self) -> bool:
-        """True when no non-linearity lies between the input and the optimised mean's last layer."""
+        """True when no non-linearity follows the layer up to the optimised output (`output` is `pre`): the output is
+        affine in the layer's input, not necessarily in the image (`layer_kinds.image_linearity`)."""
         return self.pre == self.output
 
 
@@ -158,3 +159,46 @@ def choose_targets(model: Any, nodes: Sequence[LayerNode], shapes: dict[str, Any
     if not layer_patterns and len(targets) > ALL_LAYERS_UP_TO:
         return one_per_stage(targets, shapes)
     return targets
+
+
+def layer_consumers_from(sources: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """`graph.layer_sources` turned around: path -> the paths that read its output, in run order."""
+    consumers: dict[str, list[str]] = {}
+    for path, read in sources.items():
+        for source in read:
+            found = consumers.setdefault(source, [])
+            if path not in found:
+                found.append(path)
+    return consumers
+
+
+def feeds_class_scores(sources: Mapping[str, tuple[str, ...]], layers: Mapping[str, Any],
+                       shapes: Mapping[str, Any], path: str, classes: int) -> bool:
+    """True when channel i of the layer at `path` becomes the score of class i: it has `classes` output channels,
+    and only global pooling, channel-wise layers (batch normalisation, dropout, activations, softmax) and reshaping
+    of the pooled (batch, classes) vector follow it, one after another, to the end of the model (the class-score
+    conv of all-convolutional nets such as the mini-Xception). `sources` is `graph.layer_sources`."""
+    import keras
+
+    layers_ = keras.layers
+    pooling = (layers_.GlobalAveragePooling2D, layers_.GlobalMaxPooling2D)
+    channel_wise = (layers_.BatchNormalization, layers_.Dropout, layers_.Activation, layers_.Softmax, layers_.ReLU,
+                    layers_.LeakyReLU, layers_.ELU, layers_.Identity)
+    shape = shapes.get(path)
+    if not classes or not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != classes:
+        return False
+    consumers = layer_consumers_from(sources)
+    current = path
+    while consumers.get(current):
+        following = consumers[current]
+        if len(following) != 1:
+            return False
+        before, current = shapes.get(current), following[0]
+        layer, shape = layers.get(current), shapes.get(current)
+        if layer is None or not isinstance(shape, tuple) or shape[-1] != classes:
+            return False
+        vector = len(shape) == 2 and isinstance(before, tuple) and len(before) == 2  # (batch, classes) in and out
+        if not (isinstance(layer, (*pooling, *channel_wise)) or (vector and isinstance(layer, (layers_.Reshape,
+                                                                                                 layers_.Flatten)))):
+            return False
+    return current != path and len(shapes.get(current, ())) == 2
