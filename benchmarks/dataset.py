@@ -1,14 +1,20 @@
 """Validation-set scale: a whole default report over many images, against the physical floor of a forward pass.
 
-    python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR] [--engine ray]
+    python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR]
+    python benchmarks/dataset.py --engine ray [--sizes 20000] [--pairs 2] [--sections predictions]
 
 For the bundled model on generated shapes images (64 px) at each size: the report's wall time and images/s, the
 dataset pass's own images/s (decoding included, from report.json), peak resident memory (/usr/bin/time -v) and
 index.html's size, against a bare `model.predict` over the same images already decoded and preprocessed (the
 floor of one forward pass). `--vgg N`: VGG16 with random weights on N images at 224 px, reported as the whole
 report's marginal cost per image against one forward and backward pass per image. `--baseline-src DIR`: a
-checkout of an older reportgen, run on the smallest size for "today's way". `--engine ray`: the same reports
-on Ray Data with 1 and 2 workers (a local Ray started per run), against the local engine, and Ray's start-up.
+checkout of an older reportgen, run on the smallest size for "today's way".
+
+`--engine ray` measures the dataset pass itself, Ray against the local engine (a local Ray started per run), from
+report.json's `dataset`: images/s with start-up excluded, start-up, each worker's images/s and the driver's merge
+seconds. On one core first: `--pairs` pairs of runs, each pair the local engine and `--engine ray --workers 1`
+back to back (which goes first alternates, so a machine that gets busier or quieter mid-pair favours neither),
+both under `taskset -c 0` with one TensorFlow thread; then one pair on every core, Ray with 2 workers.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,10 +45,13 @@ def write_shapes(folder: Path, count: int, size: int = 64) -> None:
         cv2.imwrite(str(folder / CLASS_NAMES[label] / f"{i:06d}.png"), image[:, :, ::-1])
 
 
-def run_report(model: str, images: Path, out: Path, extra: list[str], source: str | None = None) -> dict:
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "reportgen", "generate", model, str(images), "-o",
-               str(out), "--quiet", "--force", *extra]
-    env = dict(os.environ, PYTHONPATH=source) if source else None
+def run_report(model: str, images: Path, out: Path, extra: list[str], source: str | None = None,
+               pin: str | None = None) -> dict:
+    """One report in a process of its own; `pin`: a CPU list for taskset, with TensorFlow at one thread."""
+    command = ["/usr/bin/time", "-v", *(["taskset", "-c", pin] if pin else []), sys.executable, "-m", "reportgen",
+               "generate", model, str(images), "-o", str(out), "--quiet", "--force", *extra]
+    env = dict(os.environ, **({"PYTHONPATH": source} if source else {}),
+               **({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"} if pin else {}))
     started = time.perf_counter()
     # From the output's parent: `python -m` puts the working directory first on sys.path, which would shadow
     # the --baseline-src checkout with the one the benchmark is run from.
@@ -52,7 +62,42 @@ def run_report(model: str, images: Path, out: Path, extra: list[str], source: st
     peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1)) / 1024
     manifest = json.loads((out / "report.json").read_text())
     return {"seconds": seconds, "peak_mib": peak, "page_mb": (out / "index.html").stat().st_size / 1e6,
-            "pass_images_per_second": (manifest.get("dataset") or {}).get("images_per_second")}
+            "pass_images_per_second": (manifest.get("dataset") or {}).get("images_per_second"),
+            "dataset": manifest.get("dataset") or {}}
+
+
+def describe_pass(label: str, result: dict) -> str:
+    """One line of a run's dataset pass: images/s once started, start-up, each worker's rate, the driver's merge."""
+    d = result["dataset"]
+    workers = d.get("worker_images_per_second")
+    merge = d.get("merge_seconds")
+    return (f"{label}: {d['images_per_second']:7.0f} images/s (start-up excluded), start-up "
+            f"{d['engine_startup_seconds']:.2f} s, pass {d['seconds']:.1f} s"
+            + (f", per worker {', '.join(f'{r:.0f}' for r in workers)} images/s" if workers else "")
+            + (f", driver merge {merge:.3f} s ({d['images'] / merge:,.0f} images/s)" if merge else ""))
+
+
+def compare_engines(model_path: str, images: Path, count: int, work: Path, pairs: int, sections: str) -> None:
+    """Ray against the local engine on the same images: paired runs on one core, then one pair on every core."""
+    extra = ["--sections", sections]
+    ratios = []
+    for pair in range(pairs):
+        order = ("local", "ray") if pair % 2 == 0 else ("ray", "local")
+        got = {}
+        for engine in order:
+            flags = ["--engine", "ray", "--workers", "1"] if engine == "ray" else []
+            got[engine] = run_report(model_path, images, work / f"{engine}-{count}-{pair}", [*extra, *flags],
+                                     pin="0")
+            print(describe_pass(f"{count:>7} images, one core, pair {pair + 1}, {engine:>5}", got[engine]),
+                  flush=True)
+        ratios.append(got["ray"]["dataset"]["images_per_second"] / got["local"]["dataset"]["images_per_second"])
+        print(f"{count:>7} images, one core, pair {pair + 1}: ray / local = {ratios[-1]:.2f}", flush=True)
+    print(f"{count:>7} images, one core: ray --workers 1 / local, start-up excluded: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})", flush=True)
+    cpus = len(os.sched_getaffinity(0))
+    for engine, flags in (("local", []), ("ray", ["--engine", "ray", "--workers", str(min(2, cpus))])):
+        result = run_report(model_path, images, work / f"{engine}-{count}-all", [*extra, *flags])
+        print(describe_pass(f"{count:>7} images, {cpus} cores, {engine:>5}", result), flush=True)
 
 
 def predict_floor(model, images: Path, size: int, preprocess) -> float:
@@ -98,6 +143,8 @@ def main() -> None:
     parser.add_argument("--vgg", type=int, default=0, help="images for the VGG16 run (0: skip)")
     parser.add_argument("--baseline-src", default=None, help="an older checkout for today's way, smallest size")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--pairs", type=int, default=2, help="--engine ray: local/Ray run pairs on one core")
+    parser.add_argument("--sections", default="predictions", help="--engine ray: the sections of each report")
     args = parser.parse_args()
 
     import keras
@@ -109,6 +156,18 @@ def main() -> None:
     model = keras.models.load_model(model_path)
     rows = []
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.engine == "ray":
+        import ray
+
+        started = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.shutdown()
+        print(f"starting and stopping a local Ray: {time.perf_counter() - started:.1f} s", flush=True)
+        for count in sizes:
+            images = work / f"shapes-{count}"
+            write_shapes(images, count)
+            compare_engines(model_path, images, count, work, args.pairs, args.sections)
+        return
     for count in sizes:
         images = work / f"shapes-{count}"
         write_shapes(images, count)
@@ -119,20 +178,6 @@ def main() -> None:
               f"pass {result['pass_images_per_second']:.0f} images/s = "
               f"{result['pass_images_per_second'] / floor:.2f}x bare model.predict ({floor:.0f} images/s), "
               f"peak {result['peak_mib']:.0f} MiB, index.html {result['page_mb']:.1f} MB", flush=True)
-    if args.engine == "ray":
-        import ray
-
-        started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        ray.shutdown()
-        print(f"starting and stopping a local Ray: {time.perf_counter() - started:.1f} s")
-        for count, local, _ in rows:
-            for workers in (1, 2):
-                result = run_report(model_path, work / f"shapes-{count}", work / f"ray-{count}-{workers}",
-                                    ["--engine", "ray", "--workers", str(workers)])
-                print(f"{count:>6} images on Ray, {workers} worker(s): report {result['seconds']:.1f} s, pass "
-                      f"{result['pass_images_per_second']:.0f} images/s (local engine: report {local['seconds']:.1f} "
-                      f"s, pass {local['pass_images_per_second']:.0f} images/s)", flush=True)
     if len(rows) > 1:
         ratio = rows[-1][1]["peak_mib"] / rows[0][1]["peak_mib"]
         print(f"peak memory at {rows[-1][0]} images / at {rows[0][0]}: {ratio:.2f}")

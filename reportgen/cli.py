@@ -1,7 +1,9 @@
 """The command line: thin click commands over `reportgen.api`.
 
 Bad input exits with code 2 and a one-line message; an internal error exits with 1 (`--debug` shows the
-traceback). TensorFlow is imported only when a command needs it, so `--help` is instant.
+traceback). TensorFlow (seconds to import) is imported only when a command needs it and only after every check that
+needs no model, so `--help` and every usage error answer at once. For `generate` and `demo`, which run in a watched
+child process (`watchdog`), this process makes those checks before it starts the child (`run`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,23 @@ from reportgen.config import (
     read_config_file,
 )
 from reportgen.errors import InputError, ReportgenError
+from reportgen.registry import section_names
 from reportgen.startup import import_tensorflow, sigterm_as_interrupt
 
 
-def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True, plots: bool = False) -> Any:
-    """Run `action`, turning reportgen errors into a message and an exit code instead of a traceback.
+class _Precheck:
+    """`run`'s request to `main` (click's context object): parse the command line and make the command's checks
+    that need no model, then stop before the work, which a watched child process does. `passed` says they did."""
+
+    def __init__(self) -> None:
+        self.passed = False
+
+
+def _run(ctx: click.Context, action: Callable[..., Any], checks: Callable[[], Any] | None = None,
+         tensorflow: bool = True, plots: bool = False) -> Any:
+    """Run `checks` (the command's checks that need no model: no TensorFlow), then `action` (given what `checks`
+    returned, when there are checks), turning reportgen errors into a message and an exit code instead of a
+    traceback.
 
     `tensorflow=False` for commands that never load a model (publish), so they start instantly; `plots` for those
     that write a report, whose plotting worker then starts beside TensorFlow's import (`plot_worker.prestart`).
@@ -40,6 +54,11 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
     debug = bool(ctx.find_root().params.get("debug"))
     try:
         sigterm_as_interrupt()
+        checked = checks() if checks is not None else None
+        precheck = ctx.find_object(_Precheck)
+        if precheck is not None:  # the watching parent (`run`): the child does the work
+            precheck.passed = True
+            return 0
         if plots:
             from reportgen.plot_worker import prestart
 
@@ -49,7 +68,7 @@ def _run(ctx: click.Context, action: Callable[[], Any], tensorflow: bool = True,
 
             watchdog.beat("start", "importing TensorFlow")
             import_tensorflow(quiet=not debug)
-        return action()
+        return action(checked) if checks is not None else action()
     except ReportgenError as exc:
         if debug:
             traceback.print_exc()
@@ -120,6 +139,35 @@ def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOp
     return options_from(values), force, quiet
 
 
+def _check_report_inputs(options: ReportOptions, output_dir: Path, force: bool, images: tuple[str, ...] = ()) -> None:
+    """`generate_report`'s checks that need no model, made before TensorFlow is imported (importing `reportgen.api`
+    imports it): --sections, --class-names, OUT, and that each of IMAGES exists. `generate_report` makes them again,
+    and looks into IMAGES' folders (a walk that takes seconds on a validation set is not repeated here)."""
+    from reportgen.loading.labels import read_class_names_file
+
+    _check_sections(options.sections)
+    if options.class_names is not None:
+        read_class_names_file(options.class_names)
+    # The options first: OUT's check imports NumPy and OpenCV (a fifth of a second).
+    from reportgen.render import check_output_dir
+
+    check_output_dir(output_dir, force)
+    missing = [item for item in images if not (Path(item).is_file() or Path(item).is_dir())]
+    if missing:
+        from reportgen.loading.images import discover_images
+
+        discover_images(missing[:1])  # raises its "does not exist" error: the message is decided there
+
+
+def _check_sections(requested: tuple[str, ...] | None) -> None:
+    """--sections names known kinds: `api.resolve_sections`'s check, which cannot be called here without importing
+    TensorFlow (it belongs in `registry`, below both)."""
+    known = section_names()
+    unknown = [s for s in requested or () if s not in known]
+    if unknown:
+        raise InputError(f"--sections: unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="reportgen")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
@@ -144,13 +192,18 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
     subfolders named after classes label their images)."""
     checking = {name: params.pop(name) for name in ("run_check", "rules_file", "baseline", "strict")}
 
-    def action() -> int:
-        from reportgen.api import generate_report
-        from reportgen.progress import Progress
-
+    def checks() -> tuple[Any, Any, ReportOptions, bool, bool]:
         # Bad rules fail before minutes of work; the baseline is read now, before OUT (which it may be) is replaced.
         rules, baseline = _check_rules(checking, params.get("config_file"))
         options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
+        _check_report_inputs(options, output_dir, force, images)
+        return rules, baseline, options, force, quiet
+
+    def action(checked: tuple[Any, Any, ReportOptions, bool, bool]) -> int:
+        from reportgen.api import generate_report
+        from reportgen.progress import Progress
+
+        rules, baseline, options, force, quiet = checked
         result = generate_report(model, images, output_dir, options, force=force, progress=Progress(not quiet))
         _print_result(result, quiet)
         if rules is None:
@@ -162,20 +215,20 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
         click.echo(table_text(outcome), err=True)
         return outcome.exit_code
 
-    ctx.exit(_run(ctx, action, plots=True))
+    ctx.exit(_run(ctx, action, checks, plots=True))
 
 
 def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[tuple[Any, ...] | None, Any]:
     """generate --check: the rules from --rules, else from the config's [check] table, and the --baseline report
     opened (or None); (None, None) without --check."""
-    from reportgen.check import read_baseline, read_config_rules, read_rules_file
-
     if not checking["run_check"]:
         given = [flag for flag, key in (("--rules", "rules_file"), ("--baseline", "baseline"), ("--strict", "strict"))
                  if checking[key]]
         if given:
             raise InputError(f"{', '.join(given)}: only with --check")
         return None, None
+    from reportgen.check import read_baseline, read_config_rules, read_rules_file  # NumPy: only with --check
+
     if checking["rules_file"] is not None:
         rules = read_rules_file(checking["rules_file"])
     elif config_file is not None:
@@ -191,12 +244,17 @@ def _check_rules(checking: dict[str, Any], config_file: Path | None) -> tuple[tu
 def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
     """Write the report of the bundled example: a small CNN trained on synthetic shapes (offline)."""
 
-    def action() -> None:
+    def checks() -> tuple[ReportOptions, bool, bool]:
+        options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
+        _check_report_inputs(options, output_dir, force)
+        return options, force, quiet
+
+    def action(checked: tuple[ReportOptions, bool, bool]) -> None:
         from reportgen.api import generate_report
         from reportgen.example import example_images_dir, example_metadata, example_model_path
         from reportgen.progress import Progress
 
-        options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
+        options, force, quiet = checked
         metadata = example_metadata()
         if options.title is None:
             options = dataclasses.replace(options, title="Example: a small CNN trained on synthetic shapes")
@@ -204,7 +262,7 @@ def demo(ctx: click.Context, output_dir: Path, **params: Any) -> None:
                                  class_names=metadata["class_names"], force=force, progress=Progress(not quiet))
         _print_result(result, quiet)
 
-    _run(ctx, action, plots=True)
+    _run(ctx, action, checks, plots=True)
 
 
 @main.command()
@@ -219,11 +277,13 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
            unsafe: bool) -> None:
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
-    def action() -> None:
+    def checks() -> tuple[int, int] | None:
+        return parse_image_size(image_size) if image_size else None
+
+    def action(size: tuple[int, int] | None) -> None:
         from reportgen.api import summarize_layers
         from reportgen.sections.summary import format_shape
 
-        size = parse_image_size(image_size) if image_size else None
         summary = summarize_layers(model, size, weights, output_name, unsafe)
         rows = [("layer", "type", "output shape", "params", "sections")]
         rows += [(r.path, r.type_name, format_shape(r.output_shape), f"{r.params:,}", ",".join(r.sections) or "-")
@@ -233,7 +293,7 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
             click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         click.echo(f"\n{summary.name}: {summary.total_params:,} parameters, {len(summary.layers)} layers")
 
-    _run(ctx, action)
+    _run(ctx, action, checks)
 
 
 @main.command()
@@ -360,24 +420,34 @@ def run() -> None:
     argv = sys.argv[1:]
     if watchdog.should_supervise(argv):
         # The report runs in a watched child process: a hang or a native crash ends with one line that names
-        # the step, and OUT untouched (`watchdog`). This process only waits: nothing to tear down.
-        code = watchdog.supervise(argv)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        # the step, and OUT untouched (`watchdog`). First this process parses the command line and makes the
+        # checks that need no model, without TensorFlow: --help and a typo answer at once, with no child started.
+        # Then it only waits: nothing to tear down.
+        precheck = _Precheck()
+        code = _exit_code(lambda: main(obj=precheck))
+        if precheck.passed:
+            code = watchdog.supervise(argv)
+    else:
+        code = _exit_code(main)
+        atexit._run_exitfuncs()  # what a normal exit runs before the teardown (Ray's shutdown, logging's flush)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe (| head) must not turn success into a traceback
+            stream.flush()
+    os._exit(code)
+
+
+def _exit_code(command: Callable[[], Any]) -> int:
+    """The exit code `command` (`main`, which exits through SystemExit) ends with, as sys.exit would give it: a
+    message instead of a code is printed and becomes 1."""
     try:
-        main()
+        command()
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)  # what sys.exit does with a message
         code = 1
-    atexit._run_exitfuncs()  # what a normal exit runs before the teardown (Ray's shutdown, logging's flush)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe (| head) must not turn success into a traceback
-            stream.flush()
-    os._exit(code or 0)
+    return code or 0
 
 
 if __name__ == "__main__":  # pragma: no cover

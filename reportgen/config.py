@@ -95,7 +95,11 @@ class ReportOptions:
     top_k: int = option(3, "int", "Predictions shown per image.")
     cam_methods: tuple[str, ...] = option(DEFAULT_CAM_METHODS, "list", "Class activation methods: "
                                           f"{', '.join(names(registry.CAM_METHODS))}.")
-    cam_layer: str | None = option(None, "str", "Layer for class activation maps (default: the last conv layer).")
+    # The default is `techniques.cams.target_layer.choose_target_layer`'s choice (7: its MIN_MAP_SIDE).
+    cam_layer: str | None = option(None, "str", "Layer for class activation maps (default: the last block output "
+                                   "with a map of at least 7x7, else the last one: a conv or the normalisation, "
+                                   "activation or residual add after it, never a class-score conv; `reportgen layers` "
+                                   "marks it).")
     classes: tuple[str, ...] = option((), "list", "Extra classes (names or indices) to explain per image.")
     # validation-set scale: every image feeds the dataset sections, a sample gets per-image figures
     detail: int = option(12, "int", "Images that get per-image figures (all images feed the dataset sections).")

@@ -10,11 +10,12 @@ in which `FilterExtremes` finds the extreme cells of only the images that make a
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -63,10 +64,17 @@ class DatasetResult:
     conversions: tuple[str, ...]  # per listed image
     skipped: tuple[int, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    # Of `seconds`, the engine's start-up before the first image: the step's trace and first call on one blank
+    # image (every engine), and on Ray also joining the cluster and each worker's model load.
+    startup_seconds: float = 0.0
+    worker_images_per_second: tuple[float, ...] = ()  # each Ray worker's images over its own busy seconds
+    merge_seconds: float = 0.0  # on Ray, the driver's time fetching, unpickling and merging block states
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        """The throughput once started: images over `seconds` less `startup_seconds`."""
+        streaming = self.seconds - self.startup_seconds
+        return self.images / streaming if streaming > 0 else float("nan")
 
 
 def pass_batch_size(shapes: dict[str, Any], paths: Sequence[str], requested: int | None) -> int:
@@ -193,35 +201,58 @@ class DatasetPass:
         self.fold(state, batch.indices, names, labels, probabilities, out)
         return method
 
+    def warm_up(self, height: int, width: int, channels: int) -> float:
+        """Trace the step and run it once on one blank image, so that no image pays for either; returns the
+        seconds it took: the local engine's start-up (a Ray worker's too, after its model load)."""
+        started = time.perf_counter()
+        blank = ImageBatch(np.zeros(1, np.int64), np.zeros((1, height, width, channels), np.float32),
+                           ((width, height),), ("",))
+        self.probabilities(blank, np.full(1, -1, np.int64), None)
+        return time.perf_counter() - started
+
     def run(self, reader: ImageReader, labels: np.ndarray, batch_size: int,
             progress: Callable[[int, int], None] | None = None) -> DatasetResult:
         """Stream every image of `reader` through the step; `labels` (N,) class index or -1."""
         started = time.perf_counter()
         names = [s.name for s in reader.sources]
         self.expect_batches(-(-len(names) // batch_size), min(batch_size, len(names)))
+        startup = self.warm_up(reader.height, reader.width, reader.channels) if names else 0.0
         state = self.new_state(name_ranks(names))
-        method: str | None = None
+        report = (lambda done: progress(done, len(names))) if progress else None
+        method = self.stream(state, reader, np.asarray(labels, np.int64), names, batch_size, None, progress=report)
+        return state.result(labels, method, time.perf_counter() - started, startup)
+
+    def stream(self, state: PassState, reader: ImageReader, labels: np.ndarray, names: Sequence[str],
+               batch_size: int, method: str | None, first: int = 0,
+               progress: Callable[[int], None] | None = None) -> str | None:
+        """Fold every image of `reader` into `state`: the whole set (the local engine) or one block of it (a Ray
+        worker), whose image i is image `first` + i of the set; `labels` and `names` are the reader's. Returns the
+        probability method (decided on the first batch when `method` is None); `progress(images done)`."""
         done = 0
         # The accumulators take each batch on a thread of their own while the model runs the next one (TensorFlow
-        # releases the GIL while it computes); at most one batch waits, so memory stays one batch deep.
+        # releases the GIL while it computes); at most one batch waits, so memory stays one batch deep. The reader
+        # decodes on threads of its own, a batch or two ahead.
         with ThreadPoolExecutor(1, thread_name_prefix="reportgen-accumulate") as accumulating:
             pending: Future | None = None
             for batch in reader.batches(batch_size, prepare=self.preprocessor.apply):
-                batch_labels = np.asarray(labels, np.int64)[batch.indices]
+                local = batch.indices
+                batch_labels = labels[local]
+                if first:
+                    batch = replace(batch, indices=local + first)
                 probabilities, method, out = self.probabilities(batch, batch_labels, method)
                 state.record(batch, probabilities)
                 if pending is not None:
                     pending.result()  # batches are folded in order, and an error surfaces here
-                pending = accumulating.submit(self.fold, state, batch.indices, [names[i] for i in batch.indices],
+                pending = accumulating.submit(self.fold, state, batch.indices, [names[i] for i in local],
                                               batch_labels, probabilities, out)
-                done += len(batch.indices)
+                done += len(local)
                 if progress:
-                    progress(done + len(reader.skipped), len(names))
+                    progress(done + len(reader.skipped))
             if pending is not None:
                 pending.result()
-        state.skipped.update(reader.skipped)
-        state.warnings.extend(reader.warnings)
-        return state.result(labels, method, time.perf_counter() - started)
+        state.skipped.update(first + i for i in reader.skipped)
+        state.warnings.extend(w for w in reader.warnings if w not in state.warnings)
+        return method
 
     def fold(self, state: PassState, indices: np.ndarray, names: list[str], labels: np.ndarray,
              probabilities: np.ndarray, out: dict[str, Any]) -> None:
@@ -281,6 +312,15 @@ class PassState:
         self.images.append((batch.indices, top, probabilities[np.arange(len(top)), top],
                             np.asarray(batch.sizes, np.int64).reshape(-1, 2), batch.conversions))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A state leaves its process without the name ranks (an array over the whole image set, the same on both
+        sides): it is then merged into a state that has them, never updated itself."""
+        shared = dict(self.__dict__)
+        shared["extremes"] = [copy.copy(e) for e in self.extremes]
+        for extremes in shared["extremes"]:
+            extremes.name_rank = None
+        return shared
+
     def merge(self, other: PassState) -> None:
         self.evaluation.merge(other.evaluation)
         self.class_stats.merge(other.class_stats)
@@ -292,7 +332,8 @@ class PassState:
         self.skipped |= other.skipped
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
 
-    def result(self, labels: np.ndarray, method: str | None, seconds: float) -> DatasetResult:
+    def result(self, labels: np.ndarray, method: str | None, seconds: float, startup: float = 0.0,
+               worker_rates: tuple[float, ...] = ()) -> DatasetResult:
         listed = len(labels)
         predicted = np.full(listed, -1, np.int64)
         confidence = np.full(listed, np.nan)
@@ -311,4 +352,4 @@ class PassState:
             layer_stats={path: acc.result() for path, acc in self.layer_stats.items()},
             examples=[e for extremes in self.extremes for e in extremes.result()], seconds=seconds,
             sizes=sizes, conversions=tuple(conversions), skipped=tuple(sorted(self.skipped)),
-            warnings=tuple(self.warnings))
+            warnings=tuple(self.warnings), startup_seconds=startup, worker_images_per_second=worker_rates)

@@ -181,7 +181,10 @@ def _cam_trust(analysis: Analysis, results: Mapping[str, SectionResult], untrain
     from reportgen.sections.cams import layer_advice
 
     target = analysis.cam_target
-    advice = layer_advice(analysis, target, untrained) if target is not None else ""
+    if untrained:
+        advice = "the weights look untrained, so no layer choice will help"
+    else:
+        advice = layer_advice(analysis, target) if target is not None else ""
     return Finding("cam_trust", "problem", "No CAM method to trust here",
                    "None of " + ", ".join(cam_method(m["method"]).label for m in methods)
                    + " beats a random map on deletion and insertion while passing the sanity check: their maps do "

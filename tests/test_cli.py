@@ -279,3 +279,159 @@ def test_layers_lists_an_application_without_its_weights(cli, monkeypatch, tmp_p
     result = cli("layers", "mobilenetv2", "--image-size", "96x96")
     assert result.exit_code == 0, result.output
     assert "Conv1" in result.output and "parameters" in result.output
+
+
+# ------------------------------------------------------------------------------------ answering before TensorFlow
+
+# Generous: TensorFlow's import alone takes 2-5 s, an answer without it a few tenths (the target is 0.5 s), and a
+# busy machine must not fail the test.
+QUICK_SECONDS = 3.0
+_BEFORE_TENSORFLOW = """
+import json, sys
+from reportgen.cli import main
+seen = []
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        seen.append([exc.code, 'tensorflow' in sys.modules, 'keras' in sys.modules])
+print(json.dumps(seen))
+"""
+
+
+def test_help_and_usage_errors_answer_before_tensorflow(tmp_path, saved_models, image_folder):
+    """`--help` everywhere and every check that needs no model (click's, the options', OUT's, IMAGES') end the
+    command without importing TensorFlow or Keras."""
+    import subprocess
+    import sys
+    import time
+
+    model, out = str(saved_models["plain"]), str(tmp_path / "out")
+    (tmp_path / "afile").write_text("not a folder")
+    calls = [["--help"], *([command, "--help"] for command in sorted(main.commands)),
+             ["generate", model, str(tmp_path / "nosuch"), "-o", out],  # IMAGES
+             ["generate", model, str(image_folder), "-o", out, "--sections", "summary,nonsense"],
+             ["generate", model, str(image_folder), "-o", out, "--seed", "abc"],  # click's type check
+             ["generate", model, str(image_folder), "-o", out, "--top-k", "0"],  # ReportOptions' check
+             ["generate", model, str(image_folder), "-o", out, "--check"],  # no rules
+             ["generate", model, str(image_folder), "-o", str(tmp_path / "afile" / "out")],  # OUT
+             ["demo", "-o", out, "--class-names", str(tmp_path / "nosuch.txt")],
+             ["layers", model, "--image-size", "big"]]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _BEFORE_TENSORFLOW, json.dumps(calls)], capture_output=True,
+                          text=True, check=False, timeout=120)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert [code for code, _, _ in seen] == [0] * (1 + len(main.commands)) + [2] * (len(calls) - 1 - len(main.commands))
+    assert [(tf, keras) for _, tf, keras in seen] == [(False, False)] * len(calls), list(zip(calls, seen, strict=True))
+    assert "Traceback" not in done.stderr
+    assert seconds < QUICK_SECONDS * 2, f"{len(calls)} commands took {seconds:.1f} s"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sections", "nonsense"], "Error: --sections: unknown section nonsense; choose from "),
+    (["--seed", "abc"], "Error: Invalid value for '--seed': 'abc' is not a valid integer."),
+    (["--help"], None),
+])
+def test_the_watching_parent_answers_without_starting_the_report(tmp_path, image_folder, args, message):
+    """`reportgen generate` checks the command line in the watching process itself: neither it nor a child
+    imports TensorFlow (PYTHONPROFILEIMPORTTIME, inherited by any child, lists every import on stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "reportgen", "generate", str(tmp_path / "model.keras"),
+                           str(image_folder), "-o", str(tmp_path / "out"), *args], capture_output=True, text=True,
+                          check=False, timeout=120, env=env)
+    seconds = time.perf_counter() - started
+    imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    said = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert imported.count("reportgen.cli") == 1  # one process: no child was started
+    assert not {"tensorflow", "keras"} & set(imported)
+    if message is None:
+        assert done.returncode == 0 and "Usage: " in done.stdout and "--cam-layer" in done.stdout
+    else:
+        assert done.returncode == 2 and said[-1].startswith(message), said
+        assert "Traceback" not in done.stderr
+    assert seconds < QUICK_SECONDS, f"took {seconds:.1f} s"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cam_layer_help_says_what_the_default_is():
+    """The help describes `choose_target_layer`: a block output at least MIN_MAP_SIDE cells a side, not "the last
+    conv layer" (a residual block's add is often chosen)."""
+    from reportgen.config import option_fields
+    from reportgen.techniques.cams.target_layer import MIN_MAP_SIDE
+
+    text = next(field.metadata["help"] for field in option_fields() if field.name == "cam_layer")
+    assert f"at least {MIN_MAP_SIDE}x{MIN_MAP_SIDE}" in text and "block output" in text
+    assert "last conv layer" not in text
+
+
+def test_uncached_imagenet_weights_are_named_and_never_fetched(tmp_path):
+    """Offline, with an empty home: one line of reportgen's own naming the URL and the file to put where Keras
+    looks, no "Downloading data from" of Keras's, and nothing created in the cache. A damaged cached file (its hash
+    not Keras's) is named as such and left alone."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_HOME"}
+    env["HOME"] = str(tmp_path)
+
+    def layers() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "reportgen", "layers", "mobilenetv2", "--weights", "imagenet",
+                               "--image-size", "96x96"], capture_output=True, text=True, check=False, timeout=300,
+                              env=env, cwd=tmp_path)
+
+    cache = tmp_path / ".keras" / "models"
+    expected = cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96.h5"
+    missing = layers()
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "Downloading" not in missing.stderr and "Traceback" not in missing.stderr
+    line = missing.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: mobilenetv2: the ImageNet weights are not cached and reportgen never downloads")
+    assert f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{expected.name} to " \
+           f"{expected} " in line
+    assert not cache.exists()
+
+    cache.mkdir(parents=True)
+    expected.write_bytes(b"half a download")
+    damaged = layers()
+    assert damaged.returncode == 2 and damaged.stdout == "" and "Downloading" not in damaged.stderr
+    line = damaged.stderr.strip().splitlines()[-1]  # MobileNetV2's file has no hash to check: it fails to load
+    assert line.startswith("Error: mobilenetv2: the ImageNet weights are cached but cannot be loaded (")
+    assert f"{expected} " in line and "Traceback" not in damaged.stderr
+    assert expected.read_bytes() == b"half a download"
+
+
+def test_a_cached_file_is_given_only_when_its_hash_is_keras_s(tmp_path, monkeypatch, keras, capsys):
+    """Within `_no_downloads`, Keras's get_file hands back a cached file whose hash matches, without a word, and
+    refuses one whose hash does not, naming it."""
+    import hashlib
+
+    from keras.src.backend import config as keras_config
+    from keras.src.utils import file_utils
+
+    from reportgen.loading.applications import _DownloadRefused, _no_downloads
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    weights = tmp_path / "models" / "w.h5"
+    weights.write_bytes(b"weights")
+    url, cached = "https://example.invalid/w.h5", []
+    with _no_downloads(cached):
+        given = file_utils.get_file("w.h5", url, cache_subdir="models",
+                                    file_hash=hashlib.sha256(b"weights").hexdigest())
+        with pytest.raises(_DownloadRefused) as refused:
+            file_utils.get_file("w.h5", url, cache_subdir="models", file_hash=hashlib.sha256(b"other").hexdigest())
+    assert given == str(weights) and cached == [(url, str(weights))]
+    assert refused.value.filename == str(weights) and "damaged" in refused.value.state
+    assert weights.read_bytes() == b"weights"  # Keras would have deleted it to download again
+    assert capsys.readouterr().out == ""
+    assert file_utils.get_file.__name__ == "get_file"  # put back

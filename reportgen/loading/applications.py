@@ -8,6 +8,9 @@ says which file to fetch and where to put it.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,27 +116,59 @@ def detect_family(model_name: str) -> str | None:
 
 
 class _DownloadRefused(Exception):
-    def __init__(self, url: str, filename: str) -> None:
+    def __init__(self, url: str, filename: str, state: str = "are not cached") -> None:
         super().__init__(url)
         self.url = url
         self.filename = filename
+        self.state = state  # what is wrong with the weights: "are not cached", "are cached but damaged ..."
+
+
+def _keras_cache_path(file_utils: Any, fname: str, cache_subdir: str, cache_dir: str | None) -> Path:
+    """Where Keras's `get_file` keeps `fname`: KERAS_HOME (read once, at Keras's import) or ~/.keras, else
+    /tmp/.keras when that is not writable, then `cache_subdir` ("models")."""
+    base = Path(cache_dir if cache_dir is not None else file_utils.config.keras_home()).expanduser()
+    if not os.access(base, os.W_OK):  # as get_file decides
+        base = Path("/tmp" if Path("/tmp").is_dir() else tempfile.gettempdir(), ".keras")
+    return base / cache_subdir / fname
 
 
 @contextlib.contextmanager
-def _no_downloads() -> Iterator[None]:
-    """Make Keras's `get_file` fail at once instead of downloading; a cached file is still used."""
+def _no_downloads(cached: list[tuple[str, str]]) -> Iterator[None]:
+    """Within the block Keras's `get_file` gives a cached file, checked against its hash as Keras checks it (and
+    appends its (URL, path) to `cached`), and raises `_DownloadRefused` for one the cache lacks or holds damaged,
+    before it prints anything (Keras prints "Downloading data from ..." and then downloads). Its `urlretrieve`
+    refuses too, whatever the path."""
     from keras.src.utils import file_utils
 
-    original = file_utils.urlretrieve
+    get_file, urlretrieve = file_utils.get_file, file_utils.urlretrieve
+    signature = inspect.signature(get_file)
+
+    def cached_only(*args: Any, **kwargs: Any) -> str:
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        if given["untar"] or given["extract"] or given["force_download"] or not given["fname"]:
+            return get_file(*args, **kwargs)  # never how an application asks; `refuse` below still holds
+        path = _keras_cache_path(file_utils, str(given["fname"]), given["cache_subdir"], given["cache_dir"])
+        if not path.is_file():
+            raise _DownloadRefused(given["origin"], str(path))
+        file_hash, algorithm = given["file_hash"], given["hash_algorithm"]
+        if file_hash is None and given["md5_hash"] is not None:
+            file_hash, algorithm = given["md5_hash"], "md5"
+        if file_hash is not None and not file_utils.validate_file(str(path), file_hash, algorithm=algorithm):
+            raise _DownloadRefused(given["origin"], str(path), "are cached but damaged or of another version (their "
+                                   "hash is not the one Keras expects)")
+        cached.append((str(given["origin"]), str(path)))
+        return str(path)
 
     def refuse(url: str, filename: str, *args: Any, **kwargs: Any) -> None:
         raise _DownloadRefused(url, filename)
 
-    file_utils.urlretrieve = refuse
+    file_utils.get_file, file_utils.urlretrieve = cached_only, refuse
     try:
         yield
     finally:
-        file_utils.urlretrieve = original
+        file_utils.get_file, file_utils.urlretrieve = get_file, urlretrieve
 
 
 def build_application(app: Application, weights: str | None, input_shape: tuple[int, int, int] | None,
@@ -158,13 +193,21 @@ def build_application(app: Application, weights: str | None, input_shape: tuple[
             raise ModelLoadError(f"--weights: {choice} is neither 'imagenet', 'none' nor an existing weights file")
         kwargs["weights"] = None
     # Random weights are part of the model: seeded, so the same --seed gives the same model and the same report.
+    cached: list[tuple[str, str]] = []
     try:
-        with _no_downloads(), seeds.keras_weights(seed, seeds.APPLICATION_WEIGHTS):
-            model = constructor(**kwargs)
+        try:
+            with _no_downloads(cached), seeds.keras_weights(seed, seeds.APPLICATION_WEIGHTS):
+                model = constructor(**kwargs)
+        except Exception as exc:
+            if not cached or isinstance(exc, _DownloadRefused):
+                raise
+            # Some families give Keras no hash to check their file by (MobileNetV2): a damaged one fails to load.
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise _DownloadRefused(*cached[-1], f"are cached but cannot be loaded ({reason})") from None
     except _DownloadRefused as refused:
-        # Keras chose the cache path (it reads KERAS_HOME once, at import): name exactly the file it looked for.
+        # The path Keras looks in (it reads KERAS_HOME once, at import): name exactly the file to put there.
         raise ModelLoadError(
-            f"{app.name}: the ImageNet weights are not cached and reportgen never downloads. "
+            f"{app.name}: the ImageNet weights {refused.state} and reportgen never downloads. "
             f"Fetch {refused.url} to {refused.filename} (or pass --weights FILE), or use --weights none for "
             "random weights"
         ) from None
