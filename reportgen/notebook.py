@@ -16,8 +16,8 @@ from typing import Any
 from reportgen.errors import InputError
 
 FRAME_HEIGHT = 800  # px; the page scrolls inside the frame
-_SECTION_START = '\n<section id="'
-_SECTION_END = re.compile(r'\n(?:<section id="|<footer>)')
+_SECTION_START = re.compile(r'\n<(section|details) id="')  # a folded section is a <details>
+_SECTION_END = re.compile(r'\n(?:<section id="|<details id="|<footer>)')
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,18 @@ def section_ids(manifest: Mapping[str, Any], section: str) -> list[str]:
 def section_page(page: str, ids: Sequence[str]) -> str:
     """The page with only the sections `ids`: its head (style, CSP), those sections, and its script.
 
-    The template writes every section as a top-level `<section id=...>` on a line of its own, followed by the
-    next one or the footer; names inside are escaped, so those markers cannot come from a name."""
+    The template writes every section as a top-level `<section id=...>` (or `<details id=...>`, folded) on a line
+    of its own, followed by the next one or the footer; names inside are escaped, so those markers cannot come from
+    a name. A folded section asked for by name is shown open."""
     head_end = page.index("<body>") + len("<body>")
     script = page[page.rindex("<script>"):page.rindex("</script>") + len("</script>")]
     parts = []
     for section_id in ids:
-        start = page.find(f'{_SECTION_START}{html.escape(section_id, quote=True)}"')
-        if start < 0:
+        found = re.compile(_SECTION_START.pattern + re.escape(html.escape(section_id, quote=True)) + '"').search(page)
+        if found is None:
             raise InputError(f"section {section_id!r} is not in the page")
+        start = found.start()
         end = _SECTION_END.search(page, start + 1)
-        parts.append(page[start:end.start() if end else page.index("</main>")])
+        part = page[start:end.start() if end else page.index("</main>")]
+        parts.append(part.replace("\n<details id=", "\n<details open id=", 1))
     return page[:head_end] + '\n<main id="main">' + "".join(parts) + "\n</main>\n" + script + "\n</body>\n</html>\n"

@@ -96,7 +96,7 @@ def test_repr_html_renders_the_same_page_in_chromium(browser, report, tmp_path):
     assert frame.evaluate("location.href") == "about:srcdoc"
     # The same document: the same markup after parsing and running the page's script, the same pixels.
     assert frame.content() == direct.content()
-    sections = frame.evaluate("document.querySelectorAll('section.section').length")
+    sections = frame.evaluate("document.querySelectorAll('.section').length")
     assert sections == len(report.manifest_data["sections"])
     assert frame.evaluate("getComputedStyle(document.querySelector('.layout')).display") == "grid"  # its CSS ran
     assert frame.inner_text("#theme-toggle") in ("Dark", "Light")  # and its script
