@@ -38,12 +38,11 @@ INSTALL_HINT = 'pip install "reportgen[ray]"'
 
 
 def require_ray() -> None:
-    """InputError saying what to install when Ray Data is missing (checked before any work)."""
+    """InputError saying what to install when Ray is missing (checked before any work)."""
     try:
-        import ray
-        import ray.data  # noqa: F401
+        import ray  # noqa: F401
     except ImportError:
-        raise InputError(f"--engine ray: Ray Data is not installed; install it with {INSTALL_HINT}, or leave "
+        raise InputError(f"--engine ray: Ray is not installed; install it with {INSTALL_HINT}, or leave "
                          "--engine at local") from None
 
 
@@ -52,7 +51,7 @@ CONNECT_SECONDS = 3.0  # a cluster's GCS port answers at once; nothing answering
 
 
 def check_engine(options: Any) -> None:
-    """`--engine ray` checked before any work: Ray Data importable, and `--ray-address` an address where a Ray
+    """`--engine ray` checked before any work: Ray importable, and `--ray-address` an address where a Ray
     cluster answers (InputError naming the option otherwise, in seconds, never after minutes of silence)."""
     if options.engine != "ray":
         return

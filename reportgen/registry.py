@@ -146,7 +146,7 @@ PREPROCESS_MODES: tuple[Choice, ...] = (
 
 ENGINES: tuple[Choice, ...] = (
     Choice("local", "this process"),
-    Choice("ray", "Ray Data (pip install 'reportgen[ray]')"),
+    Choice("ray", "Ray actors, one model each, on a local or remote cluster (pip install 'reportgen[ray]')"),
 )
 
 

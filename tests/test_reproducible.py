@@ -29,7 +29,7 @@ def _files(folder: Path) -> list[str]:
 def _without_seconds(value):
     """report.json minus the wall-clock timings, which may differ between runs by design."""
     if isinstance(value, dict):
-        return {k: _without_seconds(v) for k, v in value.items() if k not in ("seconds", "images_per_second")}
+        return {k: _without_seconds(v) for k, v in value.items() if k not in ("seconds", "images_per_second", "engine_startup_seconds")}
     if isinstance(value, list):
         return [_without_seconds(v) for v in value]
     return value

@@ -197,21 +197,23 @@ def _dataset_blocks(analysis: Analysis, bundle: CamBundle, index: int, sid: str,
             f"{int(k)} ({ratio[k]:.1f}x)" for k in order if np.isfinite(ratio[k]) and ratio[k] > 0) or "none"))
         data["filter_means"] = summary.filter_means.tolist()
         data["filters_used_most"] = [int(k) for k in order]
-    blocks.append(Text(f"Over all {dataset.images} images of the set:"))
-    blocks.append(Facts(tuple(facts)))
     tiles, labels = [], []
     size = figures.fit_box(np.zeros((*analysis.size, 3), np.uint8), 128).shape[:2]  # every tile the images' shape
-    gradcam_trusted = "gradcam" in trusted_methods(bundle)
-    if summary.mean_map is not None and not gradcam_trusted:
-        facts.append(("Mean Grad-CAM over the set", "not shown: the report does not trust Grad-CAM's maps here (see "
-                                                    "Class activation maps)"))
-    if summary.mean_map is not None and gradcam_trusted and unit(summary.mean_map) is not None:
-        tiles.append(figures.heatmap_tile(unit(summary.mean_map), size, COLORMAP))
-        labels.append(f"mean Grad-CAM of {summary.images}")
+    drawn = False
+    if summary.mean_map is not None:  # report.json and arrays.npz keep the average; the page draws it if trusted
         key = f"{sid}.dataset.average"
         arrays[key] = summary.mean_map
         data["average_map"] = {"array_key": key if analysis.options.save_arrays else None,
                                "layer": target.path if target else None}
+        if "gradcam" not in trusted_methods(bundle):
+            facts.append(("Mean Grad-CAM over the set", "not drawn: the report does not trust Grad-CAM's maps here "
+                                                        "(see Class activation maps)"))
+        elif unit(summary.mean_map) is not None:
+            tiles.append(figures.heatmap_tile(unit(summary.mean_map), size, COLORMAP))
+            labels.append(f"mean Grad-CAM of {summary.images}")
+            drawn = True
+    blocks.append(Text(f"Over all {dataset.images} images of the set:"))
+    blocks.append(Facts(tuple(facts)))
     most_shown = {r.index for r in summary.most_confident}
     # The least sure list only when it is more than the most sure list read backwards: a class of 6 images with
     # 6 examples each way would show the same images twice.
@@ -225,7 +227,7 @@ def _dataset_blocks(analysis: Analysis, bundle: CamBundle, index: int, sid: str,
         most, fewest = len(summary.most_confident), len(least)
         where = target.path if target else "the CAM layer"
         first = (f"First: the Grad-CAM map of {name} at {where} averaged over all {summary.images} of its images "
-                 "(each scaled to its maximum); then " if "average_map" in data else "")
+                 "(each scaled to its maximum); then " if drawn else "")
         caption = (f"{first}the {most} images the model gives the highest p({name})"
                    + (f", then the {fewest} other images it gives the lowest." if fewest else "."))
         caption = caption[0].upper() + caption[1:]
