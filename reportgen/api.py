@@ -29,7 +29,7 @@ from reportgen.loading.stream import ImageReader
 from reportgen.outlock import output_lock
 from reportgen.precision import SMALL_MODEL_FLOPS
 from reportgen.progress import Progress
-from reportgen.registry import section_kind, section_names
+from reportgen.registry import resolve_sections, section_kind
 from reportgen.render import FigureEncoder, check_output_dir, sweep_leftovers, write_report
 from reportgen.report import ImageEntry, Report, Section, SectionResult
 from reportgen.techniques.detail import choose_detail
@@ -90,17 +90,6 @@ def creation_time() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
-    """The section kinds to build, in report order: every kind, or those --sections names (checked)."""
-    known = section_names()
-    if not requested:
-        return known
-    unknown = [s for s in requested if s not in known]
-    if unknown:
-        raise InputError(f"--sections: unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
-    return tuple(s for s in known if s in requested)
 
 
 def choose_preprocessing(mode: str, loaded: LoadedModel) -> Preprocessor:

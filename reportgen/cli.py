@@ -30,7 +30,7 @@ from reportgen.config import (
     read_config_file,
 )
 from reportgen.errors import InputError, ReportgenError
-from reportgen.registry import section_names
+from reportgen.registry import resolve_sections
 from reportgen.startup import import_tensorflow, sigterm_as_interrupt
 
 
@@ -141,31 +141,22 @@ def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOp
 
 def _check_report_inputs(options: ReportOptions, output_dir: Path, force: bool, images: tuple[str, ...] = ()) -> None:
     """`generate_report`'s checks that need no model, made before TensorFlow is imported (importing `reportgen.api`
-    imports it): --sections, --class-names, OUT, and that each of IMAGES exists. `generate_report` makes them again,
+    imports it): --sections, --class-names, that each of IMAGES exists, and OUT. `generate_report` makes them again,
     and looks into IMAGES' folders (a walk that takes seconds on a validation set is not repeated here)."""
     from reportgen.loading.labels import read_class_names_file
 
-    _check_sections(options.sections)
+    resolve_sections(options.sections)
     if options.class_names is not None:
         read_class_names_file(options.class_names)
-    # The options first: OUT's check imports NumPy and OpenCV (a fifth of a second).
-    from reportgen.render import check_output_dir
-
-    check_output_dir(output_dir, force)
+    # The cheap checks first: the error messages of IMAGES and OUT are in modules that import NumPy and OpenCV.
     missing = [item for item in images if not (Path(item).is_file() or Path(item).is_dir())]
     if missing:
         from reportgen.loading.images import discover_images
 
         discover_images(missing[:1])  # raises its "does not exist" error: the message is decided there
+    from reportgen.render import check_output_dir
 
-
-def _check_sections(requested: tuple[str, ...] | None) -> None:
-    """--sections names known kinds: `api.resolve_sections`'s check, which cannot be called here without importing
-    TensorFlow (it belongs in `registry`, below both)."""
-    known = section_names()
-    unknown = [s for s in requested or () if s not in known]
-    if unknown:
-        raise InputError(f"--sections: unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
+    check_output_dir(output_dir, force)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -9,7 +9,7 @@ order, the dataset pass's plan and the page budget all read these tables; a new 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,3 +161,17 @@ def cam_method(name: str) -> CamMethodInfo:
 
 def pattern_method(name: str) -> PatternMethodInfo:
     return next(info for info in PATTERN_METHODS if info.name == name)
+
+
+def resolve_sections(requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The section kinds to build, in report order: every kind, or those --sections names (checked here, before
+    anything heavy is imported, for the command line and the API alike)."""
+    from reportgen.errors import InputError
+
+    known = section_names()
+    if not requested:
+        return known
+    unknown = [s for s in requested if s not in known]
+    if unknown:
+        raise InputError(f"--sections: unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(s for s in known if s in requested)

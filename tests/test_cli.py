@@ -375,38 +375,39 @@ def test_cam_layer_help_says_what_the_default_is():
 
 def test_uncached_imagenet_weights_are_named_and_never_fetched(tmp_path):
     """Offline, with an empty home: one line of reportgen's own naming the URL and the file to put where Keras
-    looks, no "Downloading data from" of Keras's, and nothing created in the cache. A damaged cached file (its hash
-    not Keras's) is named as such and left alone."""
+    looks, no "Downloading data from" of Keras's, and nothing created in the cache."""
     import os
     import subprocess
     import sys
 
     env = {key: value for key, value in os.environ.items() if key != "KERAS_HOME"}
-    env["HOME"] = str(tmp_path)
-
-    def layers() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "reportgen", "layers", "mobilenetv2", "--weights", "imagenet",
-                               "--image-size", "96x96"], capture_output=True, text=True, check=False, timeout=300,
-                              env=env, cwd=tmp_path)
-
-    cache = tmp_path / ".keras" / "models"
-    expected = cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96.h5"
-    missing = layers()
-    assert missing.returncode == 2 and missing.stdout == ""
-    assert "Downloading" not in missing.stderr and "Traceback" not in missing.stderr
-    line = missing.stderr.strip().splitlines()[-1]
+    env["HOME"] = str(tmp_path)  # Keras's cache is ~/.keras: read once, at its import, so in a process of its own
+    done = subprocess.run([sys.executable, "-m", "reportgen", "layers", "mobilenetv2", "--weights", "imagenet",
+                           "--image-size", "96x96"], capture_output=True, text=True, check=False, timeout=300,
+                          env=env, cwd=tmp_path)
+    expected = tmp_path / ".keras" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96.h5"
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Downloading" not in done.stderr and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: mobilenetv2: the ImageNet weights are not cached and reportgen never downloads")
     assert f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{expected.name} to " \
            f"{expected} " in line
-    assert not cache.exists()
+    assert not expected.parent.exists()
 
-    cache.mkdir(parents=True)
+
+def test_damaged_cached_weights_are_named_and_left_alone(cli, tmp_path, monkeypatch):
+    """A cached file Keras has no hash for (MobileNetV2's) that fails to load is named, not re-fetched."""
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    expected = tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96.h5"
+    expected.parent.mkdir()
     expected.write_bytes(b"half a download")
-    damaged = layers()
-    assert damaged.returncode == 2 and damaged.stdout == "" and "Downloading" not in damaged.stderr
-    line = damaged.stderr.strip().splitlines()[-1]  # MobileNetV2's file has no hash to check: it fails to load
+    damaged = cli("layers", "mobilenetv2", "--weights", "imagenet", "--image-size", "96x96")
+    assert damaged.exit_code == 2 and damaged.stdout == "" and "Downloading" not in damaged.output
+    line = damaged.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: mobilenetv2: the ImageNet weights are cached but cannot be loaded (")
-    assert f"{expected} " in line and "Traceback" not in damaged.stderr
+    assert f"{expected} " in line and "Traceback" not in damaged.output
     assert expected.read_bytes() == b"half a download"
 
 

@@ -40,7 +40,7 @@ def notes_kind(monkeypatch):
 
 
 def test_a_section_kind_declared_once_is_built_everywhere(notes_kind, saved_models, image_folder, tmp_path):
-    from reportgen.api import resolve_sections
+    from reportgen.registry import resolve_sections
 
     assert resolve_sections(["notes", "summary"]) == ("summary", "notes")  # report order: the registry's
     out = tmp_path / "report"

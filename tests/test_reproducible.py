@@ -26,10 +26,13 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+TIMINGS = ("seconds", "images_per_second", "engine_startup_seconds")
+
+
 def _without_seconds(value):
     """report.json minus the wall-clock timings, which may differ between runs by design."""
     if isinstance(value, dict):
-        return {k: _without_seconds(v) for k, v in value.items() if k not in ("seconds", "images_per_second", "engine_startup_seconds")}
+        return {k: _without_seconds(v) for k, v in value.items() if k not in TIMINGS}
     if isinstance(value, list):
         return [_without_seconds(v) for v in value]
     return value
