@@ -157,7 +157,7 @@ def run_dataset_pass(analysis: Analysis, reader: ImageReader, wanted: Sequence[s
     plan = pass_plan(analysis, wanted)
     shapes = analysis.layer_shapes
     paths = [*(n.path for n in plan.stat_layers), *(output for _, output, _ in plan.example_layers),
-             *([plan.cam_layer] if plan.cam_layer else [])]
+             *([plan.cam_layer] if plan.cam_layer else []), *([plan.embedding_layer] if plan.embedding_layer else [])]
     batch_size = pass_batch_size(shapes, paths, options.batch_size)
     from reportgen.techniques.predictions import final_layer
 
@@ -215,7 +215,12 @@ def pass_plan(analysis: Analysis, wanted: Sequence[str]) -> PassPlan:
                                                            options.filter_indices, t.layer))
                          for t in pattern_layers(analysis) if spatial(shapes.get(t.output)))
     target = analysis.cam_target if "class" in wanted else None
-    return PassPlan(stat_layers, examples, target.path if target else None, options.examples, options.batch_size)
+    # Data health embeds each image by the pooled output of the last conv block (the CAM layer's choice): tried
+    # on a small CNN, pooled conv features ranked every re-encoded duplicate first, the penultimate dense layer
+    # some of them 1,500th.
+    embedding = analysis.cam_target if "data_health" in wanted else None
+    return PassPlan(stat_layers, examples, target.path if target else None, options.examples, options.batch_size,
+                    embedding.path if embedding else None, options.seed)
 
 
 def arithmetic(analysis: Analysis) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from reportgen.graph import LayerNode, input_tape, pick_channel
 from reportgen.loading.preprocess import Preprocessor
 from reportgen.loading.stream import ImageBatch, ImageReader
 from reportgen.techniques.class_stats import ClassAccumulator, ClassSummary
+from reportgen.techniques.data_health import LAYOUT_GRID, Embeddings, EmbeddingStore, SetEmbedding
 from reportgen.techniques.dataset_examples import FilterExamples, FilterExtremes, filter_statistics
 from reportgen.techniques.evaluation import Evaluation, EvaluationAccumulator
 from reportgen.techniques.feature_maps import ACTIVATION_BUDGET, LayerMapStats, LayerStatsAccumulator
@@ -43,6 +44,10 @@ class PassPlan:
     cam_layer: str | None = None  # class-average Grad-CAM maps and class x filter means
     examples: int = 6
     batch_size: int | None = None
+    # Data health: each image's globally pooled output of this layer, randomly projected (seeded) to at most 128
+    # dimensions and kept with its probabilities (`techniques.data_health.EmbeddingStore`).
+    embedding_layer: str | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class DatasetResult:
     startup_seconds: float = 0.0
     worker_images_per_second: tuple[float, ...] = ()  # each Ray worker's images over its own busy seconds
     merge_seconds: float = 0.0  # on Ray, the driver's time fetching, unpickling and merging block states
+    embeddings: Embeddings | None = None  # data health: every image's embedding and probabilities (by index)
+    embedding_split: int = 0  # the embeddings' first this many dimensions are `SetEmbedding.whole`'s
 
     @property
     def images_per_second(self) -> float:
@@ -102,7 +109,11 @@ class DatasetPass:
         self.functions = ModelFunctions(model, head, plan.cam_layer, lambda raw: raw)
         self.capture = list(dict.fromkeys([*(n.path for n in plan.stat_layers),
                                            *(output for _, output, _ in plan.example_layers),
-                                           *([plan.cam_layer] if plan.cam_layer else [])]))
+                                           *([plan.cam_layer] if plan.cam_layer else []),
+                                           *([plan.embedding_layer] if plan.embedding_layer else [])]))
+        # The same matrix on every worker: it depends only on the seed and the layer's width.
+        self.embedding = (SetEmbedding(int(shapes[plan.embedding_layer][-1]), seed=plan.seed)
+                          if plan.embedding_layer else None)
         self.cam_shape = tuple(shapes[plan.cam_layer][1:3]) if plan.cam_layer else None
         self.cam_channels = int(shapes[plan.cam_layer][3]) if plan.cam_layer else None
         self.stat_shapes = {n.path: tuple(int(d) for d in shapes[n.path][1:]) for n in plan.stat_layers}
@@ -134,6 +145,12 @@ class DatasetPass:
             weights = tf.reduce_mean(gradients, axis=(1, 2))
             out["cam"] = tf.nn.relu(tf.einsum("bhwk,bk->bhw", acts, weights))  # Grad-CAM, eq. 1-2
             out["cam_channels"] = tf.reduce_mean(acts, axis=(1, 2))
+        if plan.embedding_layer:  # data health: the layer pooled whole and over a grid (`SetEmbedding`)
+            maps = tf.cast(run.captured[plan.embedding_layer], tf.float32)
+            out["embedding"] = (out["cam_channels"] if plan.embedding_layer == plan.cam_layer
+                                else tf.reduce_mean(maps, axis=(1, 2)))
+            # Area resizing is adaptive average pooling: each of the grid's cells averages its part of the map.
+            out["embedding_grid"] = tf.image.resize(maps, (LAYOUT_GRID, LAYOUT_GRID), method="area")
         for node in plan.stat_layers:
             maps = tf.cast(run.captured[node.path], tf.float32)
             total = tf.reduce_sum(maps, axis=(1, 2))
@@ -168,7 +185,10 @@ class DatasetPass:
             class_stats=ClassAccumulator(self.classes, self.cam_shape, self.cam_channels),
             layer_stats={n.path: LayerStatsAccumulator(n, self.stat_shapes[n.path]) for n in plan.stat_layers},
             extremes=[FilterExtremes(path, filters, plan.examples, name_rank, output)
-                      for path, output, filters in plan.example_layers])
+                      for path, output, filters in plan.example_layers],
+            embedding_split=self.embedding.split if self.embedding is not None else 0,
+            data_health=(EmbeddingStore(self.classes, self.embedding.dimensions)
+                         if self.embedding is not None else None))
 
     def probabilities(self, batch: ImageBatch, labels: np.ndarray, method: str | None
                       ) -> tuple[np.ndarray, str, dict[str, np.ndarray]]:
@@ -270,6 +290,9 @@ class DatasetPass:
         for extremes in state.extremes:
             path = extremes.layer
             extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"maps/{path}"]))
+        if state.data_health is not None and self.embedding is not None:
+            vectors = self.embedding.project(np.asarray(out["embedding"]), np.asarray(out["embedding_grid"]))
+            state.data_health.update(indices, vectors, probabilities, labels)
 
 
 def zero_count(maps: Any) -> Any:
@@ -302,6 +325,8 @@ class PassState:
     class_stats: ClassAccumulator
     layer_stats: dict[str, LayerStatsAccumulator]
     extremes: list[FilterExtremes]
+    data_health: EmbeddingStore | None = None
+    embedding_split: int = 0  # `SetEmbedding.split`, for the result
     images: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]] = field(default_factory=list)
     skipped: set[int] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
@@ -328,6 +353,8 @@ class PassState:
             acc.merge(other.layer_stats[path])
         for mine, theirs in zip(self.extremes, other.extremes, strict=True):
             mine.merge(theirs)
+        if self.data_health is not None and other.data_health is not None:
+            self.data_health.merge(other.data_health)
         self.images.extend(other.images)
         self.skipped |= other.skipped
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
@@ -352,4 +379,6 @@ class PassState:
             layer_stats={path: acc.result() for path, acc in self.layer_stats.items()},
             examples=[e for extremes in self.extremes for e in extremes.result()], seconds=seconds,
             sizes=sizes, conversions=tuple(conversions), skipped=tuple(sorted(self.skipped)),
-            warnings=tuple(self.warnings), startup_seconds=startup, worker_images_per_second=worker_rates)
+            warnings=tuple(self.warnings), startup_seconds=startup, worker_images_per_second=worker_rates,
+            embeddings=self.data_health.result() if self.data_health is not None else None,
+            embedding_split=self.embedding_split)

@@ -571,3 +571,46 @@ def plot_reliability(confidence: np.ndarray, accuracy: np.ndarray, counts: np.nd
         axes.tick_params(labelsize=8)
     figure.tight_layout()
     return figure_pixels(figure)
+
+
+MAP_POINTS = 20_000  # points drawn on the map of the set at most (a seeded sample beyond): a figure, not a database
+
+
+def plot_embedding_map(coordinates: np.ndarray, groups: np.ndarray, group_names: Sequence[str], wrong: np.ndarray,
+                       title: str) -> np.ndarray:
+    """The 2-D layout of the set's embeddings twice, side by side: coloured by group (label, or prediction when
+    unlabelled; at most 10 colours, the rest grey) and by correctness (mistakes red on grey); returns RGB pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(11.0, 5.0), dpi=100)
+    left, right = figure.subplots(1, 2)
+    palette = matplotlib.colormaps["tab10"].colors
+    counts = np.bincount(groups[groups >= 0], minlength=len(group_names)) if len(groups) else np.zeros(0, int)
+    shown = [int(g) for g in np.argsort(-counts, kind="stable")[:10] if counts[g] > 0]
+    size = max(2.0, min(18.0, 4000.0 / max(len(coordinates), 1)))
+    others = ~np.isin(groups, shown)
+    left.scatter(coordinates[others, 0], coordinates[others, 1], s=size, c="#c8c8c8", linewidths=0)
+    for k, group in enumerate(shown):
+        mine = groups == group
+        left.scatter(coordinates[mine, 0], coordinates[mine, 1], s=size, color=palette[k % 10], linewidths=0,
+                     label=str(group_names[group])[:24])
+    if shown:
+        left.legend(fontsize=7, markerscale=max(1.0, 12 / size), loc="best", frameon=False)
+    left.set_title("by class", fontsize=10)
+    right.scatter(coordinates[~wrong, 0], coordinates[~wrong, 1], s=size, c="#c8c8c8", linewidths=0,
+                  label="right or unlabelled")
+    right.scatter(coordinates[wrong, 0], coordinates[wrong, 1], s=size * 1.6, c="#d62728", linewidths=0,
+                  label="wrong")
+    right.legend(fontsize=7, markerscale=max(1.0, 12 / size), loc="best", frameon=False)
+    right.set_title("mistakes", fontsize=10)
+    for axes in (left, right):
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_xlabel("first principal component", fontsize=8)
+        axes.set_ylabel("second principal component", fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure_pixels(figure)

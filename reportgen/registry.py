@@ -47,6 +47,7 @@ SECTIONS: tuple[SectionKind, ...] = (
     SectionKind("predictions", "predictions:build", dataset_pass=True, plots=True, embed_rank=2,
                 model_options=("classes",)),
     SectionKind("evaluation", "evaluation:build", dataset_pass=True, plots=True, embed_rank=1),
+    SectionKind("data_health", "data_health:build", dataset_pass=True, plots=True, embed_rank=2),
     SectionKind("cam", "cams:build", dataset_pass=True, plots=False, embed_rank=3,
                 model_options=("cam_layer", "classes")),
     SectionKind("class", "classes:build", dataset_pass=True, plots=False, embed_rank=4,

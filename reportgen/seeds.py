@@ -146,7 +146,8 @@ def keras_weights(seed: int, purpose: str) -> Iterator[None]:
     saved = (random.getstate(), np.random.get_state(), context.global_seed(),
              global_state.get_global_attribute(GLOBAL_RANDOM_SEED),
              global_state.get_global_attribute(GLOBAL_SEED_GENERATOR))
-    keras.utils.set_random_seed(derive(seed, purpose))
+    # Keras takes a 32-bit seed; the standard derivation gives 64 bits (the older purposes' formulas fit already).
+    keras.utils.set_random_seed(derive(seed, purpose) % 2**32)
     try:
         yield
     finally:

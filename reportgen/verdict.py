@@ -56,6 +56,7 @@ def build_verdict(analysis: Analysis, results: Mapping[str, SectionResult], warn
     untrained, training = _training(analysis)
     findings = [f for f in (training, _preprocessing(analysis), _cam_trust(analysis, results, untrained)) if f]
     findings += _sample_sizes(analysis, results)
+    findings += _data_health(results)
     findings += _broken(warnings)
     return tuple(sorted(findings, key=lambda f: SEVERITIES.index(f.severity)))
 
@@ -214,6 +215,37 @@ def _sample_sizes(analysis: Analysis, results: Mapping[str, SectionResult]) -> l
                                     f"{len(small)} classes ({shown}) have fewer than {sample_sizes.CLASS_RATES.images} "
                                     "labelled images: their precision, recall and average maps carry their n.",
                                     "#classes"))
+    return findings
+
+
+def _data_health(results: Mapping[str, SectionResult]) -> list[Finding]:
+    """What the data health section found in the images themselves."""
+    section = results.get("data_health")
+    health = section.manifest.get("data_health") if section is not None else None
+    if not health:
+        return []
+    findings = []
+    issues, labelled = health["label_issue_count"], health["labelled"]
+    if issues:
+        findings.append(Finding("data", "caution", "Suspected label errors",
+                                f"{issues} of {labelled} labelled images ({issues / labelled:.1%}) have a label the "
+                                "model's probabilities contradict (confident learning); look at them before "
+                                "trusting the accuracy.", "#data-health-label-issues", {"count": issues}))
+    across = health["duplicates_across_classes"]
+    if across:
+        findings.append(Finding("data", "caution", "Near-duplicates with different labels",
+                                f"{across} pairs of nearly identical images carry different labels: leakage between "
+                                "classes or a label error.", "#data-health-duplicates", {"count": across}))
+    apart = health["outliers_standing_apart"]
+    if apart:
+        findings.append(Finding("data", "caution", "Images that stand apart",
+                                f"{apart} images are far from every class (a group of blank, corrupt or "
+                                "out-of-domain images ranks together).", "#data-health-outliers", {"count": apart}))
+    if not findings:
+        findings.append(Finding("data", "ok", "No data problem found",
+                                f"Among {health['images']} images: no suspected label error"
+                                + ("" if labelled else " (no labels)") + ", no near-duplicate across classes, no "
+                                "image that stands apart.", "#data-health"))
     return findings
 
 

@@ -133,6 +133,30 @@ def _max_accuracy_drop(rule: Rule, new: read.ReportFolder, old: read.ReportFolde
                     f"{before:.1%} → {after:.1%} on the {len(labelled)} labelled images in both reports")]
 
 
+def _max_label_issues(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
+    health = new.report.data_health
+    if health is None or health.label_issue_share is None:
+        return [_not_evaluated(rule, "the report has no data_health section with labelled images (add the "
+                                     "data_health section and put images in folders named after their class)")]
+    share = health.label_issue_share
+    items = [str(entry.get("image")) for entry in (new.report.raw.get("data_health") or {}).get("label_issues", [])]
+    return [_result(rule, share, _within(rule, share), f"{health.label_issue_count} suspected label errors of "
+                    f"{health.labelled} labelled images (confident learning)", items)]
+
+
+def _max_duplicates_across_classes(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None
+                                   ) -> list[RuleResult]:
+    health = new.report.data_health
+    if health is None:
+        return [_not_evaluated(rule, "the report has no data_health section")]
+    pairs = [entry for entry in (new.report.raw.get("data_health") or {}).get("duplicates", [])
+             if entry.get("across_classes")]
+    items = [" = ".join(str(name) for name in entry.get("images", [])) for entry in pairs]
+    count = health.duplicates_across_classes
+    return [_result(rule, count, _within(rule, count), f"{count} near-duplicate pairs with different labels, of "
+                    f"{health.duplicate_count} pairs", items)]
+
+
 def _max_ece(rule: Rule, new: read.ReportFolder, old: read.ReportFolder | None) -> list[RuleResult]:
     """The report's own ECE over every labelled image (`evaluation.ece`, from the dataset pass's calibration
     accumulator), else the same accumulator over the predictions the report lists: one formula, one place."""

@@ -38,6 +38,10 @@ RULES: dict[str, RuleSpec] = {spec.name: spec for spec in (
                                           "by at most this against the baseline", "number", baseline=True),
     RuleSpec("max_flipped_predictions", "images whose top prediction changed against the baseline: at most this "
                                         "many", "count", baseline=True),
+    RuleSpec("max_label_issues", "share of the labelled images that data health suspects of a wrong label "
+                                 "(confident learning) is at most this (0-1)", "share"),
+    RuleSpec("max_duplicates_across_classes", "near-duplicate pairs of images with different labels (leakage or "
+                                              "label errors; data health) are at most this many", "count"),
     RuleSpec("min_cam_correlation", "mean correlation between the baseline's and this report's class activation "
                                     "maps (as reportgen diff computes it) is at least this (from -1 to 1; needs "
                                     "--save-arrays in both)", "correlation", baseline=True, higher_is_better=True),

@@ -47,7 +47,7 @@ _ITEM_FIELDS: dict[str, dict[str, str]] = {
 VERDICT_SEVERITIES = ("problem", "caution", "ok")  # a finding's severity, in the order readers see them
 _REPORT_FIELDS = {"title": "text?", "created": "text?", "model": "object?", "options": "object?", "arrays": "text?",
                   "class_names": "list", "schema_version": "count?", "versions": "object?", "warnings": "list?",
-                  "evaluation": "object?"}
+                  "evaluation": "object?", "data_health": "object?"}
 # The dataset pass (`dataset`, there when a section needed every image): `seconds` is the whole pass, of which
 # `engine_startup_seconds` is the engine's start-up (the step's trace and first call; on Ray also joining the cluster
 # and the workers' model load), and `images_per_second` is images over the rest. On Ray, each worker's own images/s
@@ -411,6 +411,34 @@ class Model:
 
 
 @dataclass(frozen=True)
+class DataHealth:
+    """report.json's `data_health`: the counts `check` reads (the lists stay raw)."""
+
+    labelled: int
+    label_issue_count: int
+    duplicate_count: int
+    duplicates_across_classes: int
+    outliers_standing_apart: int
+
+    @property
+    def label_issue_share(self) -> float | None:
+        return self.label_issue_count / self.labelled if self.labelled else None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DataHealth | None:
+        if not d:
+            return None
+        counts = {key: d.get(key, 0) for key in ("labelled", "label_issue_count", "duplicate_count",
+                                                 "duplicates_across_classes", "outliers_standing_apart")}
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise InputError(f"report.json: data_health.{key} must be {_EXPECTED['count']}, not {value!r}")
+        if counts["label_issue_count"] > counts["labelled"]:
+            raise InputError("report.json: data_health.label_issue_count is larger than data_health.labelled")
+        return cls(**counts)
+
+
+@dataclass(frozen=True)
 class Finding:
     """One finding of the verdict (`verdict[]`): what a reviewer reads first."""
 
@@ -450,6 +478,7 @@ class Report:
     ece: float | None  # evaluation.ece
     diff: Mapping[str, Any] | None  # a diff report's summary (raw; see the module docstring)
     verdict: tuple[Finding, ...]  # empty for a report made before the verdict, and for a diff
+    data_health: DataHealth | None  # None without a data_health section
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -471,6 +500,7 @@ class Report:
             ece=(d.get("evaluation") or {}).get("ece"),
             diff=diff if isinstance(diff, Mapping) else None,
             verdict=tuple(Finding.from_dict(f) for f in d.get("verdict", [])),
+            data_health=DataHealth.from_dict(d.get("data_health")),
             raw=d,
         )
 
