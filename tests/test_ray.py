@@ -18,7 +18,7 @@ from test_dataset import tiny_model, write_pngs
 from reportgen import ray_engine
 from reportgen.config import ReportOptions
 
-SECTIONS = ("feature_maps", "dataset_examples", "predictions", "evaluation", "class")
+SECTIONS = ("feature_maps", "dataset_examples", "predictions", "evaluation", "data_health", "class")
 IMAGES = 300
 BATCH = 32
 
@@ -80,6 +80,7 @@ def _dataset_numbers(manifest):
                                                               "sparsity")} for e in manifest["feature_maps"]],
         "images": [(i["name"], i["prediction"]) for i in manifest["images"]],
         "overview": sections.get("feature-maps"),
+        "data_health": manifest["data_health"],  # the same label issues, duplicates and outliers, in order
     }
 
 
