@@ -2,6 +2,7 @@
 
     python benchmarks/dataset.py [--sizes 1000,5000,20000] [--vgg 2000] [--baseline-src DIR]
     python benchmarks/dataset.py --engine ray [--sizes 20000] [--pairs 2] [--sections predictions]
+    python benchmarks/dataset.py --data-health [--sizes 20000] [--pairs 2]
 
 For the bundled model on generated shapes images (64 px) at each size: the report's wall time and images/s, the
 dataset pass's own images/s (decoding included, from report.json), peak resident memory (/usr/bin/time -v) and
@@ -9,6 +10,10 @@ index.html's size, against a bare `model.predict` over the same images already d
 floor of one forward pass). `--vgg N`: VGG16 with random weights on N images at 224 px, reported as the whole
 report's marginal cost per image against one forward and backward pass per image. `--baseline-src DIR`: a
 checkout of an older reportgen, run on the smallest size for "today's way".
+
+`--data-health` measures what data health costs: pairs of reports (`predictions,evaluation` without and with
+`data_health`, the order alternating), each pass's images/s, the data health section's own seconds (label issues,
+duplicates, outliers, map, atlas and galleries after the pass) and peak memory.
 
 `--engine ray` measures the dataset pass itself, Ray against the local engine (a local Ray started per run), from
 report.json's `dataset`: images/s with start-up excluded, start-up, each worker's images/s and the driver's merge
@@ -100,6 +105,28 @@ def compare_engines(model_path: str, images: Path, count: int, work: Path, pairs
         print(describe_pass(f"{count:>7} images, {cpus} cores, {engine:>5}", result), flush=True)
 
 
+def compare_data_health(model_path: str, images: Path, count: int, work: Path, pairs: int) -> None:
+    """The pass with and without data health's embeddings, and the section's own time, in alternating pairs."""
+    base = "predictions,evaluation"
+    ratios = []
+    for pair in range(pairs):
+        order = ("without", "with") if pair % 2 == 0 else ("with", "without")
+        got = {}
+        for variant in order:
+            sections = base + (",data_health" if variant == "with" else "")
+            got[variant] = run_report(model_path, images, work / f"health-{variant}-{count}-{pair}",
+                                      ["--sections", sections])
+            manifest = json.loads((work / f"health-{variant}-{count}-{pair}" / "report.json").read_text())
+            section = manifest["seconds"].get("data_health")
+            print(f"{count:>7} images, pair {pair + 1}, {variant:>7} data health: pass "
+                  f"{got[variant]['pass_images_per_second']:7.0f} images/s, report {got[variant]['seconds']:.1f} s, "
+                  f"peak {got[variant]['peak_mib']:.0f} MiB"
+                  + (f", data health section {section:.2f} s" if section is not None else ""), flush=True)
+        ratios.append(got["with"]["pass_images_per_second"] / got["without"]["pass_images_per_second"])
+    print(f"{count:>7} images: pass images/s with data health / without: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {statistics.median(ratios):.2f})", flush=True)
+
+
 def predict_floor(model, images: Path, size: int, preprocess) -> float:
     """Images/s of a bare model.predict over the images decoded and preprocessed beforehand."""
     import cv2
@@ -145,6 +172,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--pairs", type=int, default=2, help="--engine ray: local/Ray run pairs on one core")
     parser.add_argument("--sections", default="predictions", help="--engine ray: the sections of each report")
+    parser.add_argument("--data-health", action="store_true", help="the pass with and without data health")
     args = parser.parse_args()
 
     import keras
@@ -156,6 +184,12 @@ def main() -> None:
     model = keras.models.load_model(model_path)
     rows = []
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.data_health:
+        for count in sizes:
+            images = work / f"shapes-{count}"
+            write_shapes(images, count)
+            compare_data_health(model_path, images, count, work, args.pairs)
+        return
     if args.engine == "ray":
         import ray
 
