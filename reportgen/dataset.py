@@ -145,12 +145,15 @@ class DatasetPass:
             weights = tf.reduce_mean(gradients, axis=(1, 2))
             out["cam"] = tf.nn.relu(tf.einsum("bhwk,bk->bhw", acts, weights))  # Grad-CAM, eq. 1-2
             out["cam_channels"] = tf.reduce_mean(acts, axis=(1, 2))
-        if plan.embedding_layer:  # data health: the layer pooled whole and over a grid (`SetEmbedding`)
+        if plan.embedding_layer and self.embedding is not None:  # data health (`SetEmbedding`), projected here:
+            # in TensorFlow's threads, not in a NumPy matmul on the accumulating thread, whose BLAS threads would
+            # compete with the model's for the same cores (the pass ran 25% slower so).
             maps = tf.cast(run.captured[plan.embedding_layer], tf.float32)
-            out["embedding"] = (out["cam_channels"] if plan.embedding_layer == plan.cam_layer
-                                else tf.reduce_mean(maps, axis=(1, 2)))
-            # Area resizing is adaptive average pooling: each of the grid's cells averages its part of the map.
-            out["embedding_grid"] = tf.image.resize(maps, (LAYOUT_GRID, LAYOUT_GRID), method="area")
+            whole = (out["cam_channels"] if plan.embedding_layer == plan.cam_layer
+                     else tf.reduce_mean(maps, axis=(1, 2)))
+            grid = tf.reshape(grid_pool(maps, LAYOUT_GRID), (tf.shape(maps)[0], -1))
+            halves = [_project(whole, self.embedding.whole.matrix), _project(grid, self.embedding.layout.matrix)]
+            out["embedding"] = tf.concat(halves, axis=1) / np.sqrt(2.0)
         for node in plan.stat_layers:
             maps = tf.cast(run.captured[node.path], tf.float32)
             total = tf.reduce_sum(maps, axis=(1, 2))
@@ -290,9 +293,29 @@ class DatasetPass:
         for extremes in state.extremes:
             path = extremes.layer
             extremes.update(indices, names, np.asarray(out[f"mean/{path}"]), np.asarray(out[f"maps/{path}"]))
-        if state.data_health is not None and self.embedding is not None:
-            vectors = self.embedding.project(np.asarray(out["embedding"]), np.asarray(out["embedding_grid"]))
-            state.data_health.update(indices, vectors, probabilities, labels)
+        if state.data_health is not None:
+            state.data_health.update(indices, np.asarray(out["embedding"]), probabilities, labels)
+
+
+def _project(features: Any, matrix: np.ndarray | None) -> Any:
+    """`RandomProjection.project` in TensorFlow: features @ matrix (none: as they are), rows to unit norm."""
+    import tensorflow as tf
+
+    projected = features if matrix is None else tf.matmul(features, tf.constant(matrix))
+    return tf.math.l2_normalize(projected, axis=1)
+
+
+def grid_pool(maps: Any, cells: int) -> Any:
+    """(B, h, w, C) maps averaged over a `cells` x `cells` grid: (B, cells, cells, C). One average pool when the
+    map is at least `cells` a side (the last rows and columns beyond a whole cell are left out), else area
+    resizing, which is adaptive average pooling but several times slower on CPU."""
+    import tensorflow as tf
+
+    h, w = maps.shape[1], maps.shape[2]
+    if h is None or w is None or h < cells or w < cells:
+        return tf.image.resize(maps, (cells, cells), method="area")
+    size = (h // cells, w // cells)
+    return tf.nn.avg_pool2d(maps, ksize=size, strides=size, padding="VALID")[:, :cells, :cells]
 
 
 def zero_count(maps: Any) -> Any:

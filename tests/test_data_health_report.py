@@ -122,3 +122,30 @@ def test_the_verdict_check_and_page_list_the_data_findings(health_report, tmp_pa
     assert statuses == {"max_label_issues": "fail", "max_duplicates_across_classes": "fail"}
     share = health_report["data_health"]["label_issue_count"] / health_report["data_health"]["labelled"]
     assert next(r for r in result.results if r.rule == "max_label_issues").value == pytest.approx(share)
+
+
+def test_the_pass_embeds_each_image_as_the_layer_pooled_whole_and_over_a_grid(keras):
+    """The dataset pass's embedding (projected inside the compiled step) against the same layer's output pooled
+    by hand in NumPy and projected by `SetEmbedding.project`."""
+    from reportgen.dataset import DatasetPass, PassPlan
+    from reportgen.example import example_model_path
+    from reportgen.graph import layer_output_shapes
+    from reportgen.loading.preprocess import Preprocessor
+    from reportgen.loading.stream import ImageBatch
+    from reportgen.techniques.data_health import SetEmbedding
+
+    model = keras.models.load_model(example_model_path())
+    shapes = layer_output_shapes(model, (64, 64, 3))
+    pixels = np.random.default_rng(0).uniform(0, 255, (5, 64, 64, 3)).astype(np.float32)
+    dataset_pass = DatasetPass(model, Preprocessor("scale"), 4, PassPlan(embedding_layer="conv3", seed=3), shapes,
+                               "softmax")
+    batch = ImageBatch(np.arange(5), pixels, ((64, 64),) * 5, ("",) * 5)
+    _, _, out = dataset_pass.probabilities(batch, np.full(5, -1), None)
+
+    maps = keras.Model(model.inputs, model.get_layer("conv3").output)(pixels / 255.0).numpy()
+    n, h, w, c = maps.shape
+    cell_h, cell_w = h // 4, w // 4
+    grid = maps[:, :4 * cell_h, :4 * cell_w].reshape(n, 4, cell_h, 4, cell_w, c).mean(axis=(2, 4))
+    expected = SetEmbedding(c, seed=3).project(maps.mean(axis=(1, 2)), grid).astype(np.float32)
+    np.testing.assert_allclose(out["embedding"], expected, atol=2e-3)
+    assert np.linalg.norm(out["embedding"], axis=1) == pytest.approx(1.0, abs=1e-3)

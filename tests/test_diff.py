@@ -20,7 +20,7 @@ from reportgen.render import write_report
 from reportgen.report import ImageEntry, Report, Section
 
 # Every section a diff reads, at cheap settings.
-OPTIONS = ReportOptions(sections=("summary", "weights", "predictions", "filter_patterns", "cam"),
+OPTIONS = ReportOptions(sections=("summary", "weights", "predictions", "data_health", "filter_patterns", "cam"),
                         cam_methods=("gradcam",), save_arrays=True, top_k=2, steps=5, filters=2)
 
 
@@ -314,3 +314,20 @@ def test_a_diff_of_unrelated_models_warns_at_the_top(tmp_path):
     diff_reports(old, new, tmp_path / "diff")
     warnings = _manifest(tmp_path / "diff")["warnings"]
     assert warnings and "unrelated" in warnings[0]
+
+
+def test_changed_predictions_are_drawn_on_the_map_and_in_a_gallery(versions):
+    """The diff marks on the new version's map (its data health layout in arrays.npz) exactly the images whose top
+    prediction changed, and shows them (from --images) in a gallery."""
+    manifest = _manifest(versions["diff"])
+    section = _section(manifest, "predictions-diff")
+    flipped = section["data"]["flipped"]
+    assert flipped > 0
+    keys = {f["key"]: f for f in section["figures"]}
+    assert f"the {flipped} images whose top prediction changed" in keys["predictions-diff-map"]["caption"]
+    assert "predictions-diff-gallery" in keys
+    new = _manifest(versions["new"])
+    health = next(s for s in new["sections"] if s["id"] == "data-health")
+    with np.load(versions["new"] / "arrays.npz") as arrays:
+        layout = arrays[health["data"]["layout_array_key"]]
+    assert layout.shape == (len(new["images"]), 2) and np.isfinite(layout).all()

@@ -237,6 +237,10 @@ def _predictions(ctx: DiffContext) -> list[Section]:
                        for c in flips),
             caption="Every image whose top prediction changed. Fixed: wrong before, right now; broken: the reverse.",
         ))
+        blocks.extend(_flips_on_the_map(ctx, flips))
+        gallery = _flips_gallery(ctx, flips)
+        if gallery is not None:
+            blocks.append(gallery)
     else:
         blocks.append(Text("No image changed its top prediction."))
     blocks.append(Table(
@@ -255,6 +259,51 @@ def _predictions(ctx: DiffContext) -> list[Section]:
                        for c in changes]}
     return [Section(id="predictions-diff", kind="predictions_diff", title="Prediction changes",
                     blocks=tuple(blocks), data=data)]
+
+
+FLIPS_SHOWN = 48  # thumbnails of changed predictions in the gallery; the table lists every one
+
+
+def _flips_on_the_map(ctx: DiffContext, flips: Sequence[PredictionChange]) -> list:
+    """The new version's map of the set (its data health layout, with --save-arrays) with the images whose
+    prediction changed in red; nothing when the new report has no layout."""
+    section = next((s for s in ctx.new.report.sections if s.id == "data-health"), None)
+    key = (section.data or {}).get("layout_array_key") if section is not None else None
+    names = [image.name for image in ctx.new.report.images]
+    layout = ctx.new.array(key, (len(names), 2)) if key else None
+    if layout is None:
+        return []
+    placed = np.isfinite(layout).all(axis=1)
+    flipped = {c.name for c in flips}
+    wrong = np.array([name in flipped for name in names])[placed]
+    predicted = [image.prediction.class_name if image.prediction is not None else "" for image in
+                 ctx.new.report.images]
+    classes = sorted(set(predicted))
+    groups = np.array([classes.index(p) for p in predicted])[placed]
+    return [Figure(key="predictions-diff-map", title="Changed predictions on the map of the set",
+                   caption=(f"The new version's map of the set (data health's layout). Left: by new prediction; "
+                            f"right: the {int(wrong.sum())} images whose top prediction changed, in red. Changes "
+                            "in one region point at a class boundary that moved; changes everywhere, at noise."),
+                   pixels=figures.plot_embedding_map(layout[placed], groups, classes, wrong,
+                                                     "Changed predictions"))]
+
+
+def _flips_gallery(ctx: DiffContext, flips: Sequence[PredictionChange]) -> Figure | None:
+    """Thumbnails of the images whose prediction changed (with --images), fixed and broken first."""
+    order = {"broken": 0, "fixed": 1, "changed": 2}
+    shown = sorted(flips, key=lambda c: (order.get(c.verdict, 3), c.name))[:FLIPS_SHOWN]
+    tiles, labels = [], []
+    for change in shown:
+        tile = _thumbnail(_image_file(ctx.images_dir, change.name), (72, 72))
+        if tile is not None:
+            tiles.append(tile)
+            labels.append(f"{change.old.predicted} -> {change.new.predicted}\n{change.verdict}")
+    if not tiles:
+        return None
+    more = f" (the first {len(shown)} of {len(flips)})" if len(flips) > len(shown) else ""
+    return Figure(key="predictions-diff-gallery", title="Images whose prediction changed",
+                  caption=f"Broken first, then fixed, then changed between wrong classes{more}: old -> new.",
+                  pixels=figures.fit_width(figures.tile_grid(tiles, columns=min(12, len(tiles)), labels=labels)))
 
 
 def _accuracy_text(acc: dict[str, Any] | None) -> str:

@@ -40,6 +40,7 @@ LISTED = 100
 PAIRS_SHOWN = 12
 CELLS_SHOWN = 30  # confusion cells with a gallery, the fullest first
 PER_CELL = 8  # images per confusion cell, the most confident first
+LAYOUT_KEY = "data-health.layout"  # arrays.npz: (images, 2) float32, each image's place on the map
 MAP_SAMPLE = "data_health/map"  # seed stream of the points drawn when the set has more than figures.MAP_POINTS
 
 
@@ -129,9 +130,25 @@ def _overview(analysis: Analysis, table: Embeddings, issues: LabelIssues | None,
                      f"of each {outliers.grouped_by} class); the farthest are listed"),
     ]
     blocks: list = [Facts(tuple(facts)), _map_figure(analysis, table, layout), _atlas_figure(analysis, atlas)]
+    save = analysis.options.save_arrays
     return Section(id="data-health", kind=KIND, title="Data health", blocks=tuple(blocks),
                    data={"images": len(table), "labelled": labelled,
-                         "explained_variance": [float(v) for v in layout.explained]})
+                         "explained_variance": [float(v) for v in layout.explained],
+                         "layout_array_key": LAYOUT_KEY if save else None},
+                   arrays={LAYOUT_KEY: _layout_by_entry(analysis, layout)} if save else {})
+
+
+def _layout_by_entry(analysis: Analysis, layout: Layout) -> np.ndarray:
+    """Each image's place on the map, in the order of report.json's `images` (every image read; NaN for one
+    without an embedding): `diff` draws the images whose prediction changed on it."""
+    dataset = analysis.dataset
+    assert dataset is not None
+    skipped = set(dataset.skipped)
+    position = {i: k for k, i in enumerate(i for i in range(len(analysis.all_sources)) if i not in skipped)}
+    placed = np.full((len(position), 2), np.nan, np.float32)
+    for index, point in zip(layout.indices.tolist(), layout.coordinates, strict=True):
+        placed[position[index]] = point
+    return placed
 
 
 def _map_figure(analysis: Analysis, table: Embeddings, layout: Layout) -> Figure:
