@@ -8,6 +8,7 @@ gallery per confusion-matrix cell. Every list is ranked most suspect first and b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import CAM_IMAGES
 from reportgen.techniques.data_health import (
+    ATLAS_GRID,
     AtlasGrid,
     Duplicates,
     Embeddings,
@@ -64,7 +66,8 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     outliers = find_outliers(whole, table.labels, table.predicted, table.classes, table.indices, limit=LISTED,
                              centred=False)
     layout = pca_layout(whole, table.indices, seed=seed)
-    atlas = atlas_grid(layout)
+    # About two images a cell, 3 to ATLAS_GRID cells a side: a dozen images would leave a 12 x 12 grid empty.
+    atlas = atlas_grid(layout, min(ATLAS_GRID, max(3, math.ceil(math.sqrt(len(table) / 2)))))
 
     manifest = _manifest(analysis, table, issues, duplicates, outliers)
     sections = [
