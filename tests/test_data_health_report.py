@@ -80,7 +80,7 @@ def test_the_three_lists_find_what_was_planted(faulty_set, health_report):
     truth = facts["truth"]
 
     # Label issues: recall over the swapped labels, precision over what was listed (a blank frame filed under a
-    # class is a fair find too). Measured: recall 0.97, precision 0.89 (seed 11).
+    # class is a fair find too). Measured: 32 listed, recall 0.91 (29 of the 32 swapped), precision 0.91.
     found = {entry["image"] for entry in health["label_issues"]}
     swapped = {name for name, (kind, _) in truth.items() if kind == "swapped"}
     recall = len(found & swapped) / len(swapped)
@@ -102,7 +102,7 @@ def test_the_three_lists_find_what_was_planted(faulty_set, health_report):
 
     # Outliers: the group of blank frames ranks together at the top and stands apart.
     top = [entry["image"] for entry in health["outliers"][:BLANKS + 5]]
-    assert set(facts["blanks"]) <= set(top), top
+    assert set(facts["blanks"]) <= set(top), top  # measured: the ten blanks are the top ten
     assert health["outliers_standing_apart"] >= BLANKS
 
 
