@@ -67,7 +67,7 @@ def small_report(tmp_path_factory, tiny) -> Path:
 @pytest.mark.parametrize("address", ["localhost:1", "nonsense", "http://localhost:8265", "ray://localhost:10001",
                                      "auto", "localhost:99999"])
 def test_a_bad_ray_address_is_exit_2_in_seconds(cli, tiny, tmp_path, monkeypatch, address):
-    pytest.importorskip("ray.data", reason="the ray extra is not installed")
+    pytest.importorskip("ray", reason="the ray extra is not installed")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-cluster"))  # `auto` must not find another test's Ray
     import ray._private.services as services
