@@ -34,6 +34,22 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def zoo_in_background(request, tmp_path_factory):
+    """The model zoo's reports, started niced when the session begins if any zoo test is selected
+    (`test_zoo.BackgroundZoo`); None otherwise."""
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.get_closest_marker("zoo") and hasattr(item, "callspec") and "name" in item.callspec.params}
+    if not selected:
+        yield None
+        return
+    from test_zoo import BackgroundZoo
+
+    zoo = BackgroundZoo(tmp_path_factory.mktemp("zoo"), selected)
+    yield zoo
+    zoo.close()
+
+
 @pytest.fixture(scope="session")
 def keras():
     import keras as keras_module
