@@ -139,6 +139,14 @@ def _build_options(ctx: click.Context, params: dict[str, Any]) -> tuple[ReportOp
     return options_from(values), force, quiet
 
 
+def _check_model(model: str) -> None:
+    """A MODEL path that does not exist, answered before TensorFlow is imported (`loading.models.check_model_path`;
+    h5py and NumPy come with it, not Keras)."""
+    from reportgen.loading.models import check_model_path
+
+    check_model_path(model)
+
+
 def _check_report_inputs(options: ReportOptions, output_dir: Path, force: bool, images: tuple[str, ...] = ()) -> None:
     """`generate_report`'s checks that need no model, made before TensorFlow is imported (importing `reportgen.api`
     imports it): --sections, --class-names, that each of IMAGES exists, and OUT. `generate_report` makes them again,
@@ -188,6 +196,7 @@ def generate(ctx: click.Context, model: str, images: tuple[str, ...], output_dir
         rules, baseline = _check_rules(checking, params.get("config_file"))
         options, force, quiet = _build_options(ctx, {**params, "output_dir": output_dir})
         _check_report_inputs(options, output_dir, force, images)
+        _check_model(model)  # after the options: the order `generate_report` finds them in
         return rules, baseline, options, force, quiet
 
     def action(checked: tuple[Any, Any, ReportOptions, bool, bool]) -> int:
@@ -269,7 +278,9 @@ def layers(ctx: click.Context, model: str, image_size: str | None, weights: str 
     """List every layer of MODEL, nested ones by path, with the sections that show it."""
 
     def checks() -> tuple[int, int] | None:
-        return parse_image_size(image_size) if image_size else None
+        size = parse_image_size(image_size) if image_size else None
+        _check_model(model)
+        return size
 
     def action(size: tuple[int, int] | None) -> None:
         from reportgen.api import summarize_layers

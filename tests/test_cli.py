@@ -52,7 +52,10 @@ def test_the_program_keeps_exit_codes_messages_and_exit_handlers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "reportgen", "generate", str(tmp_path / "missing.keras"),
                           str(tmp_path / "images"), "-o", str(tmp_path / "out")], capture_output=True, text=True,
                          check=False, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("Error: no image files in "), bad.stderr
+    # The missing model is found first now, in the watching process, before TensorFlow (the empty folder only by
+    # walking it, in the report).
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "missing.keras does not exist" in bad.stderr, \
+        bad.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -317,7 +320,9 @@ def test_help_and_usage_errors_answer_before_tensorflow(tmp_path, saved_models, 
              ["generate", model, str(image_folder), "-o", out, "--check"],  # no rules
              ["generate", model, str(image_folder), "-o", str(tmp_path / "afile" / "out")],  # OUT
              ["demo", "-o", out, "--class-names", str(tmp_path / "nosuch.txt")],
-             ["layers", model, "--image-size", "big"]]
+             ["layers", model, "--image-size", "big"],
+             ["generate", str(tmp_path / "nosuch.keras"), str(image_folder), "-o", out],  # MODEL
+             ["layers", "models/nosuch.h5"]]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _BEFORE_TENSORFLOW, json.dumps(calls)], capture_output=True,
                           text=True, check=False, timeout=120)

@@ -73,11 +73,19 @@ def load_model(
         input_shape = (image_size[1], image_size[0], 3) if image_size else None
         model = build_application(app, weights, input_shape, seed)
         return _finish(model, f"keras.applications.{app.constructor}", "application", None, output, app.family)
-    if path.suffix.lower() in MODEL_SUFFIXES or "/" in text or "\\" in text:
-        raise ModelLoadError(f"{text} does not exist: give the path of a .keras or .h5 model file")
+    check_model_path(text)
     raise ModelLoadError(
         f"{text} is neither a model file nor a keras.applications name (such as vgg16, resnet50, xception)"
     )
+
+
+def check_model_path(text: str) -> None:
+    """MODEL given as a path (a model suffix, or a folder separator: never a keras.applications name) that does not
+    exist is an error, answered without Keras (the command line checks it before importing TensorFlow)."""
+    if Path(text).exists():
+        return
+    if Path(text).suffix.lower() in MODEL_SUFFIXES or "/" in text or "\\" in text:
+        raise ModelLoadError(f"{text} does not exist: give the path of a .keras or .h5 model file")
 
 
 def _saved_model_message(path: Path) -> str:
