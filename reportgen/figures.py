@@ -89,8 +89,9 @@ def tile_grid(
 LABEL_LINES = 2  # a tile label wraps onto at most this many lines; past them it is shortened in the middle
 
 
-def _text_width(text: str) -> int:
-    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0]
+def _text_width(text: str, scale: float = LABEL_SCALE) -> int:
+    """Pixels `text` takes in the Hershey font at `scale` (tile labels by default)."""
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
 
 
 def _wrap_label(text: str, width: int) -> list[tuple[str, tuple[int, int]]]:
@@ -325,17 +326,13 @@ def _put(image: np.ndarray, text: str, x: int, baseline: int) -> None:
     cv2.putText(image, text, (x, baseline), cv2.FONT_HERSHEY_SIMPLEX, BAR_FONT_SCALE, TEXT_COLOUR, 1, cv2.LINE_AA)
 
 
-def _text_width(text: str) -> int:
-    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, BAR_FONT_SCALE, 1)[0][0]
-
-
 def _bar(ramps: Sequence[tuple[str, np.ndarray]], scale: float, ramp_height: int, gap: int = 3) -> np.ndarray:
     """Labelled colour ramps (name, (BAR_WIDTH, 3) colours from -scale to +scale), one above the other, with the
     values of both ends and of the middle written under them."""
-    left = 4 + max(_text_width(name) for name, _ in ramps) + 6
+    left = 4 + max(_text_width(name, BAR_FONT_SCALE) for name, _ in ramps) + 6
     low, high = f"-{scale:.3g}", f"+{scale:.3g}"
-    left = max(left, 4 + _text_width(low) // 2)  # room for the value under the left end
-    width = left + BAR_WIDTH + _text_width(high) // 2 + 4
+    left = max(left, 4 + _text_width(low, BAR_FONT_SCALE) // 2)  # room for the value under the left end
+    width = left + BAR_WIDTH + _text_width(high, BAR_FONT_SCALE) // 2 + 4
     ticks = 4 + len(ramps) * (ramp_height + gap) - gap
     strip = np.full((ticks + 3 + 16, width, 3), BACKGROUND, np.uint8)
     for i, (name, colours) in enumerate(ramps):
@@ -344,7 +341,7 @@ def _bar(ramps: Sequence[tuple[str, np.ndarray]], scale: float, ramp_height: int
         _put(strip, name, 4, top + (ramp_height + 9) // 2)  # the Hershey capitals are about 9 px tall
     for x, text in ((left, low), (left + BAR_WIDTH // 2, "0"), (left + BAR_WIDTH - 1, high)):
         strip[ticks:ticks + 3, x] = TEXT_COLOUR
-        _put(strip, text, x - _text_width(text) // 2, ticks + 15)
+        _put(strip, text, x - _text_width(text, BAR_FONT_SCALE) // 2, ticks + 15)
     return strip
 
 
