@@ -465,11 +465,15 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
             for image_id in section["data"]["images"]:
                 assert f'href="#prediction-{image_id}"' in chunk and f'id="prediction-{image_id}"' in html
                 assert f'href="#cam-images-{image_id}"' in chunk and f'id="cam-images-{image_id}"' in html
-            # Each trusted method's class average is the mean of its images' maps, each scaled to its own
-            # maximum; a method the report does not trust gets no average.
-            assert set(section["data"]["average_maps"]) == {m for m in trusted if any(
-                h["class_name"] == name and h["method"] == m for h in heatmaps)}
-            for method, average in section["data"]["average_maps"].items():
+            # Each method's class average is the mean of its images' maps, each scaled to its own maximum; the
+            # page draws only the trusted methods' averages.
+            averages = section["data"]["average_maps"]
+            assert set(averages) == {h["method"] for h in heatmaps if h["class_name"] == name}
+            assert {m for m, a in averages.items() if a["drawn"]} == set(averages) & trusted
+            start = html.index(f'id="{section["id"]}"')
+            chunk = html[start:html.index("</details>", start)]
+            assert (f'id="{section["id"]}-averages"' in chunk) == bool(set(averages) & trusted)
+            for method, average in averages.items():
                 own = [arrays[h["array_key"]] for h in heatmaps if h["class_name"] == name and h["method"] == method]
                 expected = np.mean([m / m.max() if m.max() > 0 else np.zeros_like(m) for m in own], axis=0)
                 assert average["maps"] == len(own)

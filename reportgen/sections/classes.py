@@ -139,21 +139,24 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
         trusted = trusted_methods(bundle)
         untrusted = [METHODS[m].label for m in results.methods if m not in trusted]
         averaged = []
-        for method in trusted:
+        # Every method's average goes to report.json and arrays.npz; the page draws only the trusted ones.
+        for method in results.methods:
             maps = [h for h in results.for_method(method) if h.target.class_index == index]
             if not maps:
                 continue
             average = _average(maps)
-            averaged.append((method, average, len(maps)))
+            if method in trusted:
+                averaged.append((method, average, len(maps)))
             key = f"{sid}.{method}.average"
             arrays[key] = average
             averages[method] = {"array_key": key if analysis.options.save_arrays else None, "maps": len(maps),
                                 "mean_deletion_auc": float(np.mean([h.deletion_auc for h in maps])),
-                                "mean_insertion_auc": float(np.mean([h.insertion_auc for h in maps]))}
+                                "mean_insertion_auc": float(np.mean([h.insertion_auc for h in maps])),
+                                "drawn": method in trusted}
         if averaged:
             blocks.append(_averages_figure(analysis, bundle, sid, name, averaged))
         if untrusted:
-            blocks.append(Text(f"No average of {', '.join(untrusted)}: the report does not trust "
+            blocks.append(Text(f"No average of {', '.join(untrusted)} drawn: the report does not trust "
                                f"{'its' if len(untrusted) == 1 else 'their'} maps here (no better than a random map, "
                                "or the sanity check did not pass; see Class activation maps)."))
     data = {"class_index": index, "class_name": name, "images": [analysis.image_ids[i] for i in images],
