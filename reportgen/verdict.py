@@ -53,7 +53,10 @@ class Finding:
 def build_verdict(analysis: Analysis, results: Mapping[str, SectionResult], warnings: Sequence[str]
                   ) -> tuple[Finding, ...]:
     """Every finding, problems first."""
-    untrained, training = _training(analysis)
+    weights = results.get("weights")
+    known = {f"{layer}/{tensor}": distance
+             for layer, tensor, distance in (weights.shared.get("initialiser_distances", ()) if weights else ())}
+    untrained, training = _training(analysis, known)
     findings = [f for f in (training, _preprocessing(analysis), _cam_trust(analysis, results, untrained)) if f]
     findings += _sample_sizes(analysis, results)
     findings += _data_health(results)
@@ -61,9 +64,9 @@ def build_verdict(analysis: Analysis, results: Mapping[str, SectionResult], warn
     return tuple(sorted(findings, key=lambda f: SEVERITIES.index(f.severity)))
 
 
-def untrained_evidence(analysis: Analysis) -> Any:
+def untrained_evidence(analysis: Analysis, known: Mapping[str, Any] | None = None) -> Any:
     """`techniques.untrained.TrainingEvidence` of the model against its fresh copy (None when it cannot be
-    re-initialised), computed once per report."""
+    re-initialised), computed once per report; `known`: the weights section's distances, not measured again."""
     from reportgen.techniques.untrained import training_evidence, variable_pairs
 
     def compute() -> Any:
@@ -71,7 +74,7 @@ def untrained_evidence(analysis: Analysis) -> Any:
             fresh = analysis.fresh_layers
         except Exception:  # a custom layer that cannot be cloned: no comparison, and no claim
             return None
-        return training_evidence(variable_pairs(analysis.layers, fresh), analysis.options.seed)
+        return training_evidence(variable_pairs(analysis.layers, fresh), analysis.options.seed, known)
 
     return analysis.shared("training_evidence", compute)
 
@@ -90,8 +93,8 @@ def _confidence_text(analysis: Analysis) -> str:
             f"(chance {1 / classes:.1%})")
 
 
-def _training(analysis: Analysis) -> tuple[bool, Finding | None]:
-    evidence = untrained_evidence(analysis)
+def _training(analysis: Analysis, known: Mapping[str, Any]) -> tuple[bool, Finding | None]:
+    evidence = untrained_evidence(analysis, known)
     loaded = analysis.loaded
     random_by_request = loaded.family is not None and analysis.options.weights == "none"
     if evidence is None:

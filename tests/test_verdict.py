@@ -138,3 +138,21 @@ def test_the_verdict_is_one_list_on_the_page_in_summary_md_and_report_json(saved
         assert md_escape(finding["title"]) in summary
     assert "<b>" not in page.split('id="verdict"')[1].split("</section>")[0]
     assert summary.index("**") < summary.index("| |")  # the findings come before the table
+
+
+def test_the_verdict_reuses_the_weights_sections_distances(keras):
+    """The weights section measures each kernel's distance under the key the verdict looks it up by: with them
+    handed over, every kernel is found (none measured again) and the evidence is the same."""
+    from test_zoo import conv_bn_relu
+
+    from reportgen.graph import walk_layers
+    from reportgen.techniques.untrained import training_evidence, variable_pairs
+    from reportgen.techniques.weights import compare_weights, fresh_copy
+
+    keras.utils.set_random_seed(4)
+    model = conv_bn_relu(keras)
+    trained, fresh = walk_layers(model), walk_layers(fresh_copy(model, 0))
+    known = {f"{c.layer}/{c.tensor}": c.distance for c in compare_weights(trained, fresh, 0)}
+    pairs = variable_pairs(trained, fresh)
+    assert known and set(known) <= {f"{p.layer}/{p.name}" for p in pairs}
+    assert training_evidence(pairs, 0, known) == training_evidence(pairs, 0)

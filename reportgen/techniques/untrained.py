@@ -17,7 +17,7 @@ alone would call a briefly trained model untrained: the constants decide when th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,8 +107,10 @@ def _constant(values: np.ndarray) -> bool:
     return flat.size > 0 and bool(np.all(flat == flat[0]))
 
 
-def training_evidence(pairs: Iterable[VariablePair], seed: int = 0) -> TrainingEvidence:
-    """Sort each variable by how its fresh copy was initialised (a constant, or random values) and weigh it."""
+def training_evidence(pairs: Iterable[VariablePair], seed: int = 0,
+                      known: Mapping[str, InitialiserDistance] | None = None) -> TrainingEvidence:
+    """Sort each variable by how its fresh copy was initialised (a constant, or random values) and weigh it.
+    `known`: distances already measured (by the weights section, same seed), by "layer/name"."""
     constants = unchanged = random_tensors = indistinguishable = 0
     changed: list[str] = []
     largest = 0.0
@@ -124,7 +126,8 @@ def training_evidence(pairs: Iterable[VariablePair], seed: int = 0) -> TrainingE
             continue
         if pair.fresh.size < 2:
             continue
-        distance = initialiser_distance(pair.trained, pair.fresh, seed, f"{pair.layer}/{pair.name}")
+        key = f"{pair.layer}/{pair.name}"
+        distance = (known or {}).get(key) or initialiser_distance(pair.trained, pair.fresh, seed, key)
         if distance.statistic != distance.statistic:  # NaN: nothing finite to compare
             continue
         random_tensors += 1
