@@ -85,7 +85,9 @@ def _confidence_text(analysis: Analysis) -> str:
     if analysis.dataset is not None:
         confidence = analysis.dataset.confidence[np.isfinite(analysis.dataset.confidence)]
     else:
-        plan = analysis.cache.get("predictions")
+        from reportgen.sections.predictions import PLAN_KEY
+
+        plan = analysis.cache.get(PLAN_KEY)  # the detail sample's predictions, when a section made them
         confidence = plan.predictions.top_probabilities[:, 0] if plan is not None else np.zeros(0)
     if confidence.size == 0 or classes < 2:
         return ""

@@ -62,8 +62,11 @@ class PredictionPlan:
         return (names[index], f"#{self.class_ids[index]}") if self.anchored(index) else None
 
 
+PLAN_KEY = "predictions"  # the plan's key in `Analysis.shared`
+
+
 def prediction_plan(analysis: Analysis) -> PredictionPlan:
-    return shared(analysis, "predictions", lambda: _plan(analysis))
+    return shared(analysis, PLAN_KEY, lambda: _plan(analysis))
 
 
 def _plan(analysis: Analysis) -> PredictionPlan:
