@@ -29,7 +29,11 @@ CLASS_AVERAGE = Minimum("a class-average map or the filters a class uses most", 
 # Accuracy over the set: one image of 20 moves it by 5 points.
 ACCURACY = Minimum("accuracy", 20, "one image moves it by 5 points or more")
 
-ALL = (ACCURACY, CALIBRATION, CLASS_RATES, CLASS_AVERAGE)
+# Outliers: a flag is a distance far above the median of the set's distances; from a handful of images the median
+# and the spread are too rough a yardstick (8 photos through a random EfficientNetB0 flagged two).
+OUTLIER_FLAGS = Minimum("flagging outliers", 50, "the median and spread of fewer distances are too rough a yardstick")
+
+ALL = (ACCURACY, CALIBRATION, CLASS_RATES, CLASS_AVERAGE, OUTLIER_FLAGS)
 
 
 def enough(minimum: Minimum, n: int) -> bool:

@@ -167,34 +167,37 @@ def _preprocessing(analysis: Analysis) -> Finding | None:
 
 
 def _cam_trust(analysis: Analysis, results: Mapping[str, SectionResult], untrained: bool) -> Finding | None:
-    """The CAM method with the best faithfulness margin that beats random and passes the sanity check."""
+    """The trusted CAM method (`sections.cams.trusted_methods`) with the widest faithfulness margin, or none."""
     from reportgen.registry import cam_method
-    from reportgen.techniques.cam_trust import trustworthy
+    from reportgen.sections.cams import cam_bundle, layer_advice, trusted_methods
+    from reportgen.techniques.cams import faithfulness
 
-    cam = results.get("cam")
-    if cam is None or not cam.sections or "methods" not in cam.sections[0].data:
+    if "cam" not in results:
         return None
-    methods = cam.sections[0].data["methods"]
-    trusted = [m for m in methods if trustworthy(m["beats_random"], m.get("sanity_status"))]
+    bundle = cam_bundle(analysis)
+    if bundle.results is None:
+        return None
+    scores = faithfulness(bundle.results)
+    trusted = trusted_methods(analysis, bundle)
     if trusted:
-        best = max(trusted, key=lambda m: m["margin_over_random"])
-        others = [cam_method(m["method"]).label for m in trusted if m is not best]
-        return Finding("cam_trust", "ok", f"Trust {cam_method(best['method']).label} here",
-                       f"Its maps beat random maps by the widest margin ({best['margin_over_random']:+.3f} "
-                       f"insertion minus deletion AUC) and its sanity check {best.get('sanity_status') or 'n/a'}"
+        best = max(trusted, key=lambda m: scores[m].margin)
+        sanity = bundle.results.sanity.get(best)
+        others = [cam_method(m).label for m in trusted if m != best]
+        return Finding("cam_trust", "ok", f"Trust {cam_method(best).label} here",
+                       f"Its maps beat random maps by the widest margin ({scores[best].margin:+.3f} insertion minus "
+                       f"deletion AUC) and its sanity check {sanity.status if sanity else 'n/a'}"
                        + (f"; {', '.join(others)} also beat random." if others else "; no other method does."),
                        "#cam")
-    from reportgen.sections.cams import layer_advice
-
-    target = analysis.cam_target
+    labels = ", ".join(cam_method(m).label for m in bundle.results.methods)
     if untrained:
-        advice = "the weights look untrained, so no layer choice will help"
-    else:
-        advice = layer_advice(analysis, target) if target is not None else ""
+        return Finding("cam_trust", "problem", "No CAM method to trust here",
+                       f"The weights look untrained, so the maps of {labels} show no learned evidence whatever their "
+                       "scores against random maps; no layer choice will help.", "#cam")
+    target = analysis.cam_target
+    advice = layer_advice(analysis, target) if target is not None else ""
     return Finding("cam_trust", "problem", "No CAM method to trust here",
-                   "None of " + ", ".join(cam_method(m["method"]).label for m in methods)
-                   + " beats a random map on deletion and insertion while passing the sanity check: their maps do "
-                   "not show what the model uses" + (f"; {advice}." if advice else "."), "#cam")
+                   f"None of {labels} beats a random map on deletion and insertion while passing the sanity check: "
+                   "their maps do not show what the model uses" + (f"; {advice}." if advice else "."), "#cam")
 
 
 def _sample_sizes(analysis: Analysis, results: Mapping[str, SectionResult]) -> list[Finding]:

@@ -450,8 +450,11 @@ def test_report_sections_manifest_and_arrays(saved_models, shared_images, tmp_pa
     for s in cam_sections[1:]:
         if s["id"] != "cam-images":  # the per-image rows: every method side by side, no method of its own
             assert s["data"]["sanity"]["correlations"]
-    trusted = {m["method"] for m in sections["cam"]["data"]["methods"]
-               if m["beats_random"] and m["sanity_status"] in ("passes", None)}
+    # Trusted: beats random, passes the sanity check, and the model does not look untrained (this one is random).
+    untrained = next(f for f in manifest["verdict"] if f["check"] == "training")["data"]["looks_untrained"]
+    assert untrained
+    trusted = set() if untrained else {m["method"] for m in sections["cam"]["data"]["methods"]
+                                       if m["beats_random"] and m["sanity_status"] in ("passes", None)}
     classes = {h["class_name"] for h in heatmaps}
     top_class = {p["image"]: p["top_k"][0]["class_name"] for p in manifest["predictions"]}
     with np.load(result.out_dir / "arrays.npz") as arrays:

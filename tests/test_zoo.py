@@ -385,5 +385,7 @@ def test_zoo_model_gets_a_complete_report(zoo_runs, name):
     if name in APPLICATIONS:
         assert training["severity"] == "problem" and training["data"]["looks_untrained"], training
         assert "--weights none" in training["title"]
+        trust = next(f for f in report["verdict"] if f["check"] == "cam_trust")
+        assert trust["severity"] == "problem" and "untrained" in trust["evidence"], trust  # never "trust" a random net
     else:
         assert training["severity"] == "ok" and not training["data"]["looks_untrained"], training

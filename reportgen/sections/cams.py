@@ -137,6 +137,20 @@ def looks_untrained(analysis: Analysis) -> bool:
     return bool(evidence is not None and evidence.looks_untrained)
 
 
+def trusted_methods(analysis: Analysis, bundle: CamBundle) -> tuple[str, ...]:
+    """The methods whose maps the report shows as evidence of what the model uses: each beats a random map and
+    passes the sanity check (`cam_trust.trustworthy`), and the model is not untrained (on random weights a map
+    can beat a random map by chance and differ from another random draw's, and still show nothing learned)."""
+    from reportgen.techniques.cam_trust import trustworthy
+
+    results = bundle.results
+    if results is None or looks_untrained(analysis):
+        return ()
+    scores = faithfulness(results)
+    return tuple(m for m in results.methods
+                 if trustworthy(scores[m].beats_random, results.sanity[m].status if m in results.sanity else None))
+
+
 def layer_advice(analysis: Analysis, layer: TargetLayer, untrained: bool = False) -> str:
     """`cam_layer_advice` for the report's model and CAM layer. `untrained`: the verdict's finding that the weights
     look random, for the caller that has it."""

@@ -17,11 +17,11 @@ from reportgen.sections.cams import (
     CamBundle,
     cam_bundle,
     image_tile,
+    trusted_methods,
     unit,
 )
 from reportgen.sections.predictions import MAX_LISTED_CLASSES
-from reportgen.techniques.cam_trust import trustworthy
-from reportgen.techniques.cams import METHODS, Heatmap, faithfulness
+from reportgen.techniques.cams import METHODS, Heatmap
 
 
 def _percent(part: int, whole: int, minimum: sample_sizes.Minimum | None = None) -> str:
@@ -30,16 +30,6 @@ def _percent(part: int, whole: int, minimum: sample_sizes.Minimum | None = None)
         return "n/a"
     few = " (too few images to read as a rate)" if minimum and not sample_sizes.enough(minimum, whole) else ""
     return f"{100 * part / whole:.1f}% ({part} of {whole}){few}"
-
-
-def trusted_methods(bundle: CamBundle) -> tuple[str, ...]:
-    """The CAM methods whose maps the report may average as evidence (`cam_trust.trustworthy`)."""
-    results = bundle.results
-    if results is None:
-        return ()
-    scores = faithfulness(results)
-    return tuple(m for m in results.methods
-                 if trustworthy(scores[m].beats_random, results.sanity[m].status if m in results.sanity else None))
 
 
 def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionResult:
@@ -136,7 +126,7 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
     if results is None:
         blocks.append(Text("No class activation maps were computed for this report."))
     else:
-        trusted = trusted_methods(bundle)
+        trusted = trusted_methods(analysis, bundle)
         untrusted = [METHODS[m].label for m in results.methods if m not in trusted]
         averaged = []
         # Every method's average goes to report.json and arrays.npz; the page draws only the trusted ones.
@@ -158,7 +148,7 @@ def _class_section(analysis: Analysis, bundle: CamBundle, index: int, sid: str) 
         if untrusted:
             blocks.append(Text(f"No average of {', '.join(untrusted)} drawn: the report does not trust "
                                f"{'its' if len(untrusted) == 1 else 'their'} maps here (no better than a random map, "
-                               "or the sanity check did not pass; see Class activation maps)."))
+                               "the sanity check did not pass, or the weights look untrained; see the verdict)."))
     data = {"class_index": index, "class_name": name, "images": [analysis.image_ids[i] for i in images],
             "labelled": len(labelled_as), "predicted": len(predicted_as),
             "accuracy": correct / len(labelled_as) if len(labelled_as) else None,
@@ -208,9 +198,9 @@ def _dataset_blocks(analysis: Analysis, bundle: CamBundle, index: int, sid: str,
         arrays[key] = summary.mean_map
         data["average_map"] = {"array_key": key if analysis.options.save_arrays else None,
                                "layer": target.path if target else None}
-        if "gradcam" not in trusted_methods(bundle):
+        if "gradcam" not in trusted_methods(analysis, bundle):
             facts.append(("Mean Grad-CAM over the set", "not drawn: the report does not trust Grad-CAM's maps here "
-                                                        "(see Class activation maps)"))
+                                                        "(see the verdict)"))
         elif unit(summary.mean_map) is not None:
             tiles.append(figures.heatmap_tile(unit(summary.mean_map), size, COLORMAP))
             labels.append(f"mean Grad-CAM of {summary.images}")

@@ -8,13 +8,14 @@ gallery per confusion-matrix cell. Every list is ranked most suspect first and b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from reportgen import figures
+from reportgen import figures, sample_sizes
 from reportgen.analysis import Analysis
 from reportgen.report import Facts, Figure, Section, SectionResult, Table, Text
 from reportgen.sections.anchors import CAM_IMAGES
@@ -65,6 +66,8 @@ def build(analysis: Analysis, earlier: Mapping[str, SectionResult]) -> SectionRe
     # networks, whose pooled features share one direction; a report's model is trained).
     outliers = find_outliers(whole, table.labels, table.predicted, table.classes, table.indices, limit=LISTED,
                              centred=False)
+    if not sample_sizes.enough(sample_sizes.OUTLIER_FLAGS, len(table)):  # ranked, but none flagged
+        outliers = dataclasses.replace(outliers, cutoff=float("inf"), flagged=0)
     layout = pca_layout(whole, table.indices, seed=seed)
     # About two images a cell, 3 to ATLAS_GRID cells a side: a dozen images would leave a 12 x 12 grid empty.
     atlas = atlas_grid(layout, min(ATLAS_GRID, max(3, math.ceil(math.sqrt(len(table) / 2)))))
@@ -128,7 +131,9 @@ def _overview(analysis: Analysis, table: Embeddings, issues: LabelIssues | None,
          "by the probability of the given label)"),
         ("Near-duplicates", f"{duplicates.total} pairs with cosine similarity of at least {duplicates.threshold} "
                             f"({duplicates.method}), {across} of the listed across two classes"),
-        ("Outliers", f"{outliers.flagged} images stand apart from every class centre (a distance more than "
+        ("Outliers", (f"none flagged: {sample_sizes.caveat(sample_sizes.OUTLIER_FLAGS, len(table))} The farthest "
+                      "from every class centre are listed.") if not np.isfinite(outliers.cutoff) else
+                     f"{outliers.flagged} images stand apart from every class centre (a distance more than "
                      f"{OUTLIER_MADS:g} robust standard deviations above the median, {outliers.cutoff:.3f}; centres "
                      f"of each {outliers.grouped_by} class); the farthest are listed"),
     ]
@@ -268,8 +273,9 @@ def _outliers(analysis: Analysis, outliers: Outliers) -> Section:
             columns=("Image", "Nearest class", "Distance", "Stands apart"),
             rows=tuple((_name(analysis, o.index), _class(analysis, o.nearest_class), f"{o.score:.3f}",
                         "yes" if o.score > outliers.cutoff else "") for o in entries),
-            caption=(f"Distance to the nearest class centre, the farthest first; above {outliers.cutoff:.3f} (! under "
-                     "a thumbnail) an image stands apart from the set."),
+            caption=("Distance to the nearest class centre, the farthest first"
+                     + (f"; above {outliers.cutoff:.3f} (! under a thumbnail) an image stands apart from the set."
+                        if np.isfinite(outliers.cutoff) else "; too few images to flag any.")),
             row_links=tuple(_maps_link(analysis, o.index) for o in entries)))
     return Section(id="data-health-outliers", kind=KIND, title="Data health: outliers", blocks=tuple(blocks))
 
